@@ -1,0 +1,64 @@
+"""Named constants of the DARTS protocol, each with its source.
+
+Everything that would otherwise be a magic number in the package lives here.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CIFAR10_MEAN",
+    "CIFAR10_STD",
+    "NUM_CLASSES",
+    "PRIMITIVES",
+    "CELL_TYPES",
+    "NODES_PER_CELL",
+    "INPUTS_PER_NODE",
+    "FIRST_NODE",
+    "DEFAULT_CUTOUT_LENGTH",
+    "SEARCH_TRAIN_FRACTION",
+    "GRADIENT_CLIP_VAL",
+    "ARC_LEARNING_RATE",
+    "ARC_BETAS",
+    "ARC_WEIGHT_DECAY",
+    "AUXILIARY_LOSS_WEIGHT",
+]
+
+# Per-channel statistics of the CIFAR-10 training set, as in quark0/darts cnn/utils.py _data_transforms_cifar10.
+CIFAR10_MEAN: tuple[float, float, float] = (0.49139968, 0.48215827, 0.44653124)
+CIFAR10_STD: tuple[float, float, float] = (0.24703233, 0.24348505, 0.26158768)
+
+# NNI's DARTS space is fixed to 10 classes for dataset='cifar' (nasnet.py NDS.num_labels).
+NUM_CLASSES = 10
+
+# The seven candidate operations of NNI's DARTS space (nasnet.py DARTS.DARTS_OPS); the paper's `none`
+# is handled inside NNI's differentiable cell and never appears in an exported architecture.
+PRIMITIVES: tuple[str, ...] = (
+    "max_pool_3x3",
+    "avg_pool_3x3",
+    "skip_connect",
+    "sep_conv_3x3",
+    "sep_conv_5x5",
+    "dil_conv_3x3",
+    "dil_conv_5x5",
+)
+
+# Cell labels used by NNI's DARTS space (nasnet.py CellBuilder).
+CELL_TYPES: tuple[str, ...] = ("normal", "reduce")
+# Four intermediate nodes per cell, numbered 2..5 (inputs 0, 1 are the two previous cells).
+NODES_PER_CELL = 4
+FIRST_NODE = 2
+INPUTS_PER_NODE = 2
+
+# Cutout length 16 for CIFAR-10 (DeVries & Taylor 2017; quark0/darts cnn/train.py --cutout_length).
+DEFAULT_CUTOUT_LENGTH = 16
+# DARTS search splits the CIFAR-10 training set in halves (quark0/darts cnn/train_search.py --train_portion 0.5).
+SEARCH_TRAIN_FRACTION = 0.5
+# Weight-gradient clipping norm (quark0/darts cnn/train_search.py and train.py --grad_clip 5).
+GRADIENT_CLIP_VAL = 5.0
+# Architecture optimizer: Adam lr 3e-4, betas (0.5, 0.999), weight decay 1e-3
+# (quark0/darts cnn/architect.py; NNI differentiable.py configure_architecture_optimizers).
+ARC_LEARNING_RATE = 3e-4
+ARC_BETAS: tuple[float, float] = (0.5, 0.999)
+ARC_WEIGHT_DECAY = 1e-3
+# Auxiliary-head loss weight (quark0/darts cnn/train.py --auxiliary_weight 0.4).
+AUXILIARY_LOSS_WEIGHT = 0.4

@@ -1,0 +1,44 @@
+"""Shared fixtures: tiny sizes only (see docs/HELPERS.md)."""
+
+from __future__ import annotations
+
+import pytest
+
+# The NNI darts-v2 cell (nni/nas/hub/pytorch/nasnet.py DARTS.load_searched_model), NNI 3.0 export form.
+DARTS_V2_NNI = {
+    "normal/op_2_0": "sep_conv_3x3", "normal/input_2_0": [0],
+    "normal/op_2_1": "sep_conv_3x3", "normal/input_2_1": [1],
+    "normal/op_3_0": "sep_conv_3x3", "normal/input_3_0": [0],
+    "normal/op_3_1": "sep_conv_3x3", "normal/input_3_1": [1],
+    "normal/op_4_0": "sep_conv_3x3", "normal/input_4_0": [1],
+    "normal/op_4_1": "skip_connect", "normal/input_4_1": [0],
+    "normal/op_5_0": "skip_connect", "normal/input_5_0": [0],
+    "normal/op_5_1": "dil_conv_3x3", "normal/input_5_1": [2],
+    "reduce/op_2_0": "max_pool_3x3", "reduce/input_2_0": [0],
+    "reduce/op_2_1": "max_pool_3x3", "reduce/input_2_1": [1],
+    "reduce/op_3_0": "skip_connect", "reduce/input_3_0": [2],
+    "reduce/op_3_1": "max_pool_3x3", "reduce/input_3_1": [1],
+    "reduce/op_4_0": "max_pool_3x3", "reduce/input_4_0": [0],
+    "reduce/op_4_1": "skip_connect", "reduce/input_4_1": [2],
+    "reduce/op_5_0": "skip_connect", "reduce/input_5_0": [2],
+    "reduce/op_5_1": "max_pool_3x3", "reduce/input_5_1": [1],
+}
+
+
+@pytest.fixture
+def darts_v2_arch() -> dict:
+    """A copy of NNI's darts-v2 arch dict (inputs as one-element lists)."""
+    return {k: (list(v) if isinstance(v, list) else v) for k, v in DARTS_V2_NNI.items()}
+
+
+@pytest.fixture
+def nni_experiment_dir(tmp_path, monkeypatch):
+    """A private home folder, so NNI's experiments and its ~/nni-experiments/.experiment manifest land in tmp_path.
+
+    Point ``experiment.config.experiment_working_directory`` at the returned folder as well.
+    """
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("NNI_HOME", str(home / ".nni"))
+    return home / "nni-experiments"

@@ -21,6 +21,12 @@ __all__ = [
     "ARC_BETAS",
     "ARC_WEIGHT_DECAY",
     "AUXILIARY_LOSS_WEIGHT",
+    "DARTS_WIDTH",
+    "DARTS_NUM_CELLS",
+    "MIN_NUM_CELLS",
+    "NATIVE_IMAGE_SIZE",
+    "AUX_HEAD_POOLED_SIZE",
+    "MAX_ARCH_FILE_BYTES",
 ]
 
 # Per-channel statistics of the CIFAR-10 training set, as in quark0/darts cnn/utils.py _data_transforms_cifar10.
@@ -62,3 +68,18 @@ ARC_BETAS: tuple[float, float] = (0.5, 0.999)
 ARC_WEIGHT_DECAY = 1e-3
 # Auxiliary-head loss weight (quark0/darts cnn/train.py --auxiliary_weight 0.4).
 AUXILIARY_LOSS_WEIGHT = 0.4
+
+# Evaluation network of the DARTS paper: 36 initial channels, 20 cells (quark0/darts cnn/train.py --init_channels 36
+# --layers 20; NNI nasnet.py DARTS.load_searched_model('darts-v2') uses width=36, num_cells=20).
+DARTS_WIDTH = 36
+DARTS_NUM_CELLS = 20
+# NNI's NDS splits num_cells over 3 stages ((i + 1) * n // 3 - i * n // 3 cells each, nasnet.py NDS.__init__);
+# with fewer than 3 cells a stage is empty and construction fails (IndexError), so 3 is the minimum.
+MIN_NUM_CELLS = 3
+# Input sizes NNI's AuxiliaryHead is written for (nasnet.py AuxiliaryHead: AvgPool2d(5, stride=3) on the 8x8 map
+# of a 32x32 CIFAR image; stride=2 on the 7x7 map of a 224x224 ImageNet image).
+NATIVE_IMAGE_SIZE: dict[str, int] = {"cifar": 32, "imagenet": 224}
+# Spatial size of the auxiliary head's pooled map at native size (its next conv has kernel 2, nasnet.py).
+AUX_HEAD_POOLED_SIZE = 2
+# An arch file (32 keys of JSON, or one Genotype(...) line) is a few KiB; refuse anything above 1 MiB unread.
+MAX_ARCH_FILE_BYTES = 1 << 20

@@ -1,0 +1,429 @@
+"""Drawings of DARTS cells and of the architecture weights during a search.
+
+:func:`plot_cell` / :func:`plot_cells` draw a cell as quark0/darts ``cnn/visualize.py`` does (Liu et al. 2019,
+https://github.com/quark0/darts): inputs ``c_{k-2}``, ``c_{k-1}``, intermediate nodes ``0..3`` (nodes 2..5 of
+the arch), one edge per ``(op, input)`` labelled with the op, and every intermediate node feeding ``c_{k}``.
+They use graphviz when its ``dot`` program is on PATH, else a matplotlib drawing of their own; the log says
+which. :func:`plot_alpha_history` draws the per-edge op probabilities over the epochs of a search, so that
+a collapse onto ``skip_connect`` shows.
+
+Outputs go through :mod:`nni_darts_ext.io` (atomic); the path's suffix (``.png``, ``.svg``, ``.pdf``) picks the
+format. Without a path each function returns a :class:`matplotlib.figure.Figure` (drawn on an Agg canvas;
+pyplot and the global backend are left alone).
+
+Example::
+
+    plot_cells(load_arch("runs/search/arch.json"), "runs/search/cells.svg")
+    fig = plot_cell(DARTS_V2, cell="reduce")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import math
+import numbers
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Sequence
+
+from nni_darts_ext.arch import _coerce_arch
+from nni_darts_ext.constants import CELL_TYPES, FIRST_NODE, INPUTS_PER_NODE, NODES_PER_CELL, PRIMITIVES
+from nni_darts_ext.io import atomic_open
+
+__all__ = ["plot_cell", "plot_cells", "plot_alpha_history"]
+
+_logger = logging.getLogger(__name__)
+
+_FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
+# Node labels and colours of quark0/darts cnn/visualize.py.
+_INPUT_LABELS = ("c_{k-2}", "c_{k-1}")
+_OUTPUT_LABEL = "c_{k}"
+_COLORS = {"input": "darkseagreen2", "node": "lightblue", "output": "palegoldenrod"}
+# Matplotlib has no X11 colour names: the same colours in hex (X11 rgb.txt).
+_MPL_COLORS = {"input": "#b4eeb4", "node": "#add8e6", "output": "#eee8aa"}
+_CELL_TITLES = {"normal": "normal cell", "reduce": "reduction cell"}
+# Resolution of the PNG that graphviz renders for an in-memory Figure (graphviz's own default is 96).
+_GRAPHVIZ_PNG_DPI = 96
+# Matplotlib layout: distance between layers and between nodes of one layer (data units), edge curvature.
+_LAYER_GAP = 3.4
+_ROW_GAP = 1.5
+# Candidate bends (matplotlib arc3 ``rad``) of an edge and positions of its label along it (0 = source, 1 = target),
+# in order of preference.
+_EDGE_BENDS = (0.15, -0.15, 0.3, -0.3, 0.45, -0.45)
+_LABEL_POSITIONS = (0.6, 0.5, 0.7, 0.4, 0.75, 0.3)
+# An op label is about this many times wider than tall (for keeping labels apart).
+_LABEL_ASPECT = 3.0
+_CELL_FIGSIZE = (9.0, 5.0)
+# Alpha-history grid: inches per subplot, and the highlighted op (DARTS collapses onto it; Zela et al. 2020).
+_ALPHA_SUBPLOT_SIZE = (2.4, 1.7)
+_HIGHLIGHT_OP = "skip_connect"
+_ALPHA_LEGEND_HEIGHT = 0.9
+_EDGE_LABEL_RE = re.compile(r"(?P<cell>.+)/(?P<node>\d+)_(?P<input>\d+)")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Shared helpers
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _output_format(path: Any) -> str | None:
+    """The format for ``path`` from its suffix, or None when ``path`` is None."""
+    if path is None:
+        return None
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+    suffix = Path(path).suffix
+    if suffix.lower() not in _FORMATS:
+        raise ValueError(f"unsupported plot suffix {suffix!r} in {os.fspath(path)!r}: use .png, .svg or .pdf")
+    return _FORMATS[suffix.lower()]
+
+
+def _new_figure(figsize: tuple[float, float], dpi: float | None = None, layout: str | None = None):
+    """A Figure on its own Agg canvas (no pyplot, no global backend change)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, dpi=dpi, layout=layout)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save_figure(fig, path: Any, fmt: str, tight: bool = True) -> Path:
+    with atomic_open(path) as handle:
+        fig.savefig(handle, format=fmt, bbox_inches="tight" if tight else None)
+    return Path(path)
+
+
+def _cell_edges(arch: dict[str, Any], cell: str) -> list[tuple[str, str, str]]:
+    """``(source label, target label, op)`` of one cell, in genotype order, then the edges into ``c_{k}``."""
+    edges = []
+    for node in range(FIRST_NODE, FIRST_NODE + NODES_PER_CELL):
+        for k in range(INPUTS_PER_NODE):
+            source = arch[f"{cell}/input_{node}_{k}"][0]
+            source_label = _INPUT_LABELS[source] if source < FIRST_NODE else str(source - FIRST_NODE)
+            edges.append((source_label, str(node - FIRST_NODE), arch[f"{cell}/op_{node}_{k}"]))
+    edges.extend((str(i), _OUTPUT_LABEL, "") for i in range(NODES_PER_CELL))
+    return edges
+
+
+def _check_cell(cell: Any) -> str:
+    if cell not in CELL_TYPES:
+        raise ValueError(f"cell must be one of {', '.join(map(repr, CELL_TYPES))}, got {cell!r}")
+    return cell
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# graphviz backend
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _graphviz_graph(arch: Any, cells: Sequence[str]):
+    """The graphviz Digraph of ``cells`` (one cluster per cell when there are several), styled as visualize.py."""
+    import graphviz
+
+    arch = _coerce_arch(arch)
+
+    graph = graphviz.Digraph(
+        engine="dot",
+        edge_attr=dict(fontsize="20", fontname="times"),
+        node_attr=dict(
+            style="filled", shape="rect", align="center", fontsize="20", height="0.5", width="0.5",
+            penwidth="2", fontname="times",
+        ),
+    )
+    graph.attr(rankdir="LR")
+    # With rankdir=LR, dot stacked the clusters bottom-up in every case we tried: define the last one first
+    # so that the normal cell ends on top.
+    for cell in reversed(cells):
+        body = graph.subgraph(name=f"cluster_{cell}") if len(cells) > 1 else contextlib.nullcontext(graph)
+        with body as sub:
+            if len(cells) > 1:
+                sub.attr(label=_CELL_TITLES[cell], fontsize="24", fontname="times")
+            for label in _INPUT_LABELS:
+                sub.node(f"{cell}_{label}", label=label, fillcolor=_COLORS["input"])
+            for i in range(NODES_PER_CELL):
+                sub.node(f"{cell}_{i}", label=str(i), fillcolor=_COLORS["node"])
+            sub.node(f"{cell}_{_OUTPUT_LABEL}", label=_OUTPUT_LABEL, fillcolor=_COLORS["output"])
+            for source, target, op in _cell_edges(arch, cell):
+                attrs = dict(label=op) if op else {}
+                sub.edge(f"{cell}_{source}", f"{cell}_{target}", fillcolor="gray", **attrs)
+    return graph
+
+
+def _render_graphviz(graph, path: Any, fmt: str | None):
+    if fmt is not None:
+        data = graph.pipe(format=fmt)
+        with atomic_open(path) as handle:
+            handle.write(data)
+        return Path(path)
+    import matplotlib.image
+
+    png = graph.pipe(format="png")
+    image = matplotlib.image.imread(io.BytesIO(png), format="png")
+    height, width = image.shape[:2]
+    fig = _new_figure((width / _GRAPHVIZ_PNG_DPI, height / _GRAPHVIZ_PNG_DPI), dpi=_GRAPHVIZ_PNG_DPI)
+    ax = fig.add_axes((0.0, 0.0, 1.0, 1.0))
+    ax.imshow(image)
+    ax.set_axis_off()
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# matplotlib backend
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _layout(edges: list[tuple[str, str, str]]) -> dict[str, tuple[float, float]]:
+    """Layered positions: inputs in layer 0, each node one layer right of its deepest input, output last."""
+    depth = {label: 0 for label in _INPUT_LABELS}
+    for i in range(NODES_PER_CELL):
+        sources = [source for source, target, _ in edges if target == str(i)]
+        depth[str(i)] = 1 + max(depth[source] for source in sources)
+    depth[_OUTPUT_LABEL] = 1 + max(depth[str(i)] for i in range(NODES_PER_CELL))
+    layers: dict[int, list[str]] = {}
+    for label, d in depth.items():  # insertion order: inputs, nodes 0..3, output
+        layers.setdefault(d, []).append(label)
+    positions = {}
+    for d, labels in layers.items():
+        for row, label in enumerate(labels):
+            positions[label] = (d * _LAYER_GAP, ((len(labels) - 1) / 2 - row) * _ROW_GAP)
+    return positions
+
+
+def _bezier(p0: tuple[float, float], p2: tuple[float, float], rad: float, t: float) -> tuple[float, float]:
+    """A point of matplotlib's ``arc3`` curve from ``p0`` to ``p2``: a quadratic Bezier whose control point is the
+    chord midpoint moved by ``rad * (dy, -dx)`` (exact in data units because the axes keep an equal aspect)."""
+    (x1, y1), (x2, y2) = p0, p2
+    cx, cy = (x1 + x2) / 2 + rad * (y2 - y1), (y1 + y2) / 2 - rad * (x2 - x1)
+    return (
+        (1 - t) ** 2 * x1 + 2 * (1 - t) * t * cx + t**2 * x2,
+        (1 - t) ** 2 * y1 + 2 * (1 - t) * t * cy + t**2 * y2,
+    )
+
+
+def _clearance(point: tuple[float, float], obstacles: list[tuple[float, float]], x_scale: float = 1.0) -> float:
+    """Distance to the nearest obstacle, horizontal distances divided by ``x_scale`` (labels are wide)."""
+    return min(
+        (math.hypot((point[0] - x) / x_scale, point[1] - y) for x, y in obstacles), default=math.inf
+    )
+
+
+def _draw_cell_matplotlib(ax, arch: dict[str, Any], cell: str) -> None:
+    edges = _cell_edges(arch, cell)
+    positions = _layout(edges)
+    labels_at: list[tuple[float, float]] = []
+    curve_points: list[tuple[float, float]] = list(positions.values())
+    used_bends: set[tuple[str, str, float]] = set()
+    for source, target, op in edges:
+        start, end = positions[source], positions[target]
+        others = [xy for label, xy in positions.items() if label not in (source, target)]
+        # Pick the bend that keeps the curve farthest from the nodes it passes (dot routes around them; this
+        # is the cheap version), never the bend of an identical (source, target) edge drawn before.
+        samples = [i / 20 for i in range(2, 19)]
+        candidates = [r for r in _EDGE_BENDS if (source, target, r) not in used_bends] if op else [0.0]
+        rad = max(
+            candidates,
+            key=lambda r: (round(min(_clearance(_bezier(start, end, r, t), others) for t in samples), 1), -abs(r)),
+        )
+        used_bends.add((source, target, rad))
+        curve_points.extend(_bezier(start, end, rad, t) for t in samples)
+        ax.annotate(
+            "", xy=end, xytext=start,
+            arrowprops=dict(
+                arrowstyle="-|>", connectionstyle=f"arc3,rad={rad}", color="gray", lw=1.3,
+                shrinkA=16, shrinkB=16, mutation_scale=14,
+            ),
+            zorder=1,
+        )
+        if op:
+            # Label where it is farthest from nodes and from the labels placed so far.
+            obstacles = list(positions.values()) + labels_at
+            t = max(
+                _LABEL_POSITIONS,
+                key=lambda t: round(_clearance(_bezier(start, end, rad, t), obstacles, _LABEL_ASPECT), 1),
+            )
+            labels_at.append(_bezier(start, end, rad, t))
+            ax.text(
+                *labels_at[-1], op, ha="center", va="center", fontsize=8, zorder=4,
+                bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.85),
+            )
+    for label, (x, y) in positions.items():
+        kind = "input" if label in _INPUT_LABELS else "output" if label == _OUTPUT_LABEL else "node"
+        ax.text(
+            x, y, f"${label}$" if kind != "node" else label, ha="center", va="center", fontsize=12, zorder=5,
+            bbox=dict(boxstyle="round,pad=0.4", fc=_MPL_COLORS[kind], ec="black", lw=1.5),
+        )
+    xs = [x for x, _ in curve_points]
+    ys = [y for _, y in curve_points]
+    ax.set_xlim(min(xs) - 0.8, max(xs) + 0.8)
+    ax.set_ylim(min(ys) - 0.5, max(ys) + 0.5)
+    ax.set_aspect("equal", adjustable="box")
+    ax.set_axis_off()
+    ax.set_title(_CELL_TITLES[cell])
+
+
+def _render_matplotlib(arch: dict[str, Any], cells: Sequence[str], path: Any, fmt: str | None):
+    width, height = _CELL_FIGSIZE
+    fig = _new_figure((width * len(cells), height))
+    axes = fig.subplots(1, len(cells), squeeze=False)[0]
+    for ax, cell in zip(axes, cells):
+        _draw_cell_matplotlib(ax, arch, cell)
+    if fmt is None:
+        return fig
+    return _save_figure(fig, path, fmt)
+
+
+def _plot(arch: Any, cells: Sequence[str], path: Any, what: str):
+    fmt = _output_format(path)
+    arch = _coerce_arch(arch)
+    dot = shutil.which("dot")
+    if dot:
+        _logger.info("drawing %s with graphviz ('dot' at %s)", what, dot)
+        return _render_graphviz(_graphviz_graph(arch, cells), path, fmt)
+    _logger.info("graphviz 'dot' program not found on PATH; drawing %s with matplotlib", what)
+    return _render_matplotlib(arch, cells, path, fmt)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Public API
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def plot_cell(arch: Any, cell: str = "normal", path: "str | os.PathLike[str] | None" = None):
+    """Draw one cell (``'normal'`` or ``'reduce'``) of an arch dict (either format) or Genotype.
+
+    Writes ``path`` (.png, .svg or .pdf, atomically) and returns it as a :class:`~pathlib.Path`; with
+    ``path=None`` returns a matplotlib Figure. Uses graphviz when ``dot`` is on PATH, else matplotlib.
+
+    Raises:
+        ArchError: invalid arch. ValueError: unknown cell or path suffix.
+
+    Example::
+
+        plot_cell(DARTS_V2, "reduce", "reduce.svg")
+    """
+    cell = _check_cell(cell)
+    return _plot(arch, [cell], path, f"the {cell} cell")
+
+
+def plot_cells(arch: Any, path: "str | os.PathLike[str] | None" = None):
+    """Draw the normal and the reduction cell side by side (two clusters with graphviz).
+
+    Same formats, backends and return values as :func:`plot_cell`.
+
+    Example::
+
+        fig = plot_cells(load_arch("arch.json"))
+    """
+    return _plot(arch, list(CELL_TYPES), path, "both cells")
+
+
+def _edge_sort_key(label: str) -> tuple:
+    match = _EDGE_LABEL_RE.fullmatch(label)
+    if not match:
+        return (len(CELL_TYPES) + 1, label, 0, 0)
+    cell = match["cell"]
+    rank = CELL_TYPES.index(cell) if cell in CELL_TYPES else len(CELL_TYPES)
+    return (rank, cell, int(match["node"]), int(match["input"]))
+
+
+def _check_history(history: Any) -> list[dict[str, dict[str, float]]]:
+    if not isinstance(history, (list, tuple)):
+        raise TypeError(f"history must be a list (one dict per epoch), got {type(history).__name__}")
+    if not history:
+        raise ValueError("history is empty: nothing to plot")
+    for epoch, probs in enumerate(history):
+        if not isinstance(probs, dict):
+            raise TypeError(
+                f"history[{epoch}] must be a dict {{edge_label: {{op: probability}}}}, got {type(probs).__name__}"
+            )
+        for label, ops in probs.items():
+            if not isinstance(label, str) or not isinstance(ops, dict):
+                raise TypeError(f"history[{epoch}][{label!r}] must map a str edge label to a dict {{op: probability}}")
+            for op, p in ops.items():
+                if not isinstance(op, str) or not isinstance(p, numbers.Real) or isinstance(p, bool):
+                    raise TypeError(f"history[{epoch}][{label!r}][{op!r}] must be a float probability, got {p!r}")
+    return list(history)
+
+
+def plot_alpha_history(history: Any, path: "str | os.PathLike[str] | None" = None):
+    """Plot the op probabilities of every edge over the epochs of a search, ``skip_connect`` highlighted.
+
+    ``history`` has one entry per epoch, each the dict NNI's ``export_probs()`` returns:
+    ``{edge_label: {op_name: probability}}`` with labels such as ``'normal/2_0'`` (node 2, input 0). Edges
+    with such labels are laid out one row per (cell, node) and one column per input; other labels in a
+    square grid. Writes ``path`` (.png/.svg/.pdf, atomically) and returns it, or returns the Figure.
+
+    Example::
+
+        plot_alpha_history([strategy_probs_epoch0, strategy_probs_epoch1], "runs/search/alphas.png")
+    """
+    fmt = _output_format(path)
+    history = _check_history(history)
+    labels = sorted({label for probs in history for label in probs}, key=_edge_sort_key)
+    if not labels:
+        raise ValueError("history holds no edges: nothing to plot")
+    seen_ops = {op for probs in history for ops in probs.values() for op in ops}
+    ops = [op for op in PRIMITIVES if op in seen_ops] + sorted(seen_ops - set(PRIMITIVES))
+
+    matches = [_EDGE_LABEL_RE.fullmatch(label) for label in labels]
+    if all(matches):
+        rows = sorted({(m["cell"], int(m["node"])) for m in matches}, key=lambda r: _edge_sort_key(f"{r[0]}/{r[1]}_0"))
+        nrows, ncols = len(rows), 1 + max(int(m["input"]) for m in matches)
+        cells = {label: (rows.index((m["cell"], int(m["node"]))), int(m["input"])) for label, m in zip(labels, matches)}
+    else:
+        ncols = math.ceil(math.sqrt(len(labels)))
+        nrows = math.ceil(len(labels) / ncols)
+        cells = {label: divmod(index, ncols) for index, label in enumerate(labels)}
+
+    from matplotlib import colormaps
+
+    palette = colormaps["tab10"]
+    # tab10 without its red (index 3), which marks the highlighted op.
+    shades = [palette(i) for i in range(palette.N) if i != 3]
+    colors = {op: shades[index % len(shades)] for index, op in enumerate(o for o in ops if o != _HIGHLIGHT_OP)}
+    colors[_HIGHLIGHT_OP] = palette(3)
+    # Fixed margins (inches) instead of constrained layout or a tight bounding box: with 28 subplots each
+    # of those costs extra full draws (seconds per plot on a small CPU).
+    width, height = _ALPHA_SUBPLOT_SIZE[0] * ncols + 0.6, _ALPHA_SUBPLOT_SIZE[1] * nrows + _ALPHA_LEGEND_HEIGHT
+    fig = _new_figure((width, height))
+    fig.subplots_adjust(
+        left=0.5 / width, right=1 - 0.1 / width, bottom=0.45 / height, top=1 - _ALPHA_LEGEND_HEIGHT / height,
+        wspace=0.15, hspace=0.45,
+    )
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True, sharey=True)
+    epochs = list(range(len(history)))
+    used = set(cells.values())
+    for (row, col), ax in ((rc, axes[rc]) for rc in ((r, c) for r in range(nrows) for c in range(ncols))):
+        if (row, col) not in used:
+            ax.set_visible(False)
+    handles = {}
+    for label, (row, col) in cells.items():
+        ax = axes[row, col]
+        for op in ops:
+            values = [float(probs.get(label, {}).get(op, math.nan)) for probs in history]
+            if all(math.isnan(v) for v in values):
+                continue
+            highlight = op == _HIGHLIGHT_OP
+            (line,) = ax.plot(
+                epochs, values, color=colors[op], lw=2.4 if highlight else 1.0, alpha=1.0 if highlight else 0.75,
+                marker="o" if len(epochs) == 1 else None, markersize=3, zorder=3 if highlight else 2, label=op,
+            )
+            handles.setdefault(op, line)
+        ax.set_title(label, fontsize=8)
+        ax.set_ylim(0.0, 1.0)
+        ax.tick_params(labelsize=7)
+    for ax in axes[-1]:
+        ax.set_xlabel("epoch", fontsize=8)
+    fig.legend(
+        [handles[op] for op in ops if op in handles], [op for op in ops if op in handles],
+        loc="upper center", ncol=min(len(handles), 7), fontsize=8, frameon=False,
+        title="op probability per edge (softmax of the architecture weights)", title_fontsize=9,
+    )
+    if fmt is None:
+        return fig
+    return _save_figure(fig, path, fmt, tight=False)

@@ -1,0 +1,225 @@
+"""Cell drawings (graphviz and the matplotlib fallback) and the alpha-history plot."""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import sys
+
+import pytest
+from matplotlib.figure import Figure
+
+from nni_darts_ext.arch import DARTS_V1, DARTS_V2, ArchError, random_arch, to_genotype
+from nni_darts_ext.constants import PRIMITIVES
+from nni_darts_ext.plotting import _graphviz_graph, plot_alpha_history, plot_cell, plot_cells
+
+HAVE_DOT = shutil.which("dot") is not None
+needs_dot = pytest.mark.skipif(not HAVE_DOT, reason="graphviz 'dot' program not installed")
+MAGIC = {".png": b"\x89PNG\r\n\x1a\n", ".svg": b"<svg", ".pdf": b"%PDF"}
+LOGGER = "nni_darts_ext.plotting"
+
+
+def as_ints(arch: dict) -> dict:
+    return {key: (value[0] if isinstance(value, list) else value) for key, value in arch.items()}
+
+
+@pytest.fixture
+def no_dot(monkeypatch):
+    """Pretend graphviz's ``dot`` program is not installed."""
+    real_which = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None if name == "dot" else real_which(name, *a, **k))
+
+
+def assert_file(path, suffix):
+    data = path.read_bytes()
+    assert len(data) > 1000
+    assert MAGIC[suffix] in data[:400]
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # written atomically: no temporary left
+
+
+def texts(fig: Figure) -> list[tuple[str, float, float]]:
+    return [(t.get_text(), *map(lambda v: round(v, 6), t.get_position())) for ax in fig.axes for t in ax.texts]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# matplotlib fallback
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".png", ".svg", ".pdf"])
+def test_fallback_writes_each_format(tmp_path, no_dot, caplog, suffix):
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    path = tmp_path / f"cells{suffix}"
+    assert plot_cells(DARTS_V2, path) == path
+    assert_file(path, suffix)
+    assert "graphviz 'dot' program not found on PATH; drawing both cells with matplotlib" in caplog.text
+
+
+def test_fallback_returns_a_figure_with_every_edge_labelled(no_dot, caplog):
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    fig = plot_cell(DARTS_V2, "reduce")
+    assert isinstance(fig, Figure) and len(fig.axes) == 1
+    labels = [text for text, *_ in texts(fig)]
+    edge_ops = [DARTS_V2[f"reduce/op_{i}_{k}"] for i in range(2, 6) for k in range(2)]
+    assert sorted(label for label in labels if label in PRIMITIVES) == sorted(edge_ops)
+    assert {"$c_{k-2}$", "$c_{k-1}$", "0", "1", "2", "3", "$c_{k}$"} <= set(labels)
+    assert fig.axes[0].get_title() == "reduction cell"
+    assert "matplotlib" in caplog.text
+
+    both = plot_cells(DARTS_V2)
+    assert [ax.get_title() for ax in both.axes] == ["normal cell", "reduction cell"]
+
+
+def test_fallback_draws_the_same_from_every_arch_format(no_dot):
+    reference = texts(plot_cells(DARTS_V1))
+    assert texts(plot_cells(as_ints(DARTS_V1))) == reference
+    assert texts(plot_cells(to_genotype(DARTS_V1))) == reference
+    assert texts(plot_cells(DARTS_V2)) != reference
+
+
+def test_fallback_handles_duplicate_inputs(no_dot, tmp_path):
+    arch = dict(random_arch(3), **{"normal/input_5_0": [4], "normal/input_5_1": [4]})
+    plot_cell(arch, "normal", tmp_path / "dup.png")
+    assert_file(tmp_path / "dup.png", ".png")
+
+
+def test_pyplot_and_backend_are_left_alone(no_dot, tmp_path):
+    import matplotlib
+
+    backend = matplotlib.get_backend()
+    had_pyplot = "matplotlib.pyplot" in sys.modules
+    plot_cells(DARTS_V2, tmp_path / "cells.png")
+    plot_alpha_history([{"normal/2_0": {"skip_connect": 1.0}}], tmp_path / "alphas.png")
+    assert matplotlib.get_backend() == backend
+    assert had_pyplot or "matplotlib.pyplot" not in sys.modules
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# graphviz
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_graphviz_source_is_the_same_from_every_arch_format():
+    """The graph is built by the graphviz Python package alone (no ``dot`` needed)."""
+    reference = _graphviz_graph(DARTS_V2, ["normal", "reduce"]).source
+    assert _graphviz_graph(as_ints(DARTS_V2), ["normal", "reduce"]).source == reference
+    assert "subgraph cluster_normal" in reference and "subgraph cluster_reduce" in reference
+    assert '"normal_c_{k-2}" -> normal_0 [label=sep_conv_3x3' in reference
+    assert "normal_0 -> normal_3 [label=dil_conv_3x3" in reference  # node 5 reads node 2 (drawn as 0)
+    assert reference.count("-> \"reduce_c_{k}\"") == 4
+    single = _graphviz_graph(DARTS_V2, ["reduce"]).source
+    assert "cluster" not in single and "normal_" not in single
+
+
+@needs_dot
+@pytest.mark.parametrize("suffix", [".png", ".svg", ".pdf"])
+def test_graphviz_writes_each_format(tmp_path, caplog, suffix):
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    path = tmp_path / f"reduce{suffix}"
+    assert plot_cell(DARTS_V2, "reduce", path) == path
+    assert_file(path, suffix)
+    assert "drawing the reduce cell with graphviz" in caplog.text
+
+
+@needs_dot
+def test_graphviz_returns_a_figure(caplog):
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    fig = plot_cells(DARTS_V2)
+    assert isinstance(fig, Figure)
+    (image,) = fig.axes[0].get_images()
+    height, width = image.get_array().shape[:2]
+    assert width > 200 and height > 200
+    assert "drawing both cells with graphviz" in caplog.text
+
+
+@needs_dot
+def test_graphviz_svg_is_the_same_from_every_arch_format(tmp_path):
+    plot_cells(DARTS_V1, tmp_path / "a.svg")
+    plot_cells(as_ints(DARTS_V1), tmp_path / "b.svg")
+    assert (tmp_path / "a.svg").read_bytes() == (tmp_path / "b.svg").read_bytes()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Argument checks
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_unsupported_suffix_is_rejected_before_drawing(tmp_path):
+    with pytest.raises(ValueError, match=r"unsupported plot suffix '\.jpg'"):
+        plot_cell(DARTS_V2, "normal", tmp_path / "cell.jpg")
+    with pytest.raises(ValueError, match=r"unsupported plot suffix ''"):
+        plot_cells(DARTS_V2, tmp_path / "cells")
+    with pytest.raises(ValueError, match=r"unsupported plot suffix '\.gif'"):
+        plot_alpha_history([{"normal/2_0": {"skip_connect": 1.0}}], tmp_path / "alphas.gif")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_cell_and_arch_are_rejected():
+    with pytest.raises(ValueError, match="cell must be one of 'normal', 'reduce'"):
+        plot_cell(DARTS_V2, "reduction")
+    with pytest.raises(ArchError, match="normal/input_3_1: input 5 points forward"):
+        plot_cells(dict(DARTS_V2, **{"normal/input_3_1": 5}))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Alpha history
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def nni_like_history(epochs: int = 4) -> list[dict[str, dict[str, float]]]:
+    """The shape of NNI's export_probs(): per edge 'cell/node_input', a softmax over the 7 ops; skip grows."""
+    history = []
+    for epoch in range(epochs):
+        probs = {}
+        for cell in ("normal", "reduce"):
+            for node in range(2, 6):
+                for source in range(node):
+                    logits = {op: (epoch * 0.8 if op == "skip_connect" else 0.1 * index) for index, op in enumerate(PRIMITIVES)}
+                    total = sum(math.exp(v) for v in logits.values())
+                    probs[f"{cell}/{node}_{source}"] = {op: math.exp(v) / total for op, v in logits.items()}
+        history.append(probs)
+    return history
+
+
+def test_alpha_history_grid_and_highlight(tmp_path):
+    history = nni_like_history()
+    fig = plot_alpha_history(history)
+    visible = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(visible) == 28  # 2 + 3 + 4 + 5 edges per cell
+    assert sorted(ax.get_title() for ax in visible) == sorted(history[0])
+    axes = {ax.get_title(): ax for ax in visible}
+    lines = {line.get_label(): line for line in axes["normal/5_4"].get_lines()}
+    assert set(lines) == set(PRIMITIVES)
+    assert lines["skip_connect"].get_linewidth() > 2 * lines["sep_conv_3x3"].get_linewidth()
+    assert list(lines["skip_connect"].get_xdata()) == [0, 1, 2, 3]
+    # One row per (cell, node), one column per input: normal/2_1 is right of normal/2_0, above normal/3_1.
+    box = {title: ax.get_subplotspec() for title, ax in axes.items()}
+    assert (box["normal/2_1"].rowspan.start, box["normal/2_1"].colspan.start) == (0, 1)
+    assert (box["reduce/5_4"].rowspan.start, box["reduce/5_4"].colspan.start) == (7, 4)
+
+    # Writing: a few edges keep the test fast (a 28-subplot PNG takes seconds to draw on this CPU).
+    few = [{label: probs[label] for label in ("normal/2_0", "normal/2_1", "reduce/3_2")} for probs in history]
+    path = plot_alpha_history(few, tmp_path / "alphas.png")
+    assert_file(path, ".png")
+
+
+def test_alpha_history_accepts_other_labels_and_one_epoch():
+    fig = plot_alpha_history([{"a": {"x": 0.3, "y": 0.7}, "b": {"x": 1.0}, "c": {"y": 0.5}}])
+    assert sorted(ax.get_title() for ax in fig.axes if ax.get_visible()) == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize(
+    "history, error, match",
+    [
+        ([], ValueError, "history is empty"),
+        ({"normal/2_0": {}}, TypeError, "history must be a list"),
+        ([["normal/2_0"]], TypeError, r"history\[0\] must be a dict"),
+        ([{"normal/2_0": 0.5}], TypeError, r"history\[0\]\['normal/2_0'\] must map"),
+        ([{"normal/2_0": {"skip_connect": "high"}}], TypeError, "must be a float probability"),
+        ([{}], ValueError, "holds no edges"),
+    ],
+)
+def test_alpha_history_rejects_bad_input(history, error, match):
+    with pytest.raises(error, match=match):
+        plot_alpha_history(history)

@@ -23,6 +23,13 @@ __all__ = ["atomic_open", "atomic_write_text", "atomic_write_json", "atomic_torc
 PathLike = Union[str, "os.PathLike[str]"]
 
 
+def _default_file_mode() -> int:
+    """The mode ``open()`` would give a new file (0o666 minus the umask); mkstemp's own is 0o600."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 @contextlib.contextmanager
 def atomic_open(path: PathLike) -> Iterator[BinaryIO]:
     """Open a binary file for writing that appears at ``path`` only once the block completes."""
@@ -30,6 +37,7 @@ def atomic_open(path: PathLike) -> Iterator[BinaryIO]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, _default_file_mode())
         with os.fdopen(fd, "wb") as handle:
             yield handle
             handle.flush()

@@ -42,6 +42,8 @@ _EXPORTS = {
     "build_model": "arch",
     "DARTS_V1": "arch",
     "DARTS_V2": "arch",
+    "NAMED_ARCHS": "arch",
+    "count_parameters": "arch",
     "plot_cell": "plotting",
     "plot_cells": "plotting",
     "plot_alpha_history": "plotting",

@@ -27,6 +27,13 @@ __all__ = [
     "NATIVE_IMAGE_SIZE",
     "AUX_HEAD_POOLED_SIZE",
     "MAX_ARCH_FILE_BYTES",
+    "CIFAR10_IMAGE_SIZE",
+    "CIFAR10_PADDING",
+    "DIGITS_MEAN",
+    "DIGITS_STD",
+    "DIGITS_NATIVE_SIZE",
+    "DIGITS_TEST_FRACTION",
+    "DIGITS_IMAGE_SIZE",
 ]
 
 # Per-channel statistics of the CIFAR-10 training set, as in quark0/darts cnn/utils.py _data_transforms_cifar10.
@@ -83,3 +90,20 @@ NATIVE_IMAGE_SIZE: dict[str, int] = {"cifar": 32, "imagenet": 224}
 AUX_HEAD_POOLED_SIZE = 2
 # An arch file (32 keys of JSON, or one Genotype(...) line) is a few KiB; refuse anything above 1 MiB unread.
 MAX_ARCH_FILE_BYTES = 1 << 20
+
+# CIFAR-10 images are 32x32 RGB; DARTS crops them randomly after 4 pixels of zero padding
+# (quark0/darts cnn/utils.py _data_transforms_cifar10: RandomCrop(32, padding=4)).
+CIFAR10_IMAGE_SIZE = 32
+CIFAR10_PADDING = 4
+# scikit-learn's load_digits: 1797 grey 8x8 images with pixel values 0..16.
+DIGITS_NATIVE_SIZE = 8
+# Our fixed stratified split of digits: 20% test (train_test_split(test_size=0.2, stratify=y, random_state=0)).
+DIGITS_TEST_FRACTION = 0.2
+# Mean / std of the digits train split (seed 0, 1437 images), pixel values scaled to [0, 1], computed once at
+# the native 8x8 size (like CIFAR-10's at 32x32) with torch.float64 (unbiased std). Bilinear upsampling keeps
+# the mean exactly but smooths: at 16x16 the normalised pixels have std ~0.85 (raw std 0.3190), at 32x32 ~0.86.
+DIGITS_MEAN = 0.30538339
+DIGITS_STD = 0.37612121
+# Default digits input size for get_dataset: 16x16 searched and retrained faster and better than 32x32 on CPU
+# (shared/NNI-NOTES.md, "Pitfalls seen in small end-to-end runs").
+DIGITS_IMAGE_SIZE = 16

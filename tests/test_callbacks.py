@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import signal
@@ -15,6 +16,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from nni_darts_ext.callbacks import (
     LAST_CHECKPOINT_NAME,
+    ApplySettingsOnResume,
     AtomicCheckpointIO,
     CheckpointOnSignal,
     NonFiniteLossError,
@@ -40,9 +42,9 @@ def one_thread_and_own_signals():
         signal.signal(signum, handler)
 
 
-def _module() -> DartsClassificationModule:
+def _module(**kwargs) -> DartsClassificationModule:
     torch.manual_seed(0)
-    module = DartsClassificationModule(max_epochs=EPOCHS, num_classes=10)
+    module = DartsClassificationModule(**{"max_epochs": EPOCHS, "num_classes": 10, **kwargs})
     module.set_model(nn.Linear(4, 10))
     return module
 
@@ -246,6 +248,50 @@ def test_second_signal_interrupts_at_once_without_a_new_checkpoint(tmp_path):
         trainer.fit(_module(), _loader())
     assert not isinstance(caught.value, TrainingInterrupted) and caught.value.code == 1
     assert _load(tmp_path / LAST_CHECKPOINT_NAME)["epoch"] == 0  # ModelCheckpoint's epoch-0 file, untouched
+
+
+
+# ------------------------------------------------------------------------------------- resume, changed settings
+class _Probe(Callback):
+    """Records (lr, weight_decay, has momentum buffers) at the first batch of each epoch."""
+
+    def __init__(self):
+        self.seen = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == 0:
+            optimizer = trainer.optimizers[0]
+            group = optimizer.param_groups[0]
+            self.seen[trainer.current_epoch] = (group["lr"], group["weight_decay"], bool(optimizer.state))
+
+
+@pytest.mark.parametrize("apply", [True, False], ids=["applied", "lightning-default"])
+def test_resume_uses_this_runs_learning_rate_schedule_and_weight_decay(tmp_path, apply):
+    first = _trainer([ModelCheckpoint(tmp_path, save_last=True)], max_epochs=1)
+    first.fit(_module(learning_rate=0.1, weight_decay=3e-4, max_epochs=2), _loader())
+
+    probe, settings = _Probe(), ApplySettingsOnResume()
+    resumed = _trainer([probe] + ([settings] if apply else []), max_epochs=4)
+    resumed.fit(_module(learning_rate=0.01, weight_decay=1e-3, max_epochs=4), _loader(),
+                ckpt_path=tmp_path / LAST_CHECKPOINT_NAME)
+
+    lr, weight_decay, has_momentum = probe.seen[1]
+    assert has_momentum  # the optimizer's progress is kept either way
+    if apply:  # cosine over 4 epochs from 0.01, at epoch 1
+        assert lr == pytest.approx(0.01 * (1 + math.cos(math.pi * 1 / 4)) / 2)
+        assert weight_decay == 1e-3
+        assert probe.seen[3][0] == pytest.approx(0.01 * (1 + math.cos(math.pi * 3 / 4)) / 2)
+        assert any("base lr: 0.1 -> 0.01" in line for line in settings.applied)
+        assert any("T_max: 2 -> 4" in line for line in settings.applied)
+    else:  # Lightning restores the old settings: cosine over 2 epochs from 0.1
+        assert lr == pytest.approx(0.1 * (1 + math.cos(math.pi * 1 / 2)) / 2)
+        assert weight_decay == 3e-4
+
+
+def test_a_fresh_fit_is_left_alone(tmp_path):
+    probe, settings = _Probe(), ApplySettingsOnResume()
+    _trainer([probe, settings], max_epochs=1).fit(_module(learning_rate=0.05), _loader())
+    assert probe.seen[0][0] == 0.05 and settings.applied == []
 
 
 # ------------------------------------------------------------------------------------------- checkpoint plugin

@@ -9,6 +9,8 @@ minutes, not the run:
   step, save ``last.ckpt``, stop": the run continues with ``trainer.fit(..., ckpt_path=".../last.ckpt")``.
 * :class:`ApplySettingsOnResume` makes a resumed run use the *current* optimizer and schedule settings (a lower
   learning rate after a divergence, more epochs) instead of the ones restored from the checkpoint.
+* :class:`CheckResumeCheckpoint` and :func:`read_checkpoint` turn a corrupt, truncated or mismatched checkpoint
+  into a one-line :class:`CheckpointError` naming the file and the keys or shapes that differ.
 * :class:`AtomicCheckpointIO` writes every checkpoint through a temporary file in the destination folder and an
   atomic rename, and reads checkpoints with ``torch.load(weights_only=True)``.
 
@@ -69,6 +71,10 @@ __all__ = [
     "CheckpointOnSignal",
     "AtomicCheckpointIO",
     "ApplySettingsOnResume",
+    "CheckpointError",
+    "CheckResumeCheckpoint",
+    "read_checkpoint",
+    "state_dict_mismatch",
     "checkpoint_safe_globals",
 ]
 
@@ -510,6 +516,112 @@ class ApplySettingsOnResume(Callback):
     def _note(self, line: str) -> None:
         self.applied.append(line)
         _logger.info("resume with changed settings: %s", line)
+
+
+
+# --------------------------------------------------------------------------------------------- resume checks
+#: What ``Trainer.fit(ckpt_path=...)`` needs besides the weights (``weights_only=True`` checkpoints lack them).
+_RESUMABLE_KEYS = ("state_dict", "optimizer_states", "lr_schedulers", "loops", "epoch", "global_step")
+_LISTED = 3  # keys named in a mismatch message
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be resumed from: unreadable, not a full Lightning checkpoint, or not this run's net."""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def read_checkpoint(path: PathLike) -> dict[str, Any]:
+    """Load a Lightning checkpoint to resume from (``weights_only``, see :class:`AtomicCheckpointIO`).
+
+    Raises:
+        CheckpointError: no such file; unreadable (corrupt, truncated, not a PyTorch file, unsafe content);
+            not a full training checkpoint (no optimizer or loop state). The message names the file.
+
+    Example::
+
+        checkpoint = read_checkpoint("runs/x/checkpoints/last.ckpt")
+        checkpoint["epoch"], checkpoint["global_step"]
+    """
+    import pickle
+
+    path = _check_path("path", path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        checkpoint = AtomicCheckpointIO().load_checkpoint(path, map_location="cpu")
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, AttributeError, KeyError) as exc:
+        raise CheckpointError(
+            f"{path}: cannot be read as a checkpoint, it is corrupt or truncated ({_first_line(exc)}); resume from "
+            "an older checkpoint in its folder (copy it to last.ckpt) or start the run again"
+        ) from None
+    missing = [key for key in _RESUMABLE_KEYS if not isinstance(checkpoint, dict) or key not in checkpoint]
+    if missing:
+        raise CheckpointError(
+            f"{path}: not a resumable training checkpoint (no {', '.join(missing)}); weights-only files can be "
+            "evaluated but not resumed"
+        )
+    return checkpoint
+
+
+def _names(keys: list[str]) -> str:
+    return ", ".join(keys[:_LISTED]) + (", ..." if len(keys) > _LISTED else "")
+
+
+def state_dict_mismatch(expected: dict[str, Any], found: dict[str, Any]) -> Optional[str]:
+    """``None`` when ``found`` has the keys and shapes of ``expected``, else a one-line account of what differs."""
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    shapes = [
+        k for k in expected
+        if k in found and hasattr(found[k], "shape") and tuple(found[k].shape) != tuple(expected[k].shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing key(s) ({_names(missing)})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s) ({_names(unexpected)})")
+    if shapes:
+        k = shapes[0]
+        problems.append(
+            f"{len(shapes)} shape mismatch(es) ({k}: checkpoint {list(found[k].shape)} vs net "
+            f"{list(expected[k].shape)}{', ...' if len(shapes) > 1 else ''})"
+        )
+    return "; ".join(problems) or None
+
+
+class CheckResumeCheckpoint(Callback):
+    """Before ``fit`` resumes from ``ckpt_path``, check that the file is readable and fits the module.
+
+    Lightning would fail inside the restore with an unpickling error or a many-line ``load_state_dict`` report;
+    this callback reads the file in ``setup`` (before anything is restored) and raises :class:`CheckpointError`
+    naming the file and the keys or shapes that differ (e.g. a run resumed with another width or cell).
+
+    Args:
+        ckpt_path: the checkpoint ``fit`` resumes from; ``None`` (a fresh run) checks nothing.
+
+    Example::
+
+        trainer = Trainer(callbacks=[CheckResumeCheckpoint(path)])
+        trainer.fit(module, loader, ckpt_path=path)
+    """
+
+    def __init__(self, ckpt_path: Optional[PathLike]):
+        self.ckpt_path = None if ckpt_path is None else _check_path("ckpt_path", ckpt_path)
+
+    def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+        if self.ckpt_path is None or stage != "fit":
+            return
+        checkpoint = read_checkpoint(self.ckpt_path)
+        problem = state_dict_mismatch(pl_module.state_dict(), checkpoint["state_dict"])
+        if problem is not None:
+            raise CheckpointError(
+                f"{self.ckpt_path}: does not fit this run's net: {problem}; resume with the settings the run was "
+                "started with (sizes, cells, architecture)"
+            )
 
 
 # ------------------------------------------------------------------------------------------- checkpoint plugin

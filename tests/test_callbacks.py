@@ -17,11 +17,14 @@ from torch.utils.data import DataLoader, TensorDataset
 from nni_darts_ext.callbacks import (
     LAST_CHECKPOINT_NAME,
     ApplySettingsOnResume,
+    CheckpointError,
+    CheckResumeCheckpoint,
     AtomicCheckpointIO,
     CheckpointOnSignal,
     NonFiniteLossError,
     NonFiniteLossGuard,
     TrainingInterrupted,
+    read_checkpoint,
 )
 from nni_darts_ext.training_module import DartsClassificationModule
 
@@ -294,6 +297,54 @@ def test_a_fresh_fit_is_left_alone(tmp_path):
     assert probe.seen[0][0] == 0.05 and settings.applied == []
 
 
+
+# ---------------------------------------------------------------------------------------------- resume checks
+@pytest.fixture
+def one_epoch_checkpoint(tmp_path):
+    _trainer([ModelCheckpoint(tmp_path, save_last=True)], max_epochs=1).fit(_module(), _loader())
+    return tmp_path / LAST_CHECKPOINT_NAME
+
+
+@pytest.mark.parametrize(
+    "damage, match",
+    [
+        (lambda path: path.write_bytes(path.read_bytes()[:200]), "cannot be read as a checkpoint, it is corrupt"),
+        (lambda path: path.write_bytes(b""), "cannot be read as a checkpoint"),
+        (lambda path: path.write_text("not a checkpoint"), "cannot be read as a checkpoint"),
+        (lambda path: torch.save(_module().state_dict(), path), r"not a resumable training checkpoint \(no "
+                                                                r"state_dict, optimizer_states, lr_schedulers"),
+        (lambda path: path.unlink(), "no such checkpoint file"),
+    ],
+    ids=["truncated", "empty", "text", "weights-only", "missing"],
+)
+def test_read_checkpoint_names_the_problem(one_epoch_checkpoint, damage, match):
+    assert read_checkpoint(one_epoch_checkpoint)["epoch"] == 0
+    damage(one_epoch_checkpoint)
+    with pytest.raises(CheckpointError, match=match) as caught:
+        read_checkpoint(one_epoch_checkpoint)
+    assert str(caught.value).startswith(str(one_epoch_checkpoint)) and "\n" not in str(caught.value)
+
+
+def test_resuming_another_net_names_keys_and_shapes(one_epoch_checkpoint):
+    module = DartsClassificationModule(max_epochs=EPOCHS, num_classes=10)
+    module.set_model(nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 10)))
+    trainer = _trainer([CheckResumeCheckpoint(one_epoch_checkpoint)])
+    with pytest.raises(CheckpointError) as caught:
+        trainer.fit(module, _loader(), ckpt_path=one_epoch_checkpoint)
+    message = str(caught.value)
+    assert "does not fit this run's net" in message
+    assert "4 missing key(s) (_model.0.weight, _model.0.bias, _model.1.weight, ...)" in message
+    assert "2 unexpected key(s) (_model.weight, _model.bias)" in message
+
+
+def test_resuming_a_net_of_another_width_names_the_shape(one_epoch_checkpoint):
+    module = DartsClassificationModule(max_epochs=EPOCHS, num_classes=10)
+    module.set_model(nn.Linear(5, 10))
+    with pytest.raises(CheckpointError, match=r"1 shape mismatch\(es\) \(_model.weight: checkpoint \[10, 4\] vs net "
+                                              r"\[10, 5\]\)"):
+        _trainer([CheckResumeCheckpoint(one_epoch_checkpoint)]).fit(module, _loader(), ckpt_path=one_epoch_checkpoint)
+
+
 # ------------------------------------------------------------------------------------------- checkpoint plugin
 class _Boom(Exception):
     pass
@@ -382,6 +433,7 @@ def test_trusted_checkpoints_can_opt_out_of_weights_only(tmp_path):
         (lambda: CheckpointOnSignal("d", signals=["SIGTERM"]), TypeError, "signal numbers"),
         (lambda: CheckpointOnSignal("d", signals=[signal.SIGKILL]), ValueError, "SIGINT and SIGTERM only"),
         (lambda: AtomicCheckpointIO(weights_only=1), TypeError, "weights_only must be a bool"),
+        (lambda: CheckResumeCheckpoint(1.5), TypeError, "ckpt_path must be a str or os.PathLike"),
     ],
 )
 def test_arguments_are_checked(build, error, match):

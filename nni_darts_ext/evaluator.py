@@ -8,17 +8,49 @@ and split one flat keyword list between :class:`DartsClassificationModule` and t
 from __future__ import annotations
 
 import inspect
-from typing import Any, Optional
+import numbers
+import os
+import sys
+from typing import Any, Optional, Union
+
+import torch
+from torch.utils.data import Subset
 
 from ._compat import import_nni_quietly, resolve_gpus
 from .training_module import DartsClassificationModule
 
 with import_nni_quietly():
+    import nni
     from nni.nas.evaluator.pytorch import Lightning, Trainer
 
-__all__ = ["darts_trainer", "darts_evaluator"]
+__all__ = ["DartsLightning", "darts_trainer", "darts_evaluator", "recipe_dataloaders"]
 
 _MODULE_ARGUMENTS = frozenset(inspect.signature(DartsClassificationModule).parameters)
+
+
+@nni.trace
+class DartsLightning(Lightning):
+    """NNI's ``Lightning`` evaluator that can evaluate several models in one process.
+
+    NNI's sequential execution engine (multi-trial NAS with ``execution_engine='sequential'``) calls
+    ``evaluate`` of one evaluator object for every trial, but a Lightning ``Trainer`` fits only once: a second
+    ``fit`` stops at once with "max_epochs reached" (Lightning-AI/pytorch-lightning#12789), and NNI then fails
+    reading a metric that was never logged. From the second ``evaluate`` on, the trainer and the module are
+    rebuilt from their ``nni.trace`` records, so each trial trains from scratch, as in its own process.
+    One-shot strategies use ``trainer`` and ``module`` directly and are unaffected.
+
+    Example::
+
+        evaluator = DartsLightning(DartsClassificationModule(max_epochs=1), darts_trainer(max_epochs=1),
+                                   train_dataloaders=train_loader, val_dataloaders=val_loader)
+    """
+
+    def evaluate(self, model: Any) -> Any:
+        if getattr(self, "_evaluated", False):
+            self.trainer = self.trainer.trace_copy().get()
+            self.module = self.module.trace_copy().get()
+        self._evaluated = True
+        return super().evaluate(model)
 
 
 def darts_trainer(**trainer_kwargs: Any) -> Trainer:
@@ -37,6 +69,7 @@ def darts_evaluator(
     *,
     datamodule: Any = None,
     fit_kwargs: Optional[dict] = None,
+    validation: Union[str, float] = "test",
     **kwargs: Any,
 ) -> Lightning:
     """An NNI ``Lightning`` evaluator training with :class:`DartsClassificationModule`.
@@ -46,19 +79,129 @@ def darts_evaluator(
     and the drop-path ramp span the whole run). Usable with any NNI strategy, one-shot or multi-trial, and
     serialisable with ``nni.dump``.
 
+    **From a recipe**: the first argument may instead be a :class:`~nni_darts_ext.recipes.Recipe` or a recipe
+    name / YAML path (loaded with :func:`~nni_darts_ext.recipes.load_recipe`). Its ``retrain`` section sets the
+    module (``learning_rate``, ``momentum``, ``weight_decay``, ``eta_min``, ``auxiliary_weight``,
+    ``drop_path_prob``, ``epochs``) and the trainer (``max_epochs=epochs``, ``gradient_clip_val=gradient_clip``),
+    and its ``dataset`` section the loaders (:func:`recipe_dataloaders`: NNI's traced ``DataLoader`` over
+    :func:`~nni_darts_ext.data.get_dataset`, training split with ``retrain.cutout``, batches of
+    ``retrain.batch_size``, ``dataset.num_workers`` workers). ``validation`` picks the validation loader:
+    ``"test"`` (default) is the test split, as the paper's retrain (quark0/darts ``cnn/train.py``) and NNI's
+    tutorial do; a float in (0, 1) holds that fraction of the training split out instead (split with
+    ``recipe.seed``, no Cutout on it), for tuning without looking at the test set. Keyword arguments still
+    apply on top (``limit_train_batches=2``, ``accelerator="cpu"``, even ``learning_rate=...``).
+
+    Raises:
+        RecipeError: an unknown recipe name or a bad recipe file.
+        TypeError: a recipe together with ``val_dataloaders`` or ``datamodule``; ``validation`` without a recipe.
+        ValueError: ``validation`` neither ``"test"`` nor a fraction in (0, 1).
+
     Example::
 
         train_loader, val_loader = search_dataloaders(digits(train=True), batch_size=64)
         evaluator = darts_evaluator(train_loader, val_loader, max_epochs=50, learning_rate=0.025)
+        evaluator = darts_evaluator("paper", accelerator="gpu", devices=1)  # CIFAR-10 in ./data, 600 epochs
+        evaluator = darts_evaluator(load_recipe("demo"), validation=0.1)
     """
+    recipe = _as_recipe(train_dataloaders)
+    if recipe is not None:
+        if val_dataloaders is not None or datamodule is not None:
+            raise TypeError("darts_evaluator(recipe): the recipe builds the loaders; "
+                            "do not pass val_dataloaders or datamodule")
+        train_dataloaders, val_dataloaders, _ = recipe_dataloaders(recipe, validation)
+        kwargs = {**_recipe_arguments(recipe), **kwargs}
+    elif not (isinstance(validation, str) and validation == "test"):
+        raise TypeError("darts_evaluator: `validation` applies to a recipe only; pass your own val_dataloaders")
     module_kwargs = {k: v for k, v in kwargs.items() if k in _MODULE_ARGUMENTS}
     trainer_kwargs = {k: v for k, v in kwargs.items() if k not in _MODULE_ARGUMENTS or k == "max_epochs"}
     module = DartsClassificationModule(**module_kwargs)
-    return Lightning(
+    return DartsLightning(
         module,
         darts_trainer(**trainer_kwargs),
         train_dataloaders=train_dataloaders,
         val_dataloaders=val_dataloaders,
         datamodule=datamodule,
         fit_kwargs=fit_kwargs,
+    )
+
+
+# ------------------------------------------------------------------------------------------- from a recipe
+
+
+def _as_recipe(first: Any) -> Any:
+    """The recipe the first argument of darts_evaluator names or is, or None for a loader (or nothing)."""
+    if isinstance(first, (str, os.PathLike)):
+        from .recipes import load_recipe
+
+        return load_recipe(first)
+    # A Recipe instance means nni_darts_ext.recipes is already imported: no import (and no cycle) needed here.
+    recipes = sys.modules.get(f"{__package__}.recipes")
+    if recipes is not None and isinstance(first, recipes.Recipe):
+        return first
+    return None
+
+
+def _recipe_arguments(recipe: Any) -> dict[str, Any]:
+    """Module and trainer keywords of the recipe's retrain section."""
+    r = recipe.retrain
+    return {
+        "learning_rate": r.learning_rate,
+        "momentum": r.momentum,
+        "weight_decay": r.weight_decay,
+        "eta_min": r.eta_min,
+        "auxiliary_loss_weight": r.auxiliary_weight,
+        "drop_path_prob": r.drop_path_prob,
+        "max_epochs": r.epochs,
+        "gradient_clip_val": r.gradient_clip,
+    }
+
+
+def recipe_dataloaders(recipe: Any, validation: Union[str, float] = "test") -> tuple[Any, Any, Any]:
+    """``(train, val, test)`` loaders of a recipe's retrain, as :func:`darts_evaluator` builds them from a recipe.
+
+    NNI's traced ``DataLoader`` over :func:`~nni_darts_ext.data.get_dataset`: the training split with
+    ``retrain.cutout`` (shuffled), the test split, and for validation the test split (``validation="test"``) or
+    a held-out ``validation`` fraction of the training split (seeded by ``recipe.seed``, without Cutout).
+    ``dataset.max_samples``, when set, keeps a seeded random subset of each split first.
+
+    Raises:
+        ValueError: ``validation`` neither ``"test"`` nor a fraction in (0, 1).
+
+    Example::
+
+        train_loader, val_loader, test_loader = recipe_dataloaders(load_recipe("demo"), validation=0.1)
+    """
+    from .data import get_dataset, search_split
+
+    with import_nni_quietly():
+        from nni.nas.evaluator.pytorch import DataLoader
+
+    on_test_split = isinstance(validation, str) and validation == "test"
+    fraction = isinstance(validation, numbers.Real) and not isinstance(validation, bool) and 0.0 < validation < 1.0
+    if not (on_test_split or fraction):
+        raise ValueError(f"validation must be 'test' or a fraction in (0, 1), got {validation!r}")
+    d, r = recipe.dataset, recipe.retrain
+    subset = nni.trace(Subset)
+
+    def dataset(train: bool, cutout: Optional[int] = None) -> Any:
+        data = get_dataset(d.name, train=train, root=d.data_dir, image_size=d.image_size, cutout=cutout)
+        limit = getattr(d, "max_samples", None)
+        if limit is not None and len(data) > limit:  # a seeded random `limit` images, as nni-darts does
+            order = torch.randperm(len(data), generator=torch.Generator().manual_seed(recipe.seed))
+            data = subset(dataset=data, indices=sorted(order[:limit].tolist()))
+        return data
+
+    train_set, test_set = dataset(train=True, cutout=r.cutout), dataset(train=False)
+    if on_test_split:
+        val_set = test_set
+    else:
+        train_indices, val_indices = search_split(train_set, 1.0 - float(validation), seed=recipe.seed)
+        # The held-out images come from a second copy of the training split, without Cutout.
+        val_set = subset(dataset=dataset(train=True), indices=val_indices)
+        train_set = subset(dataset=train_set, indices=train_indices)
+    loader = {"batch_size": r.batch_size, "num_workers": d.num_workers}
+    return (
+        DataLoader(dataset=train_set, shuffle=True, drop_last=False, **loader),
+        DataLoader(dataset=val_set, shuffle=False, **loader),
+        DataLoader(dataset=test_set, shuffle=False, **loader),
     )

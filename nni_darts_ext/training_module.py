@@ -168,6 +168,29 @@ class DartsClassificationModule(ClassificationModule):
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.max_epochs, eta_min=self.eta_min)
         return [optimizer], [scheduler]
 
+    # ------------------------------------------------------------------------------------------ NNI reports
+    # NNI's SupervisedLearningModule reports to NNI whenever ``nni.get_current_parameter()`` is not None: the
+    # validation metric after each validation epoch and once more at the end of ``fit`` (lightning.py ~L281-299).
+    # Multi-trial NAS relies on that (its final metric is the last val_acc). A retrain tuned by nnictl reports the
+    # *test* accuracy as its final result instead: nni_darts_ext.nni_trial.NniReportCallback then sets
+    # ``report_to_nni = False`` and reports itself (rank 0 only), so exactly one report per epoch and one final
+    # report reach NNI.
+
+    #: Report to NNI the way NNI's SupervisedLearningModule does; cleared by ``NniReportCallback`` for its fit.
+    report_to_nni: bool = True
+
+    def on_validation_epoch_end(self) -> None:
+        if self.report_to_nni:
+            super().on_validation_epoch_end()
+
+    def on_fit_end(self) -> None:
+        if self.report_to_nni:
+            super().on_fit_end()
+
+    def on_validation_end(self) -> None:
+        if self.report_to_nni:
+            super().on_validation_end()
+
     # ------------------------------------------------------------------------------------------- drop path
     def final_drop_path_prob(self) -> float:
         """``p0``: the explicit ``drop_path_prob``, else the net's own attribute, captured on first use."""

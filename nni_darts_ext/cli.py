@@ -1,0 +1,390 @@
+"""``nni-darts``: the DARTS pipeline from the command line (search, retrain, evaluate, plot, convert, demo, recipes).
+
+The work is done by :mod:`nni_darts_ext.pipeline`; this module parses arguments, sets up logging (Lightning's
+progress bars on a terminal, one line per epoch otherwise, NNI's console noise off), prints reports and turns
+known bad input into one line on stderr and exit code 2 (no traceback, nothing written).
+
+Example::
+
+    nni-darts recipes show paper
+    nni-darts search --recipe paper --data-dir data --out runs/search
+    nni-darts retrain --recipe paper --arch runs/search/arch.json --out runs/retrain
+    nni-darts demo --baseline random
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Callable, NoReturn, Optional, Sequence
+
+__all__ = ["main", "build_parser"]
+
+_logger = logging.getLogger("nni_darts_ext")
+
+PROG = "nni-darts"
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell convention
+DEFAULT_DEMO_OUT = "runs/demo"
+_ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+_LIGHTNING_LOGGERS = ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning")
+# Warnings that say nothing to a user of this CLI (the settings are deliberate): message regexes.
+_QUIET_WARNINGS = (
+    r".*does not have many workers.*",
+    r".*The number of training batches .* is smaller than the logging interval.*",
+    r".*`training_service` will be ignored.*",
+    r".*Checkpoint directory .* exists and is not empty.*",
+    r".*is found to be not a nn\.Module.*",
+    r".*Trying to infer the `batch_size`.*",
+    r".*that has `shuffle=True`.*",
+    r".*You defined a `validation_step` but have no `val_dataloader`.*",
+    r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",
+)
+# Our own modules whose INFO lines are detail, not progress.
+_DETAIL_LOGGERS = ("nni_darts_ext.plotting",)
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are one line on stderr (exit 2) instead of usage + message."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Parser
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _add_recipe(parser: argparse.ArgumentParser, default_help: str) -> None:
+    parser.add_argument("--recipe", metavar="R", help=f"recipe name or YAML file ({default_help})")
+    parser.add_argument(
+        "--set", dest="overrides", metavar="KEY=VALUE", nargs="+", action="extend", default=[],
+        help="override recipe values, dotted keys, YAML values, type-checked (e.g. --set retrain.epochs=10 seed=1)",
+    )
+
+
+def _add_common(parser: argparse.ArgumentParser, *, resume: bool = True) -> None:
+    group = parser.add_argument_group("common options")
+    group.add_argument("--data-dir", metavar="DIR", help="dataset folder (sets dataset.data_dir)")
+    group.add_argument("--accelerator", default="auto", choices=_ACCELERATORS, help="Lightning accelerator (auto)")
+    group.add_argument("--devices", type=int, metavar="N", help="number of devices (1)")
+    group.add_argument("--precision", metavar="P", help="Lightning precision, e.g. 32-true, bf16-mixed, 16-mixed")
+    group.add_argument("--seed", type=int, metavar="N", help="random seed (sets the recipe's seed)")
+    group.add_argument("--threads", type=int, metavar="N",
+                       help="torch CPU threads (default: torch's, one per core); 1 is far faster on a busy machine")
+    if resume:
+        group.add_argument("--resume", action="store_true",
+                           help="continue an interrupted run from DIR/checkpoints/last.ckpt")
+    group.add_argument("--quiet", action="store_true", help="only errors and the final result")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``nni-darts`` argument parser (sub-commands and options)."""
+    parser = _OneLineParser(prog=PROG, description="DARTS architecture search with NNI 3.0: search, retrain, "
+                            "evaluate, plot and convert cells, from named recipes.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_OneLineParser)
+    sub.required = True
+
+    recipes = sub.add_parser("recipes", help="list the shipped recipes; `recipes show NAME` prints one")
+    recipes.add_argument("action", nargs="?", choices=("list", "show"), default="list")
+    recipes.add_argument("name", nargs="?", help="recipe to show (a shipped name or a YAML file)")
+    recipes.add_argument("--set", dest="overrides", metavar="KEY=VALUE", nargs="+", action="extend", default=[],
+                         help="with show: print the resolved recipe with these overrides")
+
+    search = sub.add_parser("search", help="search a cell with NNI's DARTS (writes arch.json, plots, checkpoints)")
+    _add_recipe(search, "default: demo, or DIR/config.yaml with --resume")
+    search.add_argument("--out", required=True, metavar="DIR", help="run folder")
+    _add_common(search)
+
+    retrain = sub.add_parser("retrain", help="train a fixed cell from scratch, then test it")
+    _add_recipe(retrain, "default: demo, or DIR/config.yaml with --resume")
+    retrain.add_argument("--arch", required=True, metavar="ARCH",
+                         help="arch file (JSON either format, or genotype text), a search folder, or darts-v1/darts-v2")
+    retrain.add_argument("--out", required=True, metavar="DIR", help="run folder")
+    retrain.add_argument("--nni", action="store_true",
+                         help="run as an NNI trial: hyperparameters from NNI's tuner, validation accuracy reported each "
+                         "epoch (held-out 10%% of the training split), test accuracy as the final result")
+    _add_common(retrain)
+
+    evaluate = sub.add_parser("evaluate", help="test accuracy of trained weights or of NNI's pretrained darts-v2")
+    _add_recipe(evaluate, "gives the dataset; default: config.yaml beside the weights, else demo; paper with "
+                "--pretrained")
+    evaluate.add_argument("--arch", metavar="ARCH", help="arch file, search/retrain folder or named arch")
+    evaluate.add_argument("--weights", metavar="FILE", help="state dict or Lightning checkpoint (weights_only load)")
+    evaluate.add_argument("--pretrained", metavar="NAME", choices=("darts-v2",),
+                          help="NNI's pretrained net (darts-v2, CIFAR-10)")
+    evaluate.add_argument("--out", metavar="DIR", help="also write DIR/summary.json")
+    _add_common(evaluate, resume=False)
+
+    plot = sub.add_parser("plot", help="draw both cells of an arch (PNG, SVG or PDF by suffix)")
+    plot.add_argument("arch", metavar="ARCH", help="arch file (JSON either format, or genotype text)")
+    plot.add_argument("-o", "--output", required=True, metavar="FILE", help="image file (.png, .svg, .pdf)")
+
+    convert = sub.add_parser("convert", help="convert an arch between NNI's dict and the DARTS genotype")
+    convert.add_argument("arch", metavar="ARCH", help="arch file (JSON either format, or genotype text)")
+    convert.add_argument("--to", required=True, choices=("genotype", "arch"), help="output format")
+    convert.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+
+    demo = sub.add_parser("demo", help="search, plot and retrain on digits (a few minutes on a CPU)")
+    _add_recipe(demo, "default: demo")
+    demo.add_argument("--out", default=DEFAULT_DEMO_OUT, metavar="DIR", help=f"run folder ({DEFAULT_DEMO_OUT})")
+    demo.add_argument("--baseline", choices=("random",), help="also retrain a random cell of the same size")
+    _add_common(demo)
+    return parser
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Logging
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _setup_logging(quiet: bool, *, training: bool) -> None:
+    """Our log lines on stderr (INFO, or WARNING with --quiet); Lightning and NNI kept to warnings and files.
+
+    Lightning sets its loggers to INFO when imported, so for training commands it is imported first.
+    """
+    if training:
+        import pytorch_lightning  # noqa: F401
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("[nni-darts] %(message)s"))
+    _logger.handlers[:] = [handler]
+    _logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    _logger.propagate = False
+    for name in _LIGHTNING_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR if quiet else logging.WARNING)
+    for name in _DETAIL_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for pattern in _QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+
+
+def _silence_nni() -> None:
+    """NNI prints its log on stdout; keep it in the experiment's log file only."""
+    from ._compat import import_nni_quietly
+
+    with import_nni_quietly():
+        from nni.runtime.log import silence_stdout
+    silence_stdout()
+    # With its console handler gone, NNI's warnings before an experiment starts would reach logging's
+    # last-resort handler (stderr); the experiment's log file handler still receives everything.
+    nni_logger = logging.getLogger("nni")
+    if not any(isinstance(h, logging.NullHandler) for h in nni_logger.handlers):
+        nni_logger.addHandler(logging.NullHandler())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Commands
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _recipe(args: argparse.Namespace, default: str, *, resume_dir: Optional[Path] = None) -> Any:
+    from .pipeline import CONFIG_FILE
+    from .recipes import load_recipe
+
+    name = args.recipe
+    if name is None and resume_dir is not None and (resume_dir / CONFIG_FILE).is_file():
+        name = str(resume_dir / CONFIG_FILE)
+        _logger.debug("recipe: %s", name)
+    overrides = list(args.overrides)
+    if getattr(args, "seed", None) is not None:
+        overrides.append(f"seed={args.seed}")
+    if getattr(args, "data_dir", None) is not None:
+        overrides.append(f"dataset.data_dir={json.dumps(args.data_dir)}")
+    return load_recipe(name or default, overrides)
+
+
+def _options(args: argparse.Namespace, out: Optional[str]) -> Any:
+    from .pipeline import RunOptions
+
+    return RunOptions(
+        out=out,
+        accelerator=args.accelerator,
+        devices=args.devices,
+        precision=args.precision,
+        resume=getattr(args, "resume", False),
+        progress_bar=not args.quiet and sys.stderr.isatty(),
+    )
+
+
+def _cmd_recipes(args: argparse.Namespace) -> int:
+    from .recipes import RecipeError, list_recipes, load_recipe, recipe_text
+
+    if args.action == "list":
+        if args.name is not None:
+            raise RecipeError(f"recipes: unexpected {args.name!r} (did you mean `recipes show {args.name}`?)")
+        for name in list_recipes():
+            print(f"{name:10s} {load_recipe(name).description}")
+        return 0
+    if args.name is None:
+        raise RecipeError("recipes show: which recipe? (one of: " + ", ".join(list_recipes()) + ")")
+    if args.name in list_recipes() and not args.overrides:
+        print(recipe_text(args.name), end="")
+        return 0
+    recipe = load_recipe(args.name, args.overrides)
+    print(recipe.to_yaml(header=f"{args.name} resolved" + (" with --set " + " ".join(args.overrides)
+                                                           if args.overrides else "")), end="")
+    return 0
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from .pipeline import run_search
+
+    recipe = _recipe(args, "demo", resume_dir=Path(args.out) if args.resume else None)
+    summary = run_search(recipe, _options(args, args.out))
+    out = Path(args.out)
+    print(summary["genotype"])
+    print(f"search ({recipe.name}, {summary['strategy']}): {summary['epochs']} epochs in {summary['search_seconds']:.1f} s "
+          f"on {summary['device']}; wrote {out / 'arch.json'}, genotype.txt, cells.png, alphas.png, summary.json")
+    return 0
+
+
+def _cmd_retrain(args: argparse.Namespace) -> int:
+    from .pipeline import run_retrain
+
+    recipe = _recipe(args, "demo", resume_dir=Path(args.out) if args.resume else None)
+    options = _options(args, args.out)
+    if args.nni:
+        from .nni_trial import apply_trial_overrides
+
+        recipe = apply_trial_overrides(recipe)
+        options.nni = True
+    summary = run_retrain(recipe, args.arch, options)
+    print(f"retrain ({recipe.name}): test accuracy {summary['test_accuracy']:.4f} on {recipe.dataset.name}, "
+          f"{summary['params']:,} parameters, {summary['epochs']} epochs in {summary['retrain_seconds']:.1f} s on "
+          f"{summary['device']}; wrote {Path(args.out) / 'model.pt'}, summary.json")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .pipeline import CONFIG_FILE, UsageError, run_evaluate
+
+    if args.pretrained is None and (args.weights is None or args.arch is None):
+        raise UsageError("evaluate: give --arch ARCH --weights FILE, or --pretrained darts-v2")
+    default = "paper" if args.pretrained else "demo"
+    if args.recipe is None and args.weights is not None:
+        # a retrain folder's config.yaml, beside model.pt or above checkpoints/last.ckpt
+        folder = Path(args.weights).expanduser().parent
+        candidates = [folder / CONFIG_FILE] + ([folder.parent / CONFIG_FILE] if folder.name == "checkpoints" else [])
+        for beside in candidates:
+            if beside.is_file():
+                default = str(beside)
+                _logger.debug("recipe: %s", beside)
+                break
+    recipe = _recipe(args, default)
+    summary = run_evaluate(recipe, _options(args, args.out), arch=args.arch, weights=args.weights,
+                           pretrained=args.pretrained)
+    print(f"test accuracy {summary['test_accuracy']:.4f} on {recipe.dataset.name} ({summary['params']:,} parameters, "
+          f"{summary['cells']} cells, width {summary['width']}, {summary['device']})")
+    return 0
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from .arch import load_arch
+    from .pipeline import UsageError
+    from .plotting import plot_cells
+
+    arch = load_arch(args.arch)
+    if Path(args.output).suffix.lower() not in (".png", ".svg", ".pdf"):
+        raise UsageError(f"-o {args.output}: expected a .png, .svg or .pdf file")
+    path = plot_cells(arch, args.output)
+    print(f"wrote {path}")
+    return 0
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from .arch import format_genotype, load_arch, to_genotype
+    from .io import atomic_write_text
+
+    arch = load_arch(args.arch)
+    text = format_genotype(to_genotype(arch)) if args.to == "genotype" else json.dumps(arch, indent=2)
+    if args.output:
+        atomic_write_text(args.output, text + "\n")
+        print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        print(text)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .pipeline import run_demo
+
+    recipe = _recipe(args, "demo")
+    out = Path(args.out)
+    print(f"nni-darts demo: recipe {recipe.name}, {recipe.dataset.name} {recipe.image_size}x{recipe.image_size}, "
+          f"output in {out}", flush=True)
+    summary = run_demo(recipe, _options(args, args.out), baseline=args.baseline,
+                       report=lambda line: print(f"  {line}", flush=True))
+    print(f"  test accuracy {summary['test_accuracy']:.4f} ({summary['params']:,} parameters, searched cell)"
+          + (f" vs {summary['random_arch_test_accuracy']:.4f} (random cell)" if "random_arch_test_accuracy" in summary
+             else ""))
+    print(f"  plots: {out / summary['cells_plot']}, {out / summary['alphas_plot']}")
+    print(f"  summary: {out / 'summary.json'} ({summary['total_seconds']:.1f} s, {summary['device']}, "
+          f"{summary['torch_threads']} torch threads, seed {summary['seed']})")
+    return 0
+
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "recipes": _cmd_recipes,
+    "search": _cmd_search,
+    "retrain": _cmd_retrain,
+    "evaluate": _cmd_evaluate,
+    "plot": _cmd_plot,
+    "convert": _cmd_convert,
+    "demo": _cmd_demo,
+}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run ``nni-darts`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code.
+
+    Exit codes: 0 success, 2 bad input (one line on stderr), 130 interrupted (resume with ``--resume``).
+
+    Example::
+
+        main(["convert", "arch.json", "--to", "genotype"])
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error already printed on one line
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    training = args.command in ("search", "retrain", "evaluate", "demo")
+    _setup_logging(getattr(args, "quiet", False), training=training)
+    if getattr(args, "threads", None) is not None:
+        import torch
+
+        if args.threads < 1:
+            print(f"{PROG} {args.command}: error: --threads: expected a positive int, got {args.threads}",
+                  file=sys.stderr)
+            return EXIT_USAGE
+        torch.set_num_threads(args.threads)
+
+    from .arch import ArchError
+    from .pipeline import RunInterrupted, UsageError
+    from .recipes import RecipeError
+
+    try:
+        if training:
+            _silence_nni()
+        return _COMMANDS[args.command](args)
+    except (UsageError, RecipeError, ArchError) as exc:
+        print(f"{PROG} {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    except (RunInterrupted, KeyboardInterrupt) as exc:
+        message = _one_line(exc) if isinstance(exc, RunInterrupted) else "interrupted"
+        print(f"{PROG} {args.command}: {message}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import glob
 import logging
 import os
 import signal
@@ -655,12 +656,25 @@ def _is_local(path: PathLike) -> bool:
     return "file" in protocols or "local" in protocols
 
 
+def _remove_stale_temporaries(path: Path) -> None:
+    """Delete what a killed earlier save of ``path`` left: ``atomic_open``'s ``.<name>.<random>.tmp`` siblings.
+
+    Called right after a save of ``path`` succeeded, when no temporary file of this process is pending; a run folder
+    has one writer (the CLI refuses a second run into it), so the others are leftovers of a SIGKILL or power loss.
+    """
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        with contextlib.suppress(OSError):
+            stale.unlink()
+            _logger.info("removed %s, left by an interrupted save", stale)
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning checkpoint IO that writes atomically and reads with ``torch.load(weights_only=True)``.
 
     Saving goes through :func:`nni_darts_ext.io.atomic_open`: a temporary file in the destination folder, ``fsync``,
     then ``os.replace``; a kill or an error mid-save never leaves a truncated file where a good one was (see the
-    module docstring for where Lightning's default falls short). Loading allows, besides tensors and plain
+    module docstring for where Lightning's default falls short). A temporary file left by a process killed
+    mid-save is deleted by the next successful save of the same checkpoint. Loading allows, besides tensors and plain
     containers, only the loss and optimizer classes of :func:`checkpoint_safe_globals`. Remote (fsspec) paths fall
     back to Lightning's own saving.
 
@@ -688,6 +702,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         _logger.debug("saving checkpoint %s", path)
         with atomic_open(path) as handle:
             torch.save(checkpoint, handle)
+        _remove_stale_temporaries(Path(path))
+
+
 
     def load_checkpoint(
         self,

@@ -374,6 +374,17 @@ def test_atomic_checkpoint_io_never_leaves_a_partial_file(tmp_path, monkeypatch,
     assert _load(path)["epoch"] == 0
 
 
+def test_the_next_save_removes_what_a_killed_save_left(tmp_path):
+    path = tmp_path / LAST_CHECKPOINT_NAME
+    stale = tmp_path / f".{LAST_CHECKPOINT_NAME}.k1ll3d.tmp"  # atomic_open's name for its temporary file
+    stale.write_bytes(b"half a checkpoint")
+    other = tmp_path / ".model.pt.k1ll3d.tmp"
+    other.write_bytes(b"another file's")
+    AtomicCheckpointIO().save_checkpoint({"epoch": 3}, path)
+    assert _load(path)["epoch"] == 3
+    assert not stale.exists() and other.exists()
+
+
 def test_model_checkpoint_saves_through_the_plugin(tmp_path, monkeypatch):
     """A failure while ModelCheckpoint writes epoch 1 leaves epoch 0's last.ckpt whole."""
     real_save = torch.save

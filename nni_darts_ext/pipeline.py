@@ -260,9 +260,19 @@ def _trainer_settings(options: RunOptions, accelerator: str, devices: int, **kwa
     )
     if options.precision is not None:
         settings["precision"] = options.precision
+    settings["plugins"] = [_atomic_checkpoint_io()]
     settings.update(kwargs)
     settings.update(options.extra_trainer_kwargs)
     return settings
+
+
+def _atomic_checkpoint_io() -> Any:
+    """Checkpoints through a temporary file in their folder + rename, read with weights_only (see callbacks.py:
+    Lightning's own writer moves a temporary file from $TMPDIR, which copies into the checkpoint across
+    filesystems, so a kill can truncate last.ckpt)."""
+    from .callbacks import AtomicCheckpointIO
+
+    return AtomicCheckpointIO()
 
 
 @contextlib.contextmanager

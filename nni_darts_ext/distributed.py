@@ -28,6 +28,7 @@ Example::
 from __future__ import annotations
 
 import logging
+import os
 from collections import defaultdict
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
@@ -46,6 +47,7 @@ __all__ = [
     "world_size",
     "global_rank",
     "is_rank_zero",
+    "launched_rank",
     "all_reduce_gradients",
     "broadcast_tensors",
     "all_gather_max_abs_diff",
@@ -88,6 +90,37 @@ def global_rank() -> int:
         0
     """
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+# Rank variables set by the launchers before torch.distributed starts: torchrun (RANK, GROUP_RANK), Lightning's
+# own launcher (LOCAL_RANK, NODE_RANK for the processes it starts) and SLURM (SLURM_PROCID).
+_RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID")
+
+
+def launched_rank() -> int:
+    """0 in the process that will be global rank 0, else a positive number, known before the Trainer starts.
+
+    Lightning re-runs the whole script for ranks 1..N-1, so code before ``fit`` (checking and creating the output
+    folder) must know it is not rank 0. Uses :func:`global_rank` once ``torch.distributed`` is initialized.
+
+    Example::
+
+        if launched_rank() == 0:
+            out.mkdir()
+    """
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    if os.environ.get("SLURM_NTASKS", "1") == "1":  # not a multi-task SLURM job: SLURM_PROCID means nothing
+        variables = [v for v in _RANK_VARIABLES if v != "SLURM_PROCID"]
+    else:
+        variables = list(_RANK_VARIABLES)
+    for name in variables:
+        try:
+            if int(os.environ.get(name, "0")) != 0:
+                return int(os.environ[name])
+        except ValueError:
+            continue
+    return 0
 
 
 def _check_tensors(name: str, tensors: Any) -> List[torch.Tensor]:

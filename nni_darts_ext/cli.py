@@ -73,6 +73,13 @@ def _add_common(parser: argparse.ArgumentParser, *, resume: bool = True) -> None
     group.add_argument("--data-dir", metavar="DIR", help="dataset folder (sets dataset.data_dir)")
     group.add_argument("--accelerator", default="auto", choices=_ACCELERATORS, help="Lightning accelerator (auto)")
     group.add_argument("--devices", type=int, metavar="N", help="number of devices (1)")
+    group.add_argument("--strategy", metavar="S",
+                       help="Lightning strategy, e.g. ddp (several devices: one process per device; the search "
+                            "averages architecture gradients across ranks, only rank 0 writes files)")
+    group.add_argument("--num-nodes", type=int, default=1, metavar="N",
+                       help="machines (Lightning num_nodes; start one command per machine with torchrun or SLURM)")
+    group.add_argument("--sync-batchnorm", action="store_true",
+                       help="retrain: BatchNorm statistics synchronised across DDP processes")
     group.add_argument("--precision", metavar="P", help="Lightning precision, e.g. 32-true, bf16-mixed, 16-mixed")
     group.add_argument("--seed", type=int, metavar="N", help="random seed (sets the recipe's seed)")
     group.add_argument("--threads", type=int, metavar="N",
@@ -199,6 +206,14 @@ def _recipe(args: argparse.Namespace, default: str, *, resume_dir: Optional[Path
     return load_recipe(name or default, overrides)
 
 
+def _positive(flag: str, value: int) -> int:
+    from .pipeline import UsageError
+
+    if value < 1:
+        raise UsageError(f"{flag}: expected a positive int, got {value}")
+    return value
+
+
 def _options(args: argparse.Namespace, out: Optional[str]) -> Any:
     from .pipeline import RunOptions
 
@@ -207,6 +222,9 @@ def _options(args: argparse.Namespace, out: Optional[str]) -> Any:
         accelerator=args.accelerator,
         devices=args.devices,
         precision=args.precision,
+        strategy=getattr(args, "strategy", None),
+        num_nodes=_positive("--num-nodes", getattr(args, "num_nodes", 1)),
+        sync_batchnorm=getattr(args, "sync_batchnorm", False),
         resume=getattr(args, "resume", False),
         progress_bar=not args.quiet and sys.stderr.isatty(),
     )

@@ -24,6 +24,7 @@ import hashlib
 import logging
 import os
 import sys
+import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -116,6 +117,11 @@ class RunOptions:
         extra_trainer_kwargs: passed to every Trainer (tests use ``limit_train_batches``, ``max_steps``).
         nni: retrain as an NNI trial (:mod:`nni_darts_ext.nni_trial`): validate each epoch on a held-out
             fraction of the training split and report it to NNI, then report the test accuracy as the final result.
+        strategy: Lightning strategy (``ddp``, ``ddp_spawn``, ...); ``None``: Lightning's choice. With several
+            processes the search averages architecture gradients across ranks (:mod:`nni_darts_ext.distributed`)
+            and only rank 0 writes files.
+        num_nodes: machines (Lightning ``num_nodes``); the world size is ``devices * num_nodes``.
+        sync_batchnorm: convert BatchNorm layers to SyncBatchNorm (retrain under DDP).
     """
 
     out: Optional[PathLike] = None
@@ -126,6 +132,9 @@ class RunOptions:
     progress_bar: bool = False
     extra_trainer_kwargs: dict = dataclasses.field(default_factory=dict)
     nni: bool = False
+    strategy: Optional[str] = None
+    num_nodes: int = 1
+    sync_batchnorm: bool = False
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -137,7 +146,7 @@ def check_device(accelerator: str, devices: Optional[int], *, search: bool = Fal
     """Validate ``--accelerator`` / ``--devices`` against this machine; returns Lightning's (accelerator, devices).
 
     Raises:
-        UsageError: GPU asked for but none present, more devices than available, several devices for a search.
+        UsageError: GPU asked for but none present, more devices than available.
     """
     import torch
 
@@ -167,11 +176,8 @@ def check_device(accelerator: str, devices: Optional[int], *, search: bool = Fal
             raise UsageError(f"--devices {devices}: only {available} device(s) available (--accelerator auto)")
     else:
         raise UsageError(f"--accelerator {accelerator}: expected one of auto, cpu, gpu, cuda, mps")
-    if search and devices > 1:
-        raise UsageError(
-            f"--devices {devices}: one-shot search runs on one device (with DDP every rank ends with a different "
-            "architecture, microsoft/nni#5013); retrain can use several"
-        )
+    # Several devices for a search are fine: the presets average architecture gradients across ranks
+    # (nni_darts_ext.distributed), which fixes microsoft/nni#5013 (every DDP rank ending with another arch).
     return accelerator, devices
 
 
@@ -260,6 +266,12 @@ def _trainer_settings(options: RunOptions, accelerator: str, devices: int, **kwa
     )
     if options.precision is not None:
         settings["precision"] = options.precision
+    if options.strategy is not None:
+        settings["strategy"] = options.strategy
+    if options.num_nodes != 1:
+        settings["num_nodes"] = options.num_nodes
+    if options.sync_batchnorm:
+        settings["sync_batchnorm"] = True
     settings["plugins"] = [_atomic_checkpoint_io()]
     settings.update(kwargs)
     settings.update(options.extra_trainer_kwargs)
@@ -439,8 +451,10 @@ def run_search(recipe: Recipe, options: RunOptions) -> dict[str, Any]:
     from ._run_callbacks import AlphaHistory
     from .plotting import plot_alpha_history, plot_cells
 
+    from .distributed import all_gather_max_abs_diff, launched_rank
+
     accelerator, devices = check_device(options.accelerator, options.devices, search=True)
-    out, ckpt = check_out_dir(options.out, options.resume)
+    out, ckpt = _check_out_dir_on_rank(options)
     s = recipe.search
 
     _seed(recipe.seed)
@@ -476,11 +490,15 @@ def run_search(recipe: Recipe, options: RunOptions) -> dict[str, Any]:
             ),
         )
 
-    # Everything checked: from here on files are written.
-    out.mkdir(parents=True, exist_ok=True)
-    _write_config(out, recipe, "search")
+    # Everything checked: from here on files are written (by rank 0 only; the other ranks' NNI experiment
+    # folders go to a temporary folder, removed at the end).
+    rank_zero = launched_rank() == 0
+    if rank_zero:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_config(out, recipe, "search")
     experiment = NasExperiment(space, evaluator, strategy)
-    experiment.config.experiment_working_directory = str(out.resolve())
+    scratch = None if rank_zero else tempfile.TemporaryDirectory(prefix="nni-darts-rank")
+    experiment.config.experiment_working_directory = str(out.resolve()) if rank_zero else scratch.name
     trainer = evaluator.trainer
     start = time.perf_counter()
     with _nni_quiet(), _checkpoint_globals():
@@ -498,6 +516,21 @@ def run_search(recipe: Recipe, options: RunOptions) -> dict[str, Any]:
             raise RunInterrupted(f"search stopped early; continue it with --resume --out {out}")
         seconds = time.perf_counter() - start
         arch = experiment.export_top_models(formatter="dict")[0]
+
+    oneshot = strategy.oneshot_module()
+    ranks = getattr(oneshot, "distributed_report", None)
+    if ranks is None:  # a preset without DistributedArchSync: measure here (a collective, on every rank)
+        arch_params = oneshot.arch_parameters()
+        order = {id(p): i for i, p in enumerate(oneshot.parameters())}
+        ranks = {"world_size": trainer.world_size,
+                 "alpha_max_abs_diff_across_ranks": all_gather_max_abs_diff(sorted(arch_params, key=lambda p: order[id(p)]))}
+    if scratch is not None:
+        scratch.cleanup()
+    if not rank_zero:
+        return {"command": "search", "rank": trainer.global_rank, **ranks}
+    if ranks["world_size"] > 1:
+        _logger.info("search on %d processes: alpha max |difference| across ranks %.3g",
+                     ranks["world_size"], ranks["alpha_max_abs_diff_across_ranks"])
 
     save_arch(arch, out / ARCH_FILE)
     genotype = format_genotype(to_genotype(arch))
@@ -524,6 +557,8 @@ def run_search(recipe: Recipe, options: RunOptions) -> dict[str, Any]:
         "precision": str(trainer.precision),
         **_run_facts(recipe),
         "nni_experiment": experiment.id,
+        "world_size": ranks["world_size"],
+        "alpha_max_abs_diff_across_ranks": ranks["alpha_max_abs_diff_across_ranks"],
     }
     atomic_write_json(out / SUMMARY_FILE, summary)
     return summary
@@ -586,10 +621,19 @@ def run_retrain(recipe: Recipe, arch: Any, options: RunOptions) -> dict[str, Any
     from .arch import build_model, count_parameters, save_arch
     from .io import atomic_torch_save, atomic_write_json
 
+    from .distributed import launched_rank
+
     accelerator, devices = check_device(options.accelerator, options.devices)
-    out, ckpt = check_out_dir(options.out, options.resume)
+    out, ckpt = _check_out_dir_on_rank(options)
     arch_dict, arch_name = resolve_arch(arch)
     r = recipe.retrain
+    # The recipe's batch_size is the GLOBAL batch (the paper's, which its learning rate goes with); each of the
+    # devices * num_nodes processes loads batch_size / world_size samples per step.
+    world = devices * options.num_nodes
+    if r.batch_size % world:
+        raise UsageError(f"retrain.batch_size {r.batch_size} (the global batch) is not divisible by the world size "
+                         f"{world} (--devices {devices} x --num-nodes {options.num_nodes})")
+    per_device_batch = r.batch_size // world
 
     _seed(recipe.seed)
     train_set = _dataset(recipe, train=True, cutout=r.cutout)
@@ -607,10 +651,12 @@ def run_retrain(recipe: Recipe, arch: Any, options: RunOptions) -> dict[str, Any
 
         train_loader, val_loader, test_loader = _data_errors(lambda: recipe_dataloaders(recipe, NNI_HOLD_OUT))
     else:
-        train_loader = _loader(train_set, r.batch_size, shuffle=True, seed=recipe.seed,
+        train_loader = _loader(train_set, per_device_batch, shuffle=True, seed=recipe.seed,
                                num_workers=recipe.dataset.num_workers)
-        test_loader = _loader(test_set, r.batch_size, shuffle=False, seed=recipe.seed,
+        test_loader = _loader(test_set, per_device_batch, shuffle=False, seed=recipe.seed,
                               num_workers=recipe.dataset.num_workers)
+    _logger.info("retrain: global batch %d = %d per device x %d process(es); learning rate %g for the global batch",
+                 r.batch_size, per_device_batch, world, r.learning_rate)
     callbacks, logger = _common_callbacks(out, "retrain", options)
     if options.nni:
         callbacks.append(NniReportCallback())
@@ -619,16 +665,19 @@ def run_retrain(recipe: Recipe, arch: Any, options: RunOptions) -> dict[str, Any
         callbacks=callbacks, logger=logger, default_root_dir=str(out), log_every_n_steps=_log_every(len(train_loader)),
     )
 
-    out.mkdir(parents=True, exist_ok=True)
-    _write_config(out, recipe, "retrain")
-    save_arch(arch_dict, out / ARCH_FILE)
+    rank_zero = launched_rank() == 0
+    if rank_zero:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_config(out, recipe, "retrain")
+        save_arch(arch_dict, out / ARCH_FILE)
     start = time.perf_counter()
     with _nni_quiet(), _checkpoint_globals(), _interruptible(trainer, "retrain", out):
         trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader,
                     ckpt_path=str(ckpt) if ckpt else None)
         _check_interrupted(trainer, "retrain", out)
         seconds = time.perf_counter() - start
-        atomic_torch_save(model.state_dict(), out / MODEL_FILE)
+        if trainer.is_global_zero:
+            atomic_torch_save(model.state_dict(), out / MODEL_FILE)
         tested = _test(trainer, module, test_loader)
         if options.nni:
             from .nni_trial import report_final_result
@@ -647,12 +696,28 @@ def run_retrain(recipe: Recipe, arch: Any, options: RunOptions) -> dict[str, Any
         "arch_source": arch_name,
         "weights": MODEL_FILE,
         "nni_trial": options.nni,
+        "world_size": trainer.world_size,
+        "global_batch_size": r.batch_size,
+        "per_device_batch_size": per_device_batch,
+        "sync_batchnorm": options.sync_batchnorm,
         "device": _device_name(trainer),
         "precision": str(trainer.precision),
         **_run_facts(recipe),
     }
-    atomic_write_json(out / SUMMARY_FILE, summary)
+    if trainer.is_global_zero:
+        atomic_write_json(out / SUMMARY_FILE, summary)
     return summary
+
+
+def _check_out_dir_on_rank(options: RunOptions) -> tuple[Path, Optional[Path]]:
+    """check_out_dir on rank 0; ranks that Lightning (or torchrun/SLURM) started later find rank 0's folder."""
+    from .distributed import launched_rank
+
+    if launched_rank() == 0:
+        return check_out_dir(options.out, options.resume)
+    out = Path(options.out).expanduser()
+    last = out / CHECKPOINT_DIR / LAST_CHECKPOINT
+    return out, (last if options.resume else None)
 
 
 # ----------------------------------------------------------------------------------------------------------------

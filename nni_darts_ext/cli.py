@@ -28,7 +28,10 @@ _logger = logging.getLogger("nni_darts_ext")
 
 PROG = "nni-darts"
 EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell convention
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell convention (SIGTERM: 143)
+# A non-finite loss: the run failed, but not on bad input (exit 2 means nothing was written; a diverged run has
+# written checkpoints and config.yaml), so a script can tell "fix the command" from "resume with other settings".
+EXIT_DIVERGED = 1
 DEFAULT_DEMO_OUT = "runs/demo"
 _ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 _LIGHTNING_LOGGERS = ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning")
@@ -361,7 +364,9 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run ``nni-darts`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code.
 
-    Exit codes: 0 success, 2 bad input (one line on stderr), 130 interrupted (resume with ``--resume``).
+    Exit codes: 0 success; 1 the run diverged (non-finite loss: the last good checkpoint is kept, continue with
+    ``--resume --set ...``); 2 bad input (one line on stderr, nothing written); 130 / 143 stopped by SIGINT / SIGTERM
+    (``DIR/checkpoints/last.ckpt`` holds the last finished step: ``--resume``).
 
     Example::
 
@@ -387,6 +392,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .pipeline import RunInterrupted, UsageError
     from .recipes import RecipeError
 
+    # Training commands import Lightning anyway; the others (plot, convert, recipes) stay light.
+    diverged: tuple = ()
+    signalled: tuple = ()
+    if training:
+        from .callbacks import NonFiniteLossError, TrainingInterrupted
+
+        diverged, signalled = (NonFiniteLossError,), (TrainingInterrupted,)
     try:
         if training:
             _silence_nni()
@@ -394,6 +406,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (UsageError, RecipeError, ArchError) as exc:
         print(f"{PROG} {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
+    except diverged as exc:  # not bad input: checkpoints were written, the last good one is kept
+        print(f"{PROG} {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_DIVERGED
+    except signalled as exc:  # SIGINT/SIGTERM: last.ckpt saved after the step in flight
+        print(f"{PROG} {args.command}: {_one_line(exc)}; continue it with --resume", file=sys.stderr)
+        return exc.code
     except (RunInterrupted, KeyboardInterrupt) as exc:
         message = _one_line(exc) if isinstance(exc, RunInterrupted) else "interrupted"
         print(f"{PROG} {args.command}: {message}", file=sys.stderr)

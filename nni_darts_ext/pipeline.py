@@ -309,7 +309,21 @@ def _trainer(options: RunOptions, accelerator: str, devices: int, **kwargs: Any)
         return darts_trainer(**_trainer_settings(options, accelerator, devices, **kwargs))
 
 
-def _common_callbacks(out: Path, stage: str, options: RunOptions) -> tuple[list, Any]:
+def _reliability_callbacks(out: Path, stage: str, learning_rate: float) -> list:
+    """Stop at a non-finite loss (no checkpoint of it), save last.ckpt and stop on SIGINT/SIGTERM after the current
+    step, and let a resumed run use this run's optimizer settings (``--resume --set ...``)."""
+    from .callbacks import ApplySettingsOnResume, CheckpointOnSignal, NonFiniteLossGuard
+
+    hint = (f"rerun the command with --resume and changed settings, e.g. --set {stage}.learning_rate="
+            f"{learning_rate / 2:g} or a smaller {stage}.gradient_clip")
+    return [
+        NonFiniteLossGuard(resume_hint=hint),  # before CheckpointOnSignal: a non-finite step is never saved
+        CheckpointOnSignal(out / CHECKPOINT_DIR),
+        ApplySettingsOnResume(),
+    ]
+
+
+def _common_callbacks(out: Path, stage: str, options: RunOptions, *, learning_rate: float) -> tuple[list, Any]:
     """Checkpoint every epoch (plus last.ckpt), TensorBoard logger, epoch log lines when there is no bar."""
     from pytorch_lightning.callbacks import ModelCheckpoint
     from pytorch_lightning.loggers import TensorBoardLogger
@@ -317,6 +331,7 @@ def _common_callbacks(out: Path, stage: str, options: RunOptions) -> tuple[list,
     from ._run_callbacks import EpochLog
 
     callbacks: list = [
+        *_reliability_callbacks(out, stage, learning_rate),
         # save_top_k=1 with no monitor keeps the latest epoch file; save_last adds last.ckpt for --resume, always
         # under that name (no last-v1.ckpt when a run folder was copied or moved before resuming).
         ModelCheckpoint(dirpath=out / CHECKPOINT_DIR, every_n_epochs=1, save_top_k=1, save_last=True,
@@ -369,8 +384,12 @@ def _interruptible(trainer: Any, what: str, out: Path) -> Iterator[None]:
 
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.getsignal(signal.SIGINT) if main_thread else None
+    from .callbacks import TrainingInterrupted
+
     try:
         yield
+    except TrainingInterrupted:  # CheckpointOnSignal saved last.ckpt after the step: the CLI reports it (130/143)
+        raise
     except SystemExit:
         if trainer.interrupted:
             raise RunInterrupted(f"{what} interrupted; continue it with --resume --out {out}") from None
@@ -471,7 +490,7 @@ def run_search(recipe: Recipe, options: RunOptions) -> dict[str, Any]:
 
     space = DARTS(width=s.width, num_cells=s.cells, dataset="cifar")
     history = AlphaHistory()
-    callbacks, logger = _common_callbacks(out, "search", options)
+    callbacks, logger = _common_callbacks(out, "search", options, learning_rate=s.learning_rate)
     callbacks.append(history)
     with _trainer_errors():
         evaluator = darts_evaluator(
@@ -657,7 +676,7 @@ def run_retrain(recipe: Recipe, arch: Any, options: RunOptions) -> dict[str, Any
                               num_workers=recipe.dataset.num_workers)
     _logger.info("retrain: global batch %d = %d per device x %d process(es); learning rate %g for the global batch",
                  r.batch_size, per_device_batch, world, r.learning_rate)
-    callbacks, logger = _common_callbacks(out, "retrain", options)
+    callbacks, logger = _common_callbacks(out, "retrain", options, learning_rate=r.learning_rate)
     if options.nni:
         callbacks.append(NniReportCallback())
     trainer = _trainer(

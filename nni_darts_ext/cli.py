@@ -393,17 +393,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .recipes import RecipeError
 
     # Training commands import Lightning anyway; the others (plot, convert, recipes) stay light.
+    bad_input: tuple = (UsageError, RecipeError, ArchError)
     diverged: tuple = ()
     signalled: tuple = ()
     if training:
-        from .callbacks import NonFiniteLossError, TrainingInterrupted
+        from .callbacks import CheckpointError, NonFiniteLossError, TrainingInterrupted
 
+        bad_input += (CheckpointError,)  # a resume checkpoint that is corrupt or of another net
         diverged, signalled = (NonFiniteLossError,), (TrainingInterrupted,)
     try:
         if training:
             _silence_nni()
         return _COMMANDS[args.command](args)
-    except (UsageError, RecipeError, ArchError) as exc:
+    except bad_input as exc:
         print(f"{PROG} {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except diverged as exc:  # not bad input: checkpoints were written, the last good one is kept

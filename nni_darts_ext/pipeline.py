@@ -192,6 +192,7 @@ def check_out_dir(out: Optional[PathLike], resume: bool) -> tuple[Path, Optional
     if resume:
         if not last.is_file():
             raise UsageError(f"--resume: no checkpoint to resume from ({last} does not exist)")
+        _check_resumable(last)
         return out, last
     existing = [name for name in _RUN_MARKERS if (out / name).exists()]
     if existing:
@@ -199,6 +200,41 @@ def check_out_dir(out: Optional[PathLike], resume: bool) -> tuple[Path, Optional
             f"--out {out}: already holds a run ({existing[0]}); pass --resume to continue it or choose another folder"
         )
     return out, None
+
+
+def _check_resumable(path: Path, module: Any = None) -> None:
+    """A corrupt or weights-only checkpoint, or (given ``module``) one of another net, as UsageError naming the
+    file and the keys or shapes that differ; called before anything is written."""
+    from .callbacks import CheckpointError, read_checkpoint, state_dict_mismatch
+
+    try:
+        checkpoint = read_checkpoint(path)
+    except CheckpointError as exc:
+        raise UsageError(f"--resume: {exc}") from None
+    if module is not None:
+        problem = state_dict_mismatch(module.state_dict(), checkpoint["state_dict"])
+        if problem is not None:
+            raise UsageError(f"--resume: {path} does not fit this run's net: {problem}; resume with the settings "
+                             "and --arch the run was started with")
+
+
+#: Recipe keys that shape the search supernet: a search checkpoint only fits the values it was started with.
+_SEARCH_SHAPE_KEYS = ("width", "cells", "strategy", "partial_channels")
+
+
+def _check_search_resume(out: Path, recipe: Recipe) -> None:
+    """--resume with another supernet than DIR/config.yaml's: UsageError, before anything is written."""
+    from .recipes import load_recipe
+
+    try:
+        started = load_recipe(str(out / CONFIG_FILE)).search
+    except RecipeError:  # no or unreadable config.yaml: the checkpoint check in the trainer still applies
+        return
+    for key in _SEARCH_SHAPE_KEYS:
+        before, now = getattr(started, key), getattr(recipe.search, key)
+        if before != now:
+            raise UsageError(f"--resume: search.{key} is {now!r} but the run in {out} was started with {before!r}; "
+                             "its checkpoint only fits the same supernet")
 
 
 def resolve_arch(arch: Any) -> tuple[dict[str, Any], str]:
@@ -309,21 +345,24 @@ def _trainer(options: RunOptions, accelerator: str, devices: int, **kwargs: Any)
         return darts_trainer(**_trainer_settings(options, accelerator, devices, **kwargs))
 
 
-def _reliability_callbacks(out: Path, stage: str, learning_rate: float) -> list:
+def _reliability_callbacks(out: Path, stage: str, learning_rate: float, resume_from: Optional[Path]) -> list:
     """Stop at a non-finite loss (no checkpoint of it), save last.ckpt and stop on SIGINT/SIGTERM after the current
     step, and let a resumed run use this run's optimizer settings (``--resume --set ...``)."""
-    from .callbacks import ApplySettingsOnResume, CheckpointOnSignal, NonFiniteLossGuard
+    from .callbacks import ApplySettingsOnResume, CheckpointOnSignal, CheckResumeCheckpoint, NonFiniteLossGuard
 
     hint = (f"rerun the command with --resume and changed settings, e.g. --set {stage}.learning_rate="
             f"{learning_rate / 2:g} or a smaller {stage}.gradient_clip")
     return [
+        CheckResumeCheckpoint(resume_from),  # a checkpoint of another net: one line naming keys and shapes
         NonFiniteLossGuard(resume_hint=hint),  # before CheckpointOnSignal: a non-finite step is never saved
         CheckpointOnSignal(out / CHECKPOINT_DIR),
         ApplySettingsOnResume(),
     ]
 
 
-def _common_callbacks(out: Path, stage: str, options: RunOptions, *, learning_rate: float) -> tuple[list, Any]:
+def _common_callbacks(
+    out: Path, stage: str, options: RunOptions, *, learning_rate: float, resume_from: Optional[Path] = None
+) -> tuple[list, Any]:
     """Checkpoint every epoch (plus last.ckpt), TensorBoard logger, epoch log lines when there is no bar."""
     from pytorch_lightning.callbacks import ModelCheckpoint
     from pytorch_lightning.loggers import TensorBoardLogger
@@ -331,7 +370,7 @@ def _common_callbacks(out: Path, stage: str, options: RunOptions, *, learning_ra
     from ._run_callbacks import EpochLog
 
     callbacks: list = [
-        *_reliability_callbacks(out, stage, learning_rate),
+        *_reliability_callbacks(out, stage, learning_rate, resume_from),
         # save_top_k=1 with no monitor keeps the latest epoch file; save_last adds last.ckpt for --resume, always
         # under that name (no last-v1.ckpt when a run folder was copied or moved before resuming).
         ModelCheckpoint(dirpath=out / CHECKPOINT_DIR, every_n_epochs=1, save_top_k=1, save_last=True,
@@ -474,6 +513,8 @@ def run_search(recipe: Recipe, options: RunOptions) -> dict[str, Any]:
 
     accelerator, devices = check_device(options.accelerator, options.devices, search=True)
     out, ckpt = _check_out_dir_on_rank(options)
+    if ckpt:
+        _check_search_resume(out, recipe)
     s = recipe.search
 
     _seed(recipe.seed)
@@ -490,7 +531,7 @@ def run_search(recipe: Recipe, options: RunOptions) -> dict[str, Any]:
 
     space = DARTS(width=s.width, num_cells=s.cells, dataset="cifar")
     history = AlphaHistory()
-    callbacks, logger = _common_callbacks(out, "search", options, learning_rate=s.learning_rate)
+    callbacks, logger = _common_callbacks(out, "search", options, learning_rate=s.learning_rate, resume_from=ckpt)
     callbacks.append(history)
     with _trainer_errors():
         evaluator = darts_evaluator(
@@ -663,6 +704,8 @@ def run_retrain(recipe: Recipe, arch: Any, options: RunOptions) -> dict[str, Any
     )
     module = _module(r, r.epochs, auxiliary_weight=r.auxiliary_weight, drop_path_prob=r.drop_path_prob)
     module.set_model(model)
+    if ckpt:
+        _check_resumable(ckpt, module)
     val_loader = None
     if options.nni:
         from .evaluator import recipe_dataloaders
@@ -676,7 +719,8 @@ def run_retrain(recipe: Recipe, arch: Any, options: RunOptions) -> dict[str, Any
                               num_workers=recipe.dataset.num_workers)
     _logger.info("retrain: global batch %d = %d per device x %d process(es); learning rate %g for the global batch",
                  r.batch_size, per_device_batch, world, r.learning_rate)
-    callbacks, logger = _common_callbacks(out, "retrain", options, learning_rate=r.learning_rate)
+    callbacks, logger = _common_callbacks(out, "retrain", options, learning_rate=r.learning_rate,
+                                          resume_from=ckpt)
     if options.nni:
         callbacks.append(NniReportCallback())
     trainer = _trainer(

@@ -577,7 +577,7 @@ def run_search(recipe: Recipe, options: RunOptions) -> dict[str, Any]:
         seconds = time.perf_counter() - start
         arch = experiment.export_top_models(formatter="dict")[0]
 
-    oneshot = strategy.oneshot_module()
+    oneshot = strategy.oneshot_module  # a property
     ranks = getattr(oneshot, "distributed_report", None)
     if ranks is None:  # a preset without DistributedArchSync: measure here (a collective, on every rank)
         arch_params = oneshot.arch_parameters()

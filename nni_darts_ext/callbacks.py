@@ -186,7 +186,8 @@ class NonFiniteLossGuard(Callback):
     neither ``ModelCheckpoint(every_n_train_steps=...)`` nor the epoch-end ``last.ckpt`` sees the bad state.
     Works under automatic optimisation and under NNI's one-shot strategies (manual optimisation).
 
-    Each check reads the loss back to the host (one device synchronisation per batch).
+    Each check reads the loss back to the host (one device synchronisation per batch); with several processes the
+    decision is all-reduced, so every process stops at the same batch.
 
     Args:
         resume_hint: how to continue, appended to the error message ("... the last good checkpoint ... is kept;
@@ -211,7 +212,9 @@ class NonFiniteLossGuard(Callback):
         self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         loss = _batch_loss(outputs)
-        if loss is None or _is_finite(loss):
+        finite = loss is None or _is_finite(loss)
+        # Several processes (DDP): stop all of them or none, else the others wait forever in the next all-reduce.
+        if trainer.strategy.reduce_boolean_decision(finite, all=True):
             return
         checkpoint = _last_good_checkpoint(trainer)
         kept = (
@@ -219,7 +222,7 @@ class NonFiniteLossGuard(Callback):
             if checkpoint
             else "no checkpoint of an earlier state was written yet"
         )
-        loss_text = _loss_repr(loss)
+        loss_text = "another process's" if finite else _loss_repr(loss)
         message = (
             f"non-finite training loss ({loss_text}) at epoch {trainer.current_epoch}, batch {batch_idx} "
             f"(global step {trainer.global_step}); training stopped without saving this state: {kept}; "

@@ -134,6 +134,21 @@ def test_nan_loss_before_any_checkpoint_says_so_and_uses_the_hint(tmp_path):
         trainer.fit(_module(), _loader())
 
 
+def test_nan_loss_on_another_process_stops_this_one_too(tmp_path, monkeypatch):
+    """Under DDP the decision is all-reduced: a finite local loss still stops when another rank's is not."""
+    trainer = _trainer([NonFiniteLossGuard()])
+    decisions = []
+
+    def reduce(decision, all=True):  # noqa: A002 (Lightning's name)
+        decisions.append(decision)
+        return decision and len(decisions) < 3  # the other rank diverges at the third batch
+
+    monkeypatch.setattr(trainer.strategy, "reduce_boolean_decision", reduce)
+    with pytest.raises(NonFiniteLossError, match=r"^non-finite training loss \(another process's\) at epoch 0, batch 2 "):
+        trainer.fit(_module(), _loader())
+    assert decisions == [True, True, True]
+
+
 def test_nan_guard_sees_the_weight_step_loss_of_nni_darts_search(tmp_path):
     """NNI's one-shot DARTS (manual optimisation) passes its training_step's loss dict to on_train_batch_end."""
     from nni_darts_ext._compat import import_nni_quietly

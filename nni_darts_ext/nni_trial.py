@@ -54,6 +54,7 @@ with import_nni_quietly():
 
 __all__ = [
     "NNI_PARAMETERS",
+    "TRIAL_VALIDATION_FRACTION",
     "NniReportCallback",
     "apply_trial_overrides",
     "is_nni_trial",
@@ -63,6 +64,10 @@ __all__ = [
 ]
 
 _logger = logging.getLogger(__name__)
+
+#: Fraction of the training split a tuned retrain validates on (``recipe_dataloaders(recipe, validation=...)``), so
+#: that the tuner never sees the test split. Our choice, not the paper's: the paper's retrain validates on the test set.
+TRIAL_VALIDATION_FRACTION = 0.1
 
 # Values of NNI_PLATFORM that do not mean "a training service started this process" (nni/runtime/
 # trial_command_channel/__init__.py: unset or "unittest" selects the standalone channel).

@@ -9,7 +9,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
+from nni_darts_ext._compat import import_nni_quietly
 from nni_darts_ext.arch import load_arch
+
+with import_nni_quietly():
+    import nni
+    import nni.runtime.trial_command_channel as trial_command_channel
+    import nni.trial
+    from nni.runtime.trial_command_channel import ParameterRecord, TrialCommandChannel
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 # A retrain of the searched cell at search size keeps the one-batch run to seconds (docs/HELPERS.md sizes).
@@ -40,7 +49,7 @@ def test_darts_cifar10_example_fast_dev_run_on_digits(tmp_path):
 
 
 def _load_example(name):
-    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"example_{name.replace('/', '_')}", EXAMPLES / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -52,3 +61,39 @@ def test_darts_cifar10_example_rejects_a_bad_override(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "retrain.epochs" in err and len(err.strip().splitlines()) == 1
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+class _RecordingChannel(TrialCommandChannel):
+    """The channel an NNI training service gives a trial: one parameter set in, metrics recorded."""
+
+    def __init__(self, parameters):
+        self.parameters = parameters
+        self.metrics: list[tuple[str, float]] = []
+
+    def receive_parameter(self):
+        return ParameterRecord(parameter_id=0, parameters=self.parameters)
+
+    def send_metric(self, type, parameter_id, trial_job_id, sequence, value):  # noqa: A002 (NNI's name)
+        self.metrics.append((type, value))
+
+
+def test_nnictl_trial_api_example_reports_like_a_trial(tmp_path, monkeypatch):
+    """examples/nnictl_retrain/trial_api.py under a fake NNI runtime: overrides applied, 2 epochs + 1 final report."""
+    channel = _RecordingChannel({"learning_rate": 0.05, "cutout": 4, "auxiliary_weight": 0.4, "drop_path_prob": 0.1})
+    monkeypatch.setattr(trial_command_channel, "_channel", channel)
+    monkeypatch.setattr(nni.trial, "_params", None)  # nni.trial keeps the received parameters in globals
+    monkeypatch.setattr(nni.trial, "_intermediate_seq", 0)
+    monkeypatch.chdir(tmp_path)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        code = _load_example("nnictl_retrain/trial_api").main(
+            ["--accelerator", "cpu", "--set", "retrain.cells=3", "retrain.width=4", "retrain.epochs=2",
+             "retrain.batch_size=32", "dataset.max_samples=200"]
+        )
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0
+    kinds = [kind for kind, _ in channel.metrics]
+    assert kinds == ["PERIODICAL", "PERIODICAL", "FINAL"]
+    assert all(0.0 <= value <= 1.0 for _, value in channel.metrics)

@@ -76,16 +76,38 @@ def _nnictl(args: list[str], env: dict, timeout: float = 120) -> subprocess.Comp
     return subprocess.run([str(NNICTL), *args], env=env, capture_output=True, text=True, timeout=timeout)
 
 
+# NNI's manager gives the tuner process 10 s to connect (nni_node/core/tuner_command_channel.js, hard-coded), then
+# the experiment goes to ERROR. On a busy 2-core machine importing NNI's TPE can take longer: one more try then.
+_TUNER_TIMEOUT = "Tuner did not connect"
+ATTEMPTS = 2
+
+
+class _TunerDidNotConnect(Exception):
+    pass
+
+
 def _run_smoke_experiment(tmp_path: Path, trial_command: str | None = None) -> dict:
     """Start config_smoke.yml (optionally with another trialCommand), wait for 2 trials, stop; returns facts."""
     config = yaml.safe_load((EXAMPLE / "config_smoke.yml").read_text())
     config["trialCodeDirectory"] = str(EXAMPLE)
-    config["experimentWorkingDirectory"] = str(tmp_path / "experiments")
     if trial_command is not None:
         config["trialCommand"] = trial_command
-    config_file = tmp_path / "config.yml"
+    for attempt in range(1, ATTEMPTS + 1):
+        folder = tmp_path / f"attempt{attempt}"
+        folder.mkdir()
+        try:
+            return _run_once(folder, config)
+        except _TunerDidNotConnect as exc:
+            if attempt == ATTEMPTS:
+                pytest.fail(f"NNI's tuner did not connect within NNI's 10 s, {ATTEMPTS} times: {exc}")
+    raise AssertionError("unreachable")
+
+
+def _run_once(folder: Path, config: dict) -> dict:
+    config = dict(config, experimentWorkingDirectory=str(folder / "experiments"))
+    config_file = folder / "config.yml"
     config_file.write_text(yaml.safe_dump(config))
-    home = tmp_path / "home"
+    home = folder / "home"
     home.mkdir()
     marker = f"HOME={home}"
     env = {**os.environ, "HOME": str(home), "NNI_HOME": str(home / ".nni"),
@@ -101,6 +123,12 @@ def _run_smoke_experiment(tmp_path: Path, trial_command: str | None = None) -> d
         deadline = started + EXPERIMENT_TIMEOUT_S
         trials: list = []
         while time.monotonic() < deadline:
+            status = _get(port, "check-status")
+            if status["status"] == "ERROR":
+                errors = json.dumps(status.get("errors"))
+                if _TUNER_TIMEOUT in errors:
+                    raise _TunerDidNotConnect(errors)
+                pytest.fail(f"experiment failed: {errors}\n{_manager_log(folder)}")
             trials = _get(port, "trial-jobs")
             finished = [t for t in trials if t["status"] == "SUCCEEDED" and _final_metric(t) is not None]
             failed = [t for t in trials if t["status"] in ("FAILED", "USER_CANCELED", "SYS_CANCELED", "EARLY_STOPPED")]
@@ -109,7 +137,8 @@ def _run_smoke_experiment(tmp_path: Path, trial_command: str | None = None) -> d
                 break
             time.sleep(POLL_S)
         else:
-            pytest.fail(f"trials not done in {EXPERIMENT_TIMEOUT_S} s: {[t['status'] for t in trials]}")
+            pytest.fail(f"trials not done in {EXPERIMENT_TIMEOUT_S} s: {[t['status'] for t in trials]}\n"
+                        f"{_manager_log(folder)}")
         wall = time.monotonic() - started
         metrics = _get(port, "metric-data")
         listed = _nnictl(["trial", "ls", experiment_id], env)
@@ -130,6 +159,11 @@ def _run_smoke_experiment(tmp_path: Path, trial_command: str | None = None) -> d
         if experiment_id is not None:
             _nnictl(["stop", experiment_id], env, timeout=60)
         _kill(_processes_with_env(marker))
+
+
+def _manager_log(folder: Path) -> str:
+    logs = sorted((folder / "experiments").glob("*/log/nnimanager.log"))
+    return logs[0].read_text()[-3000:] if logs else "(no nnimanager.log)"
 
 
 def _trial_logs(trials: list) -> str:
@@ -155,15 +189,6 @@ def _check_reports(facts: dict, epochs: int) -> None:
     assert entry["status"] == "STOPPED"
 
 
-def _cli_has_nni_flag() -> bool:
-    try:
-        from nni_darts_ext import cli
-    except ImportError:
-        return False
-    retrain = cli.build_parser()._subparsers._group_actions[0].choices["retrain"]
-    return any("--nni" in action.option_strings for action in retrain._actions)
-
-
 def test_nnictl_help_works():
     """nnictl imports pkg_resources: it needs setuptools<82 (pinned in pyproject.toml)."""
     done = subprocess.run([str(NNICTL), "--help"], capture_output=True, text=True, timeout=120)
@@ -171,18 +196,6 @@ def test_nnictl_help_works():
     assert "create" in done.stdout and "stop" in done.stdout
 
 
-def test_smoke_experiment_with_the_python_api_trial(tmp_path):
-    """config_smoke.yml, trials running examples/nnictl_retrain/trial_api.py (same arguments as run_trial.sh)."""
-    config = yaml.safe_load((EXAMPLE / "config_smoke.yml").read_text())
-    command = config["trialCommand"].replace("bash run_trial.sh", f"{sys.executable} trial_api.py")
-    command = re.sub(r'--out "\$NNI_OUTPUT_DIR/retrain"|--quiet', "", command)
-    facts = _run_smoke_experiment(tmp_path, command)
-    _check_reports(facts, epochs=2)
-    print(f"smoke experiment (trial_api.py): {facts['wall_s']:.0f} s")
-
-
-@pytest.mark.skipif(not _cli_has_nni_flag(), reason="`nni-darts retrain` has no --nni option yet (cli.py/pipeline.py "
-                    "hook pending: see nni_darts_ext/nni_trial.py)")
 def test_smoke_experiment_with_nni_darts_retrain(tmp_path):
     """config_smoke.yml exactly as shipped: trials run `nni-darts retrain --nni` through run_trial.sh."""
     facts = _run_smoke_experiment(tmp_path)

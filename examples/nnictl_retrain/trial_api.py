@@ -23,8 +23,6 @@ import argparse
 import logging
 import sys
 
-_HOLD_OUT = 0.1  # fraction of the training split validated on; the tuner never sees the test split
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -40,7 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     from nni_darts_ext import build_model, darts_evaluator, load_recipe
     from nni_darts_ext.arch import NAMED_ARCHS, load_arch
     from nni_darts_ext.evaluator import recipe_dataloaders
-    from nni_darts_ext.nni_trial import NniReportCallback, apply_trial_overrides, report_final_result
+    from nni_darts_ext.nni_trial import (
+        TRIAL_VALIDATION_FRACTION, NniReportCallback, apply_trial_overrides, report_final_result,
+    )
     from nni_darts_ext.recipes import RecipeError
 
     try:
@@ -53,11 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     arch = NAMED_ARCHS[args.arch] if args.arch in NAMED_ARCHS else load_arch(args.arch)
     model = build_model(arch, width=r.width, num_cells=r.cells, auxiliary_loss=r.auxiliary_weight > 0,
                         drop_path_prob=r.drop_path_prob, image_size=recipe.image_size)
-    evaluator = darts_evaluator(recipe, validation=_HOLD_OUT, callbacks=[NniReportCallback()],
+    evaluator = darts_evaluator(recipe, validation=TRIAL_VALIDATION_FRACTION, callbacks=[NniReportCallback()],
                                 accelerator=args.accelerator, logger=False, enable_checkpointing=False,
                                 enable_progress_bar=False, enable_model_summary=False)
     evaluator.evaluate(model)
-    *_, test_loader = recipe_dataloaders(recipe, validation=_HOLD_OUT)
+    *_, test_loader = recipe_dataloaders(recipe, validation=TRIAL_VALIDATION_FRACTION)
     [metrics] = evaluator.trainer.test(evaluator.module, test_loader, verbose=False)
     report_final_result(metrics["test_acc"])
     print(f"test accuracy {metrics['test_acc']:.4f}")

@@ -2,7 +2,26 @@
 
 from __future__ import annotations
 
-import pytest
+import os
+import shutil
+import tempfile
+
+# Before anything imports NNI (it fixes ~/nni-experiments at import): a private home for the whole session, so
+# neither in-process runs nor the CLI subprocesses write to the user's ~/nni-experiments manifest or caches.
+_SESSION_HOME = tempfile.mkdtemp(prefix="nni-darts-ext-tests-home-")
+os.environ["HOME"] = _SESSION_HOME
+# Tiny nets are dominated by per-op overhead; with two OpenMP threads on two busy cores torch spin-waits and a step
+# runs several times slower. One thread per process, subprocesses included.
+os.environ["OMP_NUM_THREADS"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_SESSION_HOME, ignore_errors=True)
 
 # The NNI darts-v2 cell (nni/nas/hub/pytorch/nasnet.py DARTS.load_searched_model), NNI 3.0 export form.
 DARTS_V2_NNI = {
@@ -37,8 +56,12 @@ def nni_experiment_dir(tmp_path, monkeypatch):
 
     Point ``experiment.config.experiment_working_directory`` at the returned folder as well.
     """
+    from nni.tools.nnictl import config_utils
+
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("NNI_HOME", str(home / ".nni"))
+    # NNI computed its manifest folder when first imported; point the manifest class at this test's home.
+    monkeypatch.setattr(config_utils.Experiments.__init__, "__defaults__", (str(home / "nni-experiments"),))
     return home / "nni-experiments"

@@ -22,7 +22,7 @@ Example::
     trainer = Trainer(strategy="ddp", accelerator="gpu", devices=4)  # via darts_evaluator(...)
     strategy = darts_strategy("first-order")        # its one-shot module mixes in DistributedArchSync
     NasExperiment(space, evaluator, strategy).run()
-    strategy.oneshot_module().distributed_report    # {'world_size': 4, 'alpha_max_abs_diff_across_ranks': 0.0, ...}
+    strategy.oneshot_module.distributed_report    # {'world_size': 4, 'alpha_max_abs_diff_across_ranks': 0.0, ...}
 """
 
 from __future__ import annotations
@@ -247,7 +247,8 @@ class DistributedArchSync:
     def on_fit_start(self) -> Any:
         self.distributed_report = {"world_size": world_size()}
         if is_distributed():
-            broadcast_tensors(self.arch_parameters())  # type: ignore[attr-defined]
+            # In the module's parameter order: arch_parameters() comes from a set, in another order on each rank.
+            broadcast_tensors(sorted(self.arch_parameters(), key=_param_order(self)))  # type: ignore[attr-defined]
             _logger.info("DARTS search on %d processes: architecture gradients are averaged before each step.",
                          world_size())
         return super().on_fit_start()  # type: ignore[misc]

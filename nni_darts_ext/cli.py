@@ -253,11 +253,19 @@ def _cmd_recipes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _not_rank_zero() -> bool:
+    from .distributed import launched_rank
+
+    return launched_rank() != 0
+
+
 def _cmd_search(args: argparse.Namespace) -> int:
     from .pipeline import run_search
 
     recipe = _recipe(args, "demo", resume_dir=Path(args.out) if args.resume else None)
     summary = run_search(recipe, _options(args, args.out))
+    if _not_rank_zero():  # DDP: the other ranks ran the same command; rank 0 reports
+        return 0
     out = Path(args.out)
     print(summary["genotype"])
     print(f"search ({recipe.name}, {summary['strategy']}): {summary['epochs']} epochs in {summary['search_seconds']:.1f} s "
@@ -276,6 +284,8 @@ def _cmd_retrain(args: argparse.Namespace) -> int:
         recipe = apply_trial_overrides(recipe)
         options.nni = True
     summary = run_retrain(recipe, args.arch, options)
+    if _not_rank_zero():  # DDP: the other ranks ran the same command; rank 0 reports
+        return 0
     print(f"retrain ({recipe.name}): test accuracy {summary['test_accuracy']:.4f} on {recipe.dataset.name}, "
           f"{summary['params']:,} parameters, {summary['epochs']} epochs in {summary['retrain_seconds']:.1f} s on "
           f"{summary['device']}; wrote {Path(args.out) / 'model.pt'}, summary.json")

@@ -21,6 +21,7 @@ __all__ = [
     "ARC_BETAS",
     "ARC_WEIGHT_DECAY",
     "AUXILIARY_LOSS_WEIGHT",
+    "HESSIAN_EPS",
     "DARTS_WIDTH",
     "DARTS_NUM_CELLS",
     "MIN_NUM_CELLS",
@@ -75,6 +76,9 @@ ARC_BETAS: tuple[float, float] = (0.5, 0.999)
 ARC_WEIGHT_DECAY = 1e-3
 # Auxiliary-head loss weight (quark0/darts cnn/train.py --auxiliary_weight 0.4).
 AUXILIARY_LOSS_WEIGHT = 0.4
+# Second-order DARTS: finite-difference step eps = 0.01 / ||grad_w' L_val(w', alpha)|| (DARTS paper, Sec. 2.3
+# after eq. 8; quark0/darts cnn/architect.py _hessian_vector_product(r=1e-2)).
+HESSIAN_EPS = 0.01
 
 # Evaluation network of the DARTS paper: 36 initial channels, 20 cells (quark0/darts cnn/train.py --init_channels 36
 # --layers 20; NNI nasnet.py DARTS.load_searched_model('darts-v2') uses width=36, num_cells=20).

@@ -23,6 +23,8 @@ from .constants import ARC_LEARNING_RATE, GRADIENT_CLIP_VAL
 with import_nni_quietly():
     from nni.nas.strategy import DARTS
 
+from .second_order import SecondOrderDARTS
+
 __all__ = ["darts_strategy", "list_strategies", "register_strategy", "FIRST_ORDER_DEFAULTS"]
 
 _logger = logging.getLogger(__name__)
@@ -96,3 +98,15 @@ def _merge(defaults: Dict[str, Any], overrides: Dict[str, Any]) -> Dict[str, Any
 def _first_order(**overrides: Any) -> DARTS:
     """First-order DARTS (the paper's DARTS (1st)): NNI's strategy with gradient clipping 5."""
     return DARTS(**_merge(FIRST_ORDER_DEFAULTS, overrides))
+
+
+# ---- second-order (owner: second_order.py) ---------------------------------------------------------------------
+@register_strategy("second-order")
+def _second_order(**overrides: Any) -> SecondOrderDARTS:
+    """Second-order (unrolled) DARTS, the paper's DARTS (2nd): same defaults as first-order, plus ``hessian_eps``.
+
+    Keyword arguments: ``hessian_eps`` and every :class:`nni.nas.strategy.DARTS` argument (``arc_learning_rate``,
+    ``gradient_clip_val``, ``warmup_epochs``, ``log_prob_every_n_step``, ``penalty``, ``mutation_hooks``).
+    """
+    return SecondOrderDARTS(**_merge(FIRST_ORDER_DEFAULTS, overrides))
+# ---- end second-order ------------------------------------------------------------------------------------------

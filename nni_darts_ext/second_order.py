@@ -39,6 +39,7 @@ import torch.nn as nn
 
 from ._compat import import_nni_quietly
 from .constants import ARC_LEARNING_RATE, HESSIAN_EPS
+from .distributed import DistributedArchSync
 
 with import_nni_quietly():
     from nni.nas.oneshot.pytorch.base_lightning import BaseOneShotLightningModule
@@ -105,7 +106,9 @@ class _WeightGroup:
         self.buffers = buffers
 
 
-class SecondOrderDartsLightningModule(DartsLightningModule):
+# DistributedArchSync (distributed.py): under DDP, architecture gradients are averaged across ranks right before
+# each architecture optimizer step; with one process it changes nothing.
+class SecondOrderDartsLightningModule(DistributedArchSync, DartsLightningModule):
     """NNI's ``DartsLightningModule`` whose architecture step uses the unrolled (second-order) gradient.
 
     Built by :class:`SecondOrderDARTS`; see the module docstring for the algorithm. The weight step, learning

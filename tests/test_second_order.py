@@ -388,13 +388,14 @@ def test_real_search_on_digits_exports_a_valid_darts_arch(nni_experiment_dir):
     experiment.config.experiment_working_directory = str(nni_experiment_dir)
     try:
         experiment.run()
+        arch = experiment.export_top_models(formatter="dict")[0]
     finally:
+        experiment.stop()  # run() leaves it to atexit, which would log into pytest's closed streams
         # NNI binds its manifest path (~/nni-experiments/.experiment) at import, before the fixture moves HOME:
         # remove our entry with NNI's own locked API.
         from nni.tools.nnictl.config_utils import Experiments
 
         Experiments().remove_experiment(experiment.id)
-    arch = experiment.export_top_models(formatter="dict")[0]
     assert normalize_arch(arch)
     module = strategy.oneshot_module
     assert isinstance(module, SecondOrderDartsLightningModule)

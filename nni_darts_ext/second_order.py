@@ -429,9 +429,10 @@ class SecondOrderDARTS(DARTS):
     """Second-order (unrolled) DARTS: NNI's ``DARTS`` strategy with the paper's eq. 7-8 architecture gradient.
 
     Works with every model space and Lightning evaluator that NNI's ``DARTS`` accepts. Each architecture step
-    costs four forward/backward passes instead of one (the two Hessian-vector passes skip weight gradients), so
-    a search step took 2.2x the first-order time on CPU and 1.9-3.1x on an H200 (where NNI's supernet is bound
-    by Python and kernel launches); extra memory is a few copies of the weights (peak 1.0-1.25x).
+    costs four forward/backward passes instead of one (the two Hessian-vector passes skip weight gradients). On
+    the same supernet a search step took 2.3-2.4x NNI's first-order step on CPU and 1.9-3.1x on an H200 (where
+    NNI's supernet is bound by Python and kernel launches); extra memory is a few copies of the weights (peak
+    1.0-1.05x, benchmarks/search_step.py).
 
     .. note:: The virtual step is a plain SGD step with the weight optimizer's ``lr``, ``momentum`` and
        ``weight_decay`` (as in the paper); other optimizers (e.g. NNI's default Adam) get the same SGD step with

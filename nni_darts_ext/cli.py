@@ -33,6 +33,10 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell convention (SIGTERM: 143)
 # written checkpoints and config.yaml), so a script can tell "fix the command" from "resume with other settings".
 EXIT_DIVERGED = 1
 DEFAULT_DEMO_OUT = "runs/demo"
+# The demo's nets (width 4-16 at 16x16) are too small for intra-op parallelism to pay, and on a 2-core machine two
+# torch threads made each step several times slower as soon as anything else ran (OpenMP threads waiting on a
+# busy core). One thread, unless --threads says otherwise.
+DEMO_THREADS = 1
 _ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 _LIGHTNING_LOGGERS = ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning")
 # Warnings that say nothing to a user of this CLI (the settings are deliberate): message regexes.
@@ -86,7 +90,8 @@ def _add_common(parser: argparse.ArgumentParser, *, resume: bool = True) -> None
     group.add_argument("--precision", metavar="P", help="Lightning precision, e.g. 32-true, bf16-mixed, 16-mixed")
     group.add_argument("--seed", type=int, metavar="N", help="random seed (sets the recipe's seed)")
     group.add_argument("--threads", type=int, metavar="N",
-                       help="torch CPU threads (default: torch's, one per core); 1 is far faster on a busy machine")
+                       help="torch CPU threads (default: torch's, one per core; demo: 1); 1 is far faster on a busy "
+                            "machine")
     if resume:
         group.add_argument("--resume", action="store_true",
                            help="continue an interrupted run from DIR/checkpoints/last.ckpt")
@@ -239,8 +244,11 @@ def _cmd_recipes(args: argparse.Namespace) -> int:
     if args.action == "list":
         if args.name is not None:
             raise RecipeError(f"recipes: unexpected {args.name!r} (did you mean `recipes show {args.name}`?)")
-        for name in list_recipes():
-            print(f"{name:10s} {load_recipe(name).description}")
+        import yaml
+
+        for name in list_recipes():  # descriptions straight from the YAML: listing needs no NNI import
+            description = (yaml.safe_load(recipe_text(name)) or {}).get("description", "")
+            print(f"{name:10s} {description}")
         return 0
     if args.name is None:
         raise RecipeError("recipes show: which recipe? (one of: " + ", ".join(list_recipes()) + ")")
@@ -389,14 +397,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     training = args.command in ("search", "retrain", "evaluate", "demo")
     _setup_logging(getattr(args, "quiet", False), training=training)
-    if getattr(args, "threads", None) is not None:
+    threads = getattr(args, "threads", None)
+    if threads is None and args.command == "demo":
+        threads = DEMO_THREADS
+    if threads is not None:
         import torch
 
-        if args.threads < 1:
-            print(f"{PROG} {args.command}: error: --threads: expected a positive int, got {args.threads}",
-                  file=sys.stderr)
+        if threads < 1:
+            print(f"{PROG} {args.command}: error: --threads: expected a positive int, got {threads}", file=sys.stderr)
             return EXIT_USAGE
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(threads)
 
     from .arch import ArchError
     from .pipeline import RunInterrupted, UsageError

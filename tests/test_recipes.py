@@ -71,7 +71,7 @@ def test_pc_darts_recipe_numbers():
 
 def test_demo_recipe_is_digits():
     r = load_recipe("demo")
-    assert r.dataset.name == "digits" and r.image_size == 16 and r.dataset.num_workers == 0
+    assert r.dataset.name == "digits" and r.image_size == 8 and r.dataset.num_workers == 0
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -160,9 +160,11 @@ def test_bad_values_name_the_key(override, key):
 
 
 def test_cutout_is_checked_against_the_actual_image_size():
-    assert load_recipe("demo", ["retrain.cutout=16"]).retrain.cutout == 16
+    assert load_recipe("demo", ["dataset.image_size=16", "retrain.cutout=16"]).retrain.cutout == 16
     with pytest.raises(RecipeError, match=r"retrain.cutout: 9 is longer than the 8x8 images"):
         load_recipe("demo", ["dataset.image_size=8", "retrain.cutout=9"])
+    with pytest.raises(RecipeError, match=r"retrain.cutout: 17 is longer than the 16x16 images"):
+        load_recipe("demo", ["dataset.image_size=null", "retrain.cutout=17"])  # digits' default size: 16
 
 
 def test_overrides_parse_yaml_and_type_check():

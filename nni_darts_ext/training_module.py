@@ -184,7 +184,10 @@ class DartsClassificationModule(ClassificationModule):
             super().on_validation_epoch_end()
 
     def on_fit_end(self) -> None:
-        if self.report_to_nni:
+        # A fit that stopped before its first validation (max_steps inside epoch 0) has no metric to report;
+        # NNI's base class would raise KeyError reading it.
+        stage = "val" if self.trainer.val_dataloaders else "train"
+        if self.report_to_nni and f"{stage}_acc" in self.trainer.callback_metrics:
             super().on_fit_end()
 
     def on_validation_end(self) -> None:

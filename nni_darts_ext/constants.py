@@ -35,6 +35,10 @@ __all__ = [
     "DIGITS_NATIVE_SIZE",
     "DIGITS_TEST_FRACTION",
     "DIGITS_IMAGE_SIZE",
+    "PC_PARTIAL_CHANNELS",
+    "PC_BYPASS_POOL_SIZE",
+    "PC_ARC_LEARNING_RATE",
+    "ARC_INIT_SCALE",
 ]
 
 # Per-channel statistics of the CIFAR-10 training set, as in quark0/darts cnn/utils.py _data_transforms_cifar10.
@@ -111,3 +115,14 @@ DIGITS_STD = 0.37612121
 # Default digits input size for get_dataset: 16x16 searched and retrained faster and better than 32x32 on CPU
 # (shared/NNI-NOTES.md, "Pitfalls seen in small end-to-end runs").
 DIGITS_IMAGE_SIZE = 16
+
+# PC-DARTS (Xu et al., ICLR 2020; github:yuhuixu1993/PC-DARTS). Partial-channel factor K: 1/K of each edge's input
+# channels go through the candidate ops (model_search.py MixedOp: k = 4).
+PC_PARTIAL_CHANNELS = 4
+# The bypassed channels of a stride-2 (reduction) edge are max-pooled with kernel 2, stride 2 (MixedOp: nn.MaxPool2d(2, 2)).
+PC_BYPASS_POOL_SIZE = 2
+# PC-DARTS architecture learning rate (train_search.py --arch_learning_rate 6e-4; weight decay as DARTS, 1e-3).
+PC_ARC_LEARNING_RATE = 6e-4
+# Architecture parameters start as 1e-3 * N(0, 1) (quark0/darts model_search.py _initialize_alphas; NNI
+# differentiable.py DifferentiableMixedCell; PC-DARTS model_search.py, alphas and betas alike).
+ARC_INIT_SCALE = 1e-3

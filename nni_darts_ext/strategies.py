@@ -18,7 +18,7 @@ import logging
 from typing import Any, Callable, Dict
 
 from ._compat import import_nni_quietly
-from .constants import ARC_LEARNING_RATE, GRADIENT_CLIP_VAL
+from .constants import ARC_LEARNING_RATE, GRADIENT_CLIP_VAL, PC_ARC_LEARNING_RATE, PC_PARTIAL_CHANNELS
 
 with import_nni_quietly():
     from nni.nas.strategy import DARTS
@@ -96,8 +96,40 @@ def _merge(defaults: Dict[str, Any], overrides: Dict[str, Any]) -> Dict[str, Any
 
 @register_strategy("first-order")
 def _first_order(**overrides: Any) -> DARTS:
-    """First-order DARTS (the paper's DARTS (1st)): NNI's strategy with gradient clipping 5."""
-    return DARTS(**_merge(FIRST_ORDER_DEFAULTS, overrides))
+    """First-order DARTS (the paper's DARTS (1st)): NNI's algorithm and export with gradient clipping 5.
+
+    Runs as :class:`nni_darts_ext.partial_channel.LeanDARTS`, a ``nni.nas.strategy.DARTS`` subclass with the same
+    updates and export but a leaner mixed cell, no discarded gradients and channels-last on CPU. Extra keyword
+    arguments: ``channels_last`` (None: auto), ``skip_unused_gradients``; plus every ``DARTS`` argument.
+    """
+    from .partial_channel import LeanDARTS
+
+    return LeanDARTS(**_merge(FIRST_ORDER_DEFAULTS, overrides))
+
+
+# ---- pc-darts (owner: partial_channel.py) ----------------------------------------------------------------------
+# PC-DARTS (Xu et al., ICLR 2020; github:yuhuixu1993/PC-DARTS train_search.py): K = 4, edge normalisation,
+# arch lr 6e-4, grad clip 5. The paper's 15 warm-up epochs depend on the epoch budget: pass warmup_epochs=.
+PC_DARTS_DEFAULTS: Dict[str, Any] = {
+    "partial_channels": PC_PARTIAL_CHANNELS,
+    "edge_normalization": True,
+    "arc_learning_rate": PC_ARC_LEARNING_RATE,
+    "gradient_clip_val": GRADIENT_CLIP_VAL,
+}
+
+
+@register_strategy("pc-darts")
+def _pc_darts(**overrides: Any) -> Any:
+    """PC-DARTS: partial channel connections (1/K of the channels through the ops) and edge normalisation.
+
+    Keyword arguments: ``partial_channels``, ``edge_normalization``, ``channels_last``, ``skip_unused_gradients``
+    and every :class:`nni.nas.strategy.DARTS` argument (``arc_learning_rate``, ``gradient_clip_val``,
+    ``warmup_epochs``, ``log_prob_every_n_step``, ``penalty``, ``mutation_hooks``).
+    """
+    from .partial_channel import PCDARTS
+
+    return PCDARTS(**_merge(PC_DARTS_DEFAULTS, overrides))
+# ---- end pc-darts ----------------------------------------------------------------------------------------------
 
 
 # ---- second-order (owner: second_order.py) ---------------------------------------------------------------------

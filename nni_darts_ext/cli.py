@@ -286,7 +286,9 @@ def _cmd_retrain(args: argparse.Namespace) -> int:
 
     recipe = _recipe(args, "demo", resume_dir=Path(args.out) if args.resume else None)
     options = _options(args, args.out)
-    if args.nni:
+    from .nni_trial import is_nni_trial
+
+    if args.nni or is_nni_trial():  # --nni, or started by an NNI training service (NNI_PLATFORM is set)
         from .nni_trial import apply_trial_overrides
 
         recipe = apply_trial_overrides(recipe)

@@ -375,8 +375,9 @@ def test_apply_trial_overrides_goes_through_the_recipe_checks():
     r = tuned.retrain
     assert (r.learning_rate, r.cutout, r.epochs, r.drop_path_prob) == (0.1, None, 3, 0.1)
     assert apply_trial_overrides(recipe, {}) is recipe
-    with pytest.raises(RecipeError, match=r"retrain.cutout.*16x16.*NNI parameter cutout"):
-        apply_trial_overrides(recipe, {"cutout": 20})
+    size = recipe.image_size  # the demo recipe's own image size (tuned; not fixed by this test)
+    with pytest.raises(RecipeError, match=rf"retrain.cutout.*{size}x{size}.*NNI parameter cutout"):
+        apply_trial_overrides(recipe, {"cutout": size + 4})
     with pytest.raises(RecipeError, match=r"NNI parameters: unknown NNI parameter.*'lr'"):
         apply_trial_overrides(recipe, {"lr": 0.1})
     with pytest.raises(RecipeError, match=r"NNI parameters: .*'epochs' must be an integer"):

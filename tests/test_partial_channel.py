@@ -41,14 +41,6 @@ QUIET = dict(accelerator="cpu", logger=False, enable_checkpointing=False, enable
              enable_model_summary=False)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: the machine is small and shared (docs/HELPERS.md)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _space(seed: int = 0, width: int = WIDTH):
     torch.manual_seed(seed)

@@ -36,14 +36,6 @@ BATCH = 8
 ACCELERATOR = os.environ.get("NNI_DARTS_EXT_TEST_ACCELERATOR", "cpu")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: the machine is small and shared (docs/HELPERS.md); timings below assume it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 # --------------------------------------------------------------------------------------------------- tiny space
 class TinySpace(ModelSpace):

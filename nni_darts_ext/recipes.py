@@ -408,28 +408,28 @@ def _set_key(raw: dict[str, Any], key: str, value: Any) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def _check_keys(raw: dict[str, Any], names: list[str], *, prefix: str, known: str) -> None:
+    """One-line RecipeError for the first unknown or missing key (``prefix`` is the dotted section)."""
+    unknown = [k for k in raw if k not in names]
+    if unknown:
+        raise RecipeError(f"{prefix}{unknown[0]}: unknown key; {known}")
+    missing = [n for n in names if n not in raw]
+    if missing:
+        raise RecipeError(f"{prefix}{missing[0]}: missing (every key must be set; `extends: paper` fills them in)")
+
+
 def _build_section(cls: type, section: str, raw: Any) -> Any:
     if not isinstance(raw, dict):
         raise RecipeError(f"{section}: expected a mapping of keys, got {_describe(raw)}")
     names = _field_names(cls)
-    unknown = [k for k in raw if k not in names]
-    if unknown:
-        raise RecipeError(f"{section}.{unknown[0]}: unknown key; {section} has: {', '.join(names)}")
-    missing = [n for n in names if n not in raw]
-    if missing:
-        raise RecipeError(f"{section}.{missing[0]}: missing (every key must be set; `extends: paper` fills them in)")
+    _check_keys(raw, names, prefix=f"{section}.", known=f"{section} has: {', '.join(names)}")
     hints = _hints(cls)
     return cls(**{name: _coerce(f"{section}.{name}", raw[name], hints[name]) for name in names})
 
 
 def _build(raw: dict[str, Any]) -> Recipe:
     names = _field_names(Recipe)
-    unknown = [k for k in raw if k not in names]
-    if unknown:
-        raise RecipeError(f"{unknown[0]}: unknown key; a recipe has: {', '.join(names)} (and extends)")
-    missing = [n for n in names if n not in raw]
-    if missing:
-        raise RecipeError(f"{missing[0]}: missing (every key must be set; `extends: paper` fills them in)")
+    _check_keys(raw, names, prefix="", known=f"a recipe has: {', '.join(names)} (and extends)")
     hints = _hints(Recipe)
     values: dict[str, Any] = {}
     for name in names:

@@ -35,13 +35,6 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 import torch
 import torch.distributed as dist
 
-from ._compat import import_nni_quietly
-
-with import_nni_quietly():
-    import nni
-    from nni.nas.oneshot.pytorch.differentiable import DartsLightningModule
-    from nni.nas.strategy import DARTS
-
 __all__ = [
     "is_distributed",
     "world_size",
@@ -52,8 +45,6 @@ __all__ = [
     "broadcast_tensors",
     "all_gather_max_abs_diff",
     "DistributedArchSync",
-    "DistributedDartsModule",
-    "DistributedDARTS",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -294,37 +285,6 @@ def _sync_hook(params: List[torch.Tensor]) -> Any:
             all_reduce_gradients(params)
 
     return hook
-
-
-class DistributedDartsModule(DistributedArchSync, DartsLightningModule):
-    """NNI's ``DartsLightningModule`` with :class:`DistributedArchSync`: same updates, synced architecture.
-
-    Example::
-
-        module = DistributedDartsModule(training_module, gradient_clip_val=5.0)
-    """
-
-
-@nni.trace
-class DistributedDARTS(DARTS):
-    """``nni.nas.strategy.DARTS`` whose one-shot module is :class:`DistributedDartsModule`.
-
-    Takes exactly ``DARTS``'s arguments; with one process it is NNI's DARTS.
-
-    Example::
-
-        strategy = DistributedDARTS(gradient_clip_val=5.0)
-    """
-
-    def configure_oneshot_module(self, training_module: Any) -> DistributedDartsModule:
-        return DistributedDartsModule(
-            training_module,
-            arc_learning_rate=self.arc_learning_rate,
-            gradient_clip_val=self.gradient_clip_val,
-            log_prob_every_n_step=self.log_prob_every_n_step,
-            warmup_epochs=self.warmup_epochs,
-            penalty=self.penalty,
-        )
 
 
 def is_rank_zero() -> bool:

@@ -47,9 +47,10 @@ _EXPORTS = {
     "plot_cell": "plotting",
     "plot_cells": "plotting",
     "plot_alpha_history": "plotting",
-    "darts_strategy": "strategies",
-    "list_strategies": "strategies",
-    "register_strategy": "strategies",
+    "darts_strategy": "search",
+    "list_strategies": "search",
+    "register_strategy": "search",
+    "DartsSearch": "search",
     "load_recipe": "recipes",
 }
 

@@ -45,6 +45,7 @@ __all__ = [
     "broadcast_tensors",
     "all_gather_max_abs_diff",
     "DistributedArchSync",
+    "arch_gradient_sync_hook",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -232,7 +233,7 @@ class DistributedArchSync:
                 # NNI's arch_parameters() goes through a set (id order, different on every rank): all-reduce in
                 # the module's parameter order, the same on every rank.
                 params = sorted((p for group in opt.param_groups for p in group["params"]), key=key)
-                opt.register_step_pre_hook(_sync_hook(params))
+                opt.register_step_pre_hook(arch_gradient_sync_hook(params))
         return optimizer
 
     def on_fit_start(self) -> Any:
@@ -277,8 +278,13 @@ def _param_order(module: Any) -> Any:
     return lambda p: order.get(id(p), len(order))
 
 
-def _sync_hook(params: List[torch.Tensor]) -> Any:
-    """An optimizer step pre-hook that averages ``params``' gradients over ranks."""
+def arch_gradient_sync_hook(params: List[torch.Tensor]) -> Any:
+    """An optimizer step pre-hook that averages ``params``' gradients over ranks (a no-op with one process).
+
+    Example::
+
+        optimizer.register_step_pre_hook(arch_gradient_sync_hook(params))
+    """
 
     def hook(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if is_distributed():

@@ -37,7 +37,7 @@ def test_search_step_harness_writes_the_documented_json(tmp_path):
         assert r["step_seconds"] > 0 and r["peak_memory_mb"] > 0 and r["startup_seconds"] > 0
         assert r["images_per_second"] == pytest.approx(2 * 4 / r["step_seconds"])
         assert len(r["step_seconds_all"]) == 3 and r["threads"] == 1
-    assert [r["strategy"] for r in report["results"]] == ["DARTS", "PCDARTS"]
+    assert [r["strategy"] for r in report["results"]] == ["DARTS", "DartsSearch"]
     # The markdown table, with the stock row as the 1.00x reference.
     assert "| preset | step (s) | images/s | vs stock |" in proc.stdout
     assert "| nni-stock |" in proc.stdout and "| 1.00x |" in proc.stdout

@@ -23,7 +23,7 @@ from nni_darts_ext.nni_trial import (
     report_final_result,
     trial_overrides,
 )
-from nni_darts_ext.strategies import darts_strategy, list_strategies
+from nni_darts_ext.search import darts_strategy, list_strategies
 from nni_darts_ext.training_module import DartsClassificationModule
 from nni_darts_ext.transforms import Cutout
 

@@ -137,7 +137,7 @@ def test_explicit_drop_path_prob_overrides_net_attribute(darts_v2_arch):
 
 def test_works_as_evaluator_module_of_a_darts_search(nni_experiment_dir):
     """NNI's one-shot wrapper drives training_step under manual optimisation; weights and alphas both move."""
-    from nni_darts_ext.strategies import darts_strategy
+    from nni_darts_ext.search import darts_strategy
 
     torch.manual_seed(0)
     space = DartsSpace(width=4, num_cells=3, dataset="cifar")

@@ -1,4 +1,4 @@
-"""PC-DARTS preset and the lean first-order cell: shapes, shuffle, edge weights, export, optimizers, equality with
+"""The supernet cell (full and PC-DARTS) and its presets: shapes, shuffle, edge weights, export, optimizers, equality with
 NNI's cell and strategy step, and a short real search through NasExperiment."""
 
 from __future__ import annotations
@@ -13,16 +13,10 @@ import torch.nn.functional as F
 
 from nni_darts_ext._compat import import_nni_quietly
 from nni_darts_ext.constants import PC_PARTIAL_CHANNELS, PRIMITIVES
-from nni_darts_ext.partial_channel import (
-    LeanDARTS,
-    LeanDartsLightningModule,
-    LeanMixedCell,
-    PartialChannelMixedCell,
-    PCDARTS,
-    channel_shuffle,
-    narrow_op_factory,
-)
-from nni_darts_ext.strategies import darts_strategy, list_strategies
+from nni_darts_ext.search import DartsSearch, darts_strategy, list_strategies
+from nni_darts_ext.search.cells import MixedCell
+from nni_darts_ext.search.layers import channel_shuffle, narrow_op_factory
+from nni_darts_ext.search.module import DartsSearchModule
 from nni_darts_ext.training_module import DartsClassificationModule
 
 with import_nni_quietly():
@@ -81,7 +75,7 @@ def test_channel_shuffle_rejects_bad_groups():
 
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_shuffled_concat_equals_cat_then_shuffle(channels_last):
-    from nni_darts_ext.partial_channel import _shuffled_concat
+    from nni_darts_ext.search.layers import shuffled_concat as _shuffled_concat
 
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     a = torch.randn(2, 3, 5, 4).contiguous(memory_format=fmt).requires_grad_()
@@ -113,22 +107,22 @@ def test_narrow_op_factory_divides_channels_and_validates():
 
 def test_pc_darts_rejects_bad_arguments_and_widths():
     with pytest.raises(TypeError, match="partial_channels"):
-        PCDARTS(partial_channels=2.0)
+        darts_strategy("pc-darts", partial_channels=2.0)
     with pytest.raises(ValueError, match="partial_channels"):
-        PCDARTS(partial_channels=0)
+        darts_strategy("pc-darts", partial_channels=0)
     with pytest.raises(TypeError, match="edge_normalization"):
-        PCDARTS(edge_normalization="yes")
+        darts_strategy("pc-darts", edge_normalization="yes")
     with pytest.raises(TypeError, match="channels_last"):
-        LeanDARTS(channels_last=1)
+        darts_strategy("first-order", channels_last=1)
     with pytest.raises(ValueError, match="divisible by 3"):
-        PCDARTS(partial_channels=3).mutate_model(_space())
+        darts_strategy("pc-darts", partial_channels=3).mutate_model(_space())
 
 
 # ------------------------------------------------------------------------------------------------ cell and shapes
 def test_pc_cell_shapes_normal_and_reduction():
-    net = PCDARTS().mutate_model(_space())
+    net = darts_strategy("pc-darts").mutate_model(_space())
     cells = _cells(net)
-    assert [type(c) for c in cells] == [PartialChannelMixedCell] * CELLS
+    assert [type(c) for c in cells] == [MixedCell] * CELLS
     assert [c.label for c in cells] == ["normal", "reduce", "reduce"]
     shapes = {}
 
@@ -187,7 +181,7 @@ def _captured_cell_inputs(net, x=None):
 
 @pytest.mark.parametrize("cell_index", [0, 1, 2])  # normal, reduction after normal, reduction after reduction
 def test_pc_cell_forward_matches_the_reference_formulation(cell_index):
-    net = PCDARTS().mutate_model(_space())
+    net = darts_strategy("pc-darts").mutate_model(_space())
     _randomize_arch(net)
     net.eval()  # BatchNorm with running statistics: both formulations see the same normalisation
     cell = _cells(net)[cell_index]
@@ -204,7 +198,7 @@ def _first_conv(module):
 
 
 def test_beta_is_softmaxed_over_each_nodes_edges():
-    net = PCDARTS().mutate_model(_space())
+    net = darts_strategy("pc-darts").mutate_model(_space())
     cell = _cells(net)[0]
     _randomize_arch(net)
     for pos, i in enumerate(range(2, 6)):
@@ -222,7 +216,7 @@ def test_beta_is_softmaxed_over_each_nodes_edges():
 
 
 def test_large_beta_selects_one_edge():
-    net = PCDARTS().mutate_model(_space())
+    net = darts_strategy("pc-darts").mutate_model(_space())
     net.eval()
     cell = _cells(net)[0]
     with torch.no_grad():
@@ -250,7 +244,7 @@ def _set_alpha(cell, i, j, op_logits: dict, none: float = 0.0):
 
 
 def test_export_ranks_edges_by_alpha_times_beta():
-    net = PCDARTS().mutate_model(_space())
+    net = darts_strategy("pc-darts").mutate_model(_space())
     cell = _cells(net)[0]
     with torch.no_grad():
         for p in cell._arch_alpha.values():
@@ -279,7 +273,7 @@ def test_export_ranks_edges_by_alpha_times_beta():
     # Without betas (the same alphas), NNI's raw-alpha ranking would keep edge 0 of node 3.
     assert DifferentiableMixedCell.export(cell, {})["normal/input_3_0"] == [0]
     # The full NNI-form dict: 4 nodes x 2 inputs x (op, input) per cell type, ops from the 7 primitives.
-    full = PCDARTS().mutate_model(_space())
+    full = darts_strategy("pc-darts").mutate_model(_space())
     exported = {}
     for c in _cells(full):
         exported.update(c.export(exported))
@@ -308,7 +302,7 @@ def _oneshot(strategy, module=None, seed=0):
 
 def test_beta_is_an_architecture_parameter_only():
     net, oneshot = _oneshot(darts_strategy("pc-darts"))
-    assert isinstance(oneshot, LeanDartsLightningModule)
+    assert isinstance(oneshot, DartsSearchModule)
     betas = {id(p) for n, p in net.named_parameters() if "_arch_beta" in n}
     alphas = {id(p) for n, p in net.named_parameters() if "_arch_alpha" in n}
     assert len(betas) == 2 * 4  # one vector per node, shared by the cells of each type
@@ -326,13 +320,13 @@ def test_beta_is_an_architecture_parameter_only():
 def test_presets_are_registered_with_their_defaults():
     assert {"first-order", "pc-darts"} <= set(list_strategies())
     pc = darts_strategy("pc-darts", warmup_epochs=15)
-    assert isinstance(pc, PCDARTS) and isinstance(pc, DARTS)
+    assert isinstance(pc, DartsSearch) and isinstance(pc, DARTS)
     assert (pc.partial_channels, pc.edge_normalization, pc.gradient_clip_val, pc.warmup_epochs) == (4, True, 5.0, 15)
     first = darts_strategy("first-order")
-    assert isinstance(first, LeanDARTS) and not isinstance(first, PCDARTS)
+    assert isinstance(first, DartsSearch) and (first.partial_channels, first.edge_normalization, first.order) == (1, False, 1)
     assert (first.arc_learning_rate, first.gradient_clip_val) == (3e-4, 5.0)
     restored = nni.load(nni.dump(pc))
-    assert type(restored) is PCDARTS and restored.warmup_epochs == 15
+    assert type(restored) is DartsSearch and restored.warmup_epochs == 15 and restored.partial_channels == 4
 
 
 # ---------------------------------------------------------------------------------------------- lean == NNI (math)
@@ -340,8 +334,8 @@ def test_presets_are_registered_with_their_defaults():
 def test_lean_cell_equals_nni_cell_forward_backward_and_export(channels_last):
     space = _space()
     stock = DARTS().mutate_model(copy.deepcopy(space))
-    lean = LeanDARTS().mutate_model(copy.deepcopy(space))
-    assert all(type(c) is LeanMixedCell for c in _cells(lean))
+    lean = darts_strategy("first-order").mutate_model(copy.deepcopy(space))
+    assert all(type(c) is MixedCell for c in _cells(lean))
     _randomize_arch(stock)
     lean.load_state_dict(stock.state_dict())
     if channels_last:
@@ -398,8 +392,9 @@ def test_first_order_steps_equal_nni_darts_steps(channels_last):
         assert torch.equal(initial_lean[name], value), name  # same start
     for (name, a), (_, b) in zip(stock.named_parameters(), lean.named_parameters()):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=name)
-    for (name, a), (_, b) in zip(stock.named_buffers(), lean.named_buffers()):
-        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=name)
+    lean_state = lean.state_dict()  # persistent buffers (the cells' op masks are saved only once pruned)
+    for name, a in stock.state_dict().items():
+        torch.testing.assert_close(lean_state[name], a, rtol=1e-4, atol=1e-5, msg=name)
     # The steps did change the architecture and the weights.
     changed = {n for n, p in stock.named_parameters() if not torch.equal(p.detach(), initial[n])}
     assert any("_arch_alpha" in n for n in changed) and any("_arch_alpha" not in n for n in changed)
@@ -449,7 +444,7 @@ def test_short_pc_darts_search_through_nas_experiment(private_manifest):
     finally:
         experiment.stop()
     _assert_valid_arch(arch)
-    assert isinstance(strategy.oneshot_module, LeanDartsLightningModule)
+    assert isinstance(strategy.oneshot_module, DartsSearchModule)
     # The architecture optimizer stepped the betas on each of the 3 batches.
     betas = [p for n, p in strategy.supernet.named_parameters() if "_arch_beta" in n]
     opt = strategy.oneshot_module.architecture_optimizers().optimizer

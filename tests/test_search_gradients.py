@@ -1,7 +1,7 @@
 """Second-order (unrolled) DARTS: gradient against autograd, side effects, guards, a real search, resume.
 
 Most tests search a tiny float64 ``ModelSpace`` (one LayerChoice, a BatchNorm) through the real code path, a
-Lightning ``Trainer`` fitting the one-shot module that :class:`SecondOrderDARTS` builds; the exact unrolled
+Lightning ``Trainer`` fitting the one-shot module that :class:`DartsSearch` (order 2) builds; the exact unrolled
 hypergradient ``d/dalpha L_val(w - xi * grad_w L_train(w, alpha), alpha)`` is computed independently with
 ``torch.func.functional_call`` and double backward (``create_graph=True``).
 """
@@ -20,8 +20,10 @@ import torch.nn.functional as F
 import torchmetrics
 
 from nni_darts_ext._compat import import_nni_quietly
-from nni_darts_ext.second_order import SecondOrderDARTS, SecondOrderDartsLightningModule
-from nni_darts_ext.strategies import FIRST_ORDER_DEFAULTS, darts_strategy
+from nni_darts_ext.search import DartsSearch, darts_strategy
+from nni_darts_ext.search.gradients import UnrolledGradient
+from nni_darts_ext.search.module import DartsSearchModule
+from nni_darts_ext.search.presets import FIRST_ORDER_DEFAULTS
 
 with import_nni_quietly():
     import nni
@@ -193,12 +195,12 @@ def _flat(grads):
 # ------------------------------------------------------------------------------------------------------- tests
 def test_preset_is_registered_with_first_order_defaults():
     strategy = darts_strategy("second-order", warmup_epochs=1, hessian_eps=0.02)
-    assert isinstance(strategy, SecondOrderDARTS) and isinstance(strategy, DARTS)
+    assert isinstance(strategy, DartsSearch) and isinstance(strategy, DARTS) and strategy.order == 2
     assert strategy.gradient_clip_val == FIRST_ORDER_DEFAULTS["gradient_clip_val"] == 5.0
     assert strategy.arc_learning_rate == FIRST_ORDER_DEFAULTS["arc_learning_rate"] == 3e-4
     assert (strategy.warmup_epochs, strategy.hessian_eps) == (1, 0.02)
     assert darts_strategy("second-order", gradient_clip_val=None).gradient_clip_val == 5.0  # None keeps the preset
-    assert "SecondOrderDARTS" in nni.dump(strategy)  # traced: NNI can serialise it
+    assert nni.load(nni.dump(strategy)).order == 2  # traced: NNI can serialise it
 
 
 @pytest.mark.parametrize("kwargs, error", [
@@ -209,7 +211,7 @@ def test_preset_is_registered_with_first_order_defaults():
 ])
 def test_bad_arguments_are_rejected_naming_the_argument(kwargs, error):
     with pytest.raises(error, match=next(iter(kwargs))):
-        SecondOrderDARTS(**kwargs)
+        DartsSearch(order=2, **kwargs)
 
 
 def test_unrolled_gradient_matches_double_backward_and_differs_from_first_order():
@@ -223,7 +225,7 @@ def test_unrolled_gradient_matches_double_backward_and_differs_from_first_order(
     recorder = Recorder()
     module = TinyModule(lr=0.5)
     oneshot, _ = _search(darts_strategy("second-order"), module, n_batches=2, callbacks=[recorder])
-    assert isinstance(oneshot, SecondOrderDartsLightningModule)
+    assert isinstance(oneshot, DartsSearchModule) and isinstance(oneshot.gradient, UnrolledGradient)
     for record in recorder.steps:
         exact, first = _reference(module.model, record, lrs=record["lr"])
         got = record["arch_grads"]
@@ -256,16 +258,16 @@ def test_momentum_weight_decay_and_param_groups_match_hand_computed_reference():
 
 def test_extra_passes_leave_weights_buffers_grads_metrics_and_logs_untouched(monkeypatch):
     problems, calls = [], []
-    original = SecondOrderDartsLightningModule.architecture_gradients
+    original = UnrolledGradient.gradients
 
-    def spy(self, trn_batch, val_batch, batch_idx, alphas=None):
+    def spy(gradient, self, trn_batch, val_batch, batch_idx, alphas):
         module = self.training_module
         params = {n: p.detach().clone() for n, p in self.named_parameters()}
         grads = {n: None if p.grad is None else p.grad.clone() for n, p in self.named_parameters()}
         buffers = {n: b.detach().clone() for n, b in self.named_buffers()}
         metric = module.calls.compute().clone() if batch_idx else None
         log = module.log
-        result = original(self, trn_batch, val_batch, batch_idx, alphas)
+        result = original(gradient, self, trn_batch, val_batch, batch_idx, alphas)
         calls.append(batch_idx)
         for n, p in self.named_parameters():
             if not torch.equal(p.detach(), params[n]):  # bit-exact restore of w
@@ -281,7 +283,7 @@ def test_extra_passes_leave_weights_buffers_grads_metrics_and_logs_untouched(mon
             problems.append(("log", "not restored"))
         return result
 
-    monkeypatch.setattr(SecondOrderDartsLightningModule, "architecture_gradients", spy)
+    monkeypatch.setattr(UnrolledGradient, "gradients", spy)
     module = TinyModule(lr=0.2, momentum=0.9, weight_decay=1e-3)
     n_batches = 3
     oneshot, trainer = _search(darts_strategy("second-order"), module, n_batches=n_batches)
@@ -298,10 +300,10 @@ def test_extra_passes_leave_weights_buffers_grads_metrics_and_logs_untouched(mon
 def test_zero_v_skips_the_correction_and_logs_it(caplog):
     """Validation weight 0 makes L_val == 0, hence v = 0: eps = 0.01 / ||v|| would be inf (NaN gradients)."""
     recorder = Recorder()
-    with caplog.at_level(logging.WARNING, logger="nni_darts_ext.second_order"):
+    with caplog.at_level(logging.WARNING, logger="nni_darts_ext.search.gradients"):
         oneshot, _ = _search(darts_strategy("second-order"), TinyModule(), n_batches=2, callbacks=[recorder],
                              val_weight=0.0)
-    assert oneshot.skipped_corrections == 2 and oneshot.last_arch_gradient_info["skipped"]
+    assert oneshot.gradient.skipped_corrections == 2 and oneshot.gradient.last_info["skipped"]
     assert sum("||v|| = 0" in r.getMessage() for r in caplog.records) == 2
     for record in recorder.steps:
         assert all(torch.equal(g, torch.zeros_like(g)) for g in record["arch_grads"].values())
@@ -390,8 +392,8 @@ def test_real_search_on_digits_exports_a_valid_darts_arch(nni_experiment_dir):
         Experiments().remove_experiment(experiment.id)
     assert normalize_arch(arch)
     module = strategy.oneshot_module
-    assert isinstance(module, SecondOrderDartsLightningModule)
-    assert module.last_arch_gradient_info["v_norm"] > 0 and module.skipped_corrections == 0
+    assert isinstance(module, DartsSearchModule)
+    assert module.gradient.last_info["v_norm"] > 0 and module.gradient.skipped_corrections == 0
 
 
 def test_fp16_grad_scaler_is_refused_before_training():
@@ -401,7 +403,7 @@ def test_fp16_grad_scaler_is_refused_before_training():
     with import_nni_quietly():
         from nni.nas.evaluator.pytorch import ClassificationModule
 
-    module = SecondOrderDartsLightningModule(ClassificationModule(num_classes=10))
+    module = DartsSearchModule(ClassificationModule(num_classes=10), gradient=UnrolledGradient())
     module.trainer = types.SimpleNamespace(precision="16-mixed", precision_plugin=types.SimpleNamespace(scaler=object()))
     with pytest.raises(ValueError, match="16-mixed"):
         module.on_fit_start()

@@ -1,0 +1,317 @@
+"""The architecture gradient (the search engine's second axis): first order, or second order (unrolled).
+
+DARTS (Liu, Simonyan & Yang, ICLR 2019, https://arxiv.org/abs/1806.09055) approximates the bilevel problem
+``min_alpha L_val(w*(alpha), alpha)`` either with ``grad_alpha L_val(w, alpha)`` (first order) or with one unrolled
+weight step, eqs. 7-8 of the paper (second order; quark0/darts ``cnn/architect.py``). NNI 3.0 ships only the first.
+
+Second order, per architecture step, with ``xi`` the weight optimizer's current learning rate:
+
+1. virtual step ``w' = w - xi * (mu * momentum_buffer + grad_w L_train(w, alpha) + lambda * w)``;
+2. on the validation batch ``g = grad_alpha L_val(w', alpha)`` and ``v = grad_w' L_val(w', alpha)``;
+3. ``eps = hessian_eps / ||v||``, ``h = (grad_alpha L_train(w + eps v) - grad_alpha L_train(w - eps v)) / (2 eps)``;
+4. architecture gradient ``g - xi * h``.
+
+The network is never copied: the weights are overwritten in place and copied back bit-exactly; the extra passes
+are shielded (:mod:`.shielding`) and compute no weight gradient they do not need. Loss terms on the architecture
+parameters alone (the variants' regularisers) add their plain gradient in both orders.
+
+Example::
+
+    gradient = architecture_gradient(order=2, hessian_eps=0.01)
+    gradient.backward(module, trn_batch, val_batch, batch_idx)   # fills alpha.grad
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+
+from ..constants import HESSIAN_EPS
+from .shielding import detached_copies, grads_of, loss_of, shielded_passes
+
+__all__ = ["FirstOrderGradient", "UnrolledGradient", "architecture_gradient"]
+
+_logger = logging.getLogger(__name__)
+
+
+class FirstOrderGradient:
+    """``grad_alpha [L_val(w, alpha) + loss terms]`` through ``manual_backward`` (DDP's reducer sees it).
+
+    Example::
+
+        FirstOrderGradient().backward(module, trn_batch, val_batch, 0)
+    """
+
+    order = 1
+    needs_weight_gradients = False  # the architecture step may freeze the weights
+
+    def check_trainer(self, trainer: Any) -> None:
+        """First order works with every Lightning precision."""
+
+    def backward(self, module: Any, trn_batch: Any, val_batch: Any, batch_idx: int) -> torch.Tensor:
+        """Fill ``.grad`` of the architecture parameters; returns the validation loss."""
+        loss = module.validation_objective(val_batch, batch_idx)
+        terms = module.architecture_loss_terms()
+        module.manual_backward(loss if terms is None else loss + terms)
+        return loss.detach()
+
+    def on_epoch_end(self, module: Any = None) -> None:
+        """Nothing is pending in first order."""
+
+
+class _WeightGroup:
+    """The weights of one param group of the weight optimizer, with its SGD hyper-parameters."""
+
+    __slots__ = ("params", "lr", "momentum", "weight_decay", "buffers")
+
+    def __init__(self, params: List[nn.Parameter], lr: float, momentum: float, weight_decay: float,
+                 buffers: List[Optional[torch.Tensor]]):
+        self.params = params
+        self.lr = lr
+        self.momentum = momentum
+        self.weight_decay = weight_decay
+        self.buffers = buffers
+
+
+class UnrolledGradient:
+    """Second-order DARTS: the unrolled architecture gradient ``g - xi * h`` (see the module docstring).
+
+    Args:
+        hessian_eps: ``eps * ||v||``, the length of the finite-difference perturbation (0.01 in the paper).
+
+    Attributes:
+        skipped_corrections: steps that used the first-order gradient because ``||v||`` was 0 or not finite.
+        last_info: ``{'v_norm', 'eps', 'xi', 'skipped'}`` of the latest step (floats on CPU; 0-dim device
+            tensors on CUDA, so that reading them is the caller's synchronisation, not ours).
+
+    .. note:: The virtual step is a plain SGD step with the weight optimizer's ``lr``, ``momentum`` and
+       ``weight_decay`` (as in the paper); other optimizers get the same SGD step, with a warning. A GradScaler
+       (``precision='16-mixed'``) is refused: the unrolled step computes unscaled gradients.
+
+    Example::
+
+        UnrolledGradient(hessian_eps=0.01).backward(module, trn_batch, val_batch, 0)
+    """
+
+    order = 2
+    needs_weight_gradients = True  # the virtual step and v need weight gradients
+
+    def __init__(self, hessian_eps: float = HESSIAN_EPS):
+        _check_positive("hessian_eps", hessian_eps)
+        self.hessian_eps = float(hessian_eps)
+        self.skipped_corrections = 0
+        self.last_info: Dict[str, Any] = {}
+        self._warned_optimizer = False
+        self._pending: List[Tuple[torch.Tensor, Any, int, int]] = []
+
+    # ------------------------------------------------------------------------------------------------ public
+    def check_trainer(self, trainer: Any) -> None:
+        """Refuse a GradScaler (``precision='16-mixed'``) before training starts."""
+        scaler = getattr(getattr(trainer, "precision_plugin", None), "scaler", None)
+        if scaler is not None:
+            raise ValueError(
+                f"second-order DARTS does not support precision={trainer.precision!r}: its GradScaler expects "
+                "scaled gradients, the unrolled step computes unscaled ones; use precision '32-true' or 'bf16-mixed'"
+            )
+
+    def backward(self, module: Any, trn_batch: Any, val_batch: Any, batch_idx: int) -> torch.Tensor:
+        """Set ``.grad`` of every architecture parameter to its unrolled gradient; returns ``L_val(w', alpha)``."""
+        alphas = module.arch_parameters()
+        grads, val_loss = self.gradients(module, trn_batch, val_batch, batch_idx, alphas)
+        terms = module.architecture_loss_terms()
+        if terms is not None:
+            grads = [g + t for g, t in zip(grads, grads_of(terms, alphas))]
+        for alpha, grad in zip(alphas, grads):
+            alpha.grad = grad if alpha.grad is None else alpha.grad.copy_(grad)
+        return val_loss
+
+    def gradients(self, module: Any, trn_batch: Any, val_batch: Any, batch_idx: int,
+                  alphas: Sequence[nn.Parameter]) -> Tuple[List[torch.Tensor], torch.Tensor]:
+        """``(g - xi * h per alpha, L_val(w', alpha))``; weights, buffers, metrics and ``.grad`` are left as they were."""
+        self.poll(wait=False, module=module)
+        groups = self._weight_groups(module, {id(a) for a in alphas})
+        weights = [p for group in groups for p in group.params]
+        # The paper's single xi. A group with another learning rate scales its part of v by lr / xi, which keeps
+        # g - xi * h the exact unrolled gradient when param groups have different learning rates.
+        xi = max((group.lr for group in groups), default=0.0)
+        info: Dict[str, Any] = {"xi": xi, "v_norm": None, "eps": None, "skipped": False}
+        self.last_info = info
+        with shielded_passes(module):
+            saved = detached_copies(weights)
+            try:
+                self._virtual_step(module, groups, trn_batch, batch_idx, alphas)
+                val_loss = module.validation_objective(val_batch, batch_idx)
+                grads = grads_of(val_loss, list(alphas) + weights)
+                g_alpha, v = grads[: len(alphas)], grads[len(alphas):]
+                val_loss = val_loss.detach()
+                if xi == 0 or not weights:  # w' = w: the unrolled gradient is the first-order one
+                    return g_alpha, val_loss
+                self._scale_by_learning_rate(groups, v, xi)
+                with torch.no_grad():
+                    torch._foreach_copy_(weights, saved)
+                v_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(v)))
+                eps = self.hessian_eps / v_norm
+                usable = torch.isfinite(v_norm) & (v_norm > 0) & torch.isfinite(eps)
+                eps = torch.where(usable, eps, torch.zeros_like(eps))
+                info.update(v_norm=v_norm, eps=eps)
+                skipped = self._note_skip(usable, module, batch_idx)
+                if skipped:
+                    info.update(skipped=True, v_norm=float(v_norm), eps=float(eps))
+                    return g_alpha, val_loss
+                if skipped is False:
+                    info.update(v_norm=float(v_norm), eps=float(eps))
+                else:  # decided on the device; the warning follows once the flag reaches the host
+                    info["skipped"] = ~usable
+                torch._foreach_mul_(v, eps)  # v is now eps * v
+                grad_plus = self._train_arch_gradients_at(module, alphas, weights, saved, v, 1, trn_batch, batch_idx)
+                grad_minus = self._train_arch_gradients_at(module, alphas, weights, saved, v, -1, trn_batch, batch_idx)
+                scale = torch.where(usable, xi / (2.0 * eps), torch.zeros_like(eps))
+                return [g - torch.where(usable, (gp - gm) * scale, torch.zeros_like(g))
+                        for g, gp, gm in zip(g_alpha, grad_plus, grad_minus)], val_loss
+            finally:
+                if weights:
+                    with torch.no_grad():
+                        torch._foreach_copy_(weights, saved)
+
+    def on_epoch_end(self, module: Any = None) -> None:
+        """Report device-side skip flags that are still pending."""
+        self.poll(wait=True, module=module)
+
+    # --------------------------------------------------------------------------------------------- internals
+    def _virtual_step(self, module: Any, groups: List[_WeightGroup], trn_batch: Any, batch_idx: int,
+                      alphas: Sequence[nn.Parameter]) -> None:
+        weights = [p for group in groups for p in group.params]
+        flags = [a.requires_grad for a in alphas]
+        for a in alphas:  # no alpha gradient is needed here: autograd saves less
+            a.requires_grad_(False)
+        try:
+            loss = loss_of(module.training_module.training_step(trn_batch, 2 * batch_idx + 1))
+            grads = grads_of(loss, weights)
+            del loss
+        finally:
+            for a, flag in zip(alphas, flags):
+                a.requires_grad_(flag)
+        offset = 0
+        with torch.no_grad():
+            for group in groups:
+                steps = grads[offset: offset + len(group.params)]
+                offset += len(group.params)
+                if group.weight_decay:
+                    torch._foreach_add_(steps, group.params, alpha=group.weight_decay)
+                if group.momentum:
+                    with_buffer = [(s, b) for s, b in zip(steps, group.buffers) if b is not None]
+                    if with_buffer:
+                        torch._foreach_add_([s for s, _ in with_buffer], [b for _, b in with_buffer],
+                                            alpha=group.momentum)
+                torch._foreach_add_(group.params, steps, alpha=-group.lr)
+
+    @staticmethod
+    def _scale_by_learning_rate(groups: List[_WeightGroup], v: List[torch.Tensor], xi: float) -> None:
+        offset = 0
+        for group in groups:
+            if group.lr != xi:
+                torch._foreach_mul_(v[offset: offset + len(group.params)], group.lr / xi)
+            offset += len(group.params)
+
+    @staticmethod
+    def _train_arch_gradients_at(module: Any, alphas: Sequence[nn.Parameter], weights: List[nn.Parameter],
+                                 saved: List[torch.Tensor], step: List[torch.Tensor], sign: int,
+                                 trn_batch: Any, batch_idx: int) -> List[torch.Tensor]:
+        """``grad_alpha L_train(w + sign * step, alpha)``; no weight gradient is computed."""
+        with torch.no_grad():
+            torch._foreach_copy_(weights, saved)
+            torch._foreach_add_(weights, step, alpha=sign)
+        flags = [p.requires_grad for p in weights]
+        for p in weights:
+            p.requires_grad_(False)
+        try:
+            loss = loss_of(module.training_module.training_step(trn_batch, 2 * batch_idx + 1))
+            return grads_of(loss, alphas)
+        finally:
+            for p, flag in zip(weights, flags):
+                p.requires_grad_(flag)
+
+    def _weight_groups(self, module: Any, arch_ids: set) -> List[_WeightGroup]:
+        optimizers = module.optimizers()
+        if not isinstance(optimizers, list):
+            optimizers = [optimizers]
+        weight_optimizers = [opt for opt in optimizers if not getattr(opt, "is_arch_optimizer", False)]
+        if len(weight_optimizers) != 1:
+            raise ValueError(
+                f"second-order DARTS needs exactly one weight optimizer from the evaluator, got {len(weight_optimizers)}"
+            )
+        optimizer = getattr(weight_optimizers[0], "optimizer", weight_optimizers[0])  # unwrap LightningOptimizer
+        groups = []
+        for group in optimizer.param_groups:
+            params = [p for p in group["params"] if p.requires_grad and id(p) not in arch_ids]
+            if not params:
+                continue
+            momentum = float(group.get("momentum", 0.0) or 0.0)
+            if not self._warned_optimizer and (group.get("nesterov") or group.get("dampening")
+                                               or "momentum" not in group):
+                self._warned_optimizer = True
+                _logger.warning("second-order DARTS: the virtual step is a plain SGD step (lr, momentum, weight_decay); "
+                                "the weight optimizer %s (nesterov/dampening or no momentum) steps differently",
+                                type(optimizer).__name__)
+            buffers = [optimizer.state.get(p, {}).get("momentum_buffer") if momentum else None for p in params]
+            groups.append(_WeightGroup(params, float(group["lr"]), momentum,
+                                       float(group.get("weight_decay", 0.0) or 0.0), buffers))
+        return groups
+
+    def _note_skip(self, usable: torch.Tensor, module: Any, batch_idx: int) -> Optional[bool]:
+        """Whether the correction is skipped: a bool on CPU; on CUDA ``None``, the flag is read without a sync."""
+        epoch = module.trainer.current_epoch
+        if usable.device.type != "cuda":
+            skipped = not bool(usable)
+            if skipped:
+                self._report_skip(epoch, batch_idx)
+            return skipped
+        flag = torch.empty((), dtype=torch.bool, pin_memory=True)
+        flag.copy_(~usable, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        self._pending.append((flag, event, epoch, batch_idx))
+        return None
+
+    def poll(self, wait: bool, module: Any = None) -> None:
+        """Count and warn about device-side skip flags that have reached the host."""
+        pending = []
+        for flag, event, epoch, batch_idx in self._pending:
+            if wait:
+                event.synchronize()
+            elif not event.query():
+                pending.append((flag, event, epoch, batch_idx))
+                continue
+            if bool(flag):
+                self._report_skip(epoch, batch_idx)
+        self._pending = pending
+
+    def _report_skip(self, epoch: int, batch_idx: int) -> None:
+        self.skipped_corrections += 1
+        _logger.warning("second-order DARTS: ||v|| = 0 (or not finite) at epoch %d, batch %d; used the first-order "
+                        "architecture gradient for this step (%d skipped so far)", epoch, batch_idx,
+                        self.skipped_corrections)
+
+
+def architecture_gradient(order: int = 1, *, hessian_eps: float = HESSIAN_EPS) -> Any:
+    """The gradient part for ``order`` 1 or 2.
+
+    Example::
+
+        >>> architecture_gradient(2).order
+        2
+    """
+    if isinstance(order, bool) or order not in (1, 2):
+        raise ValueError(f"order must be 1 (first order) or 2 (second order, unrolled), got {order!r}")
+    return FirstOrderGradient() if order == 1 else UnrolledGradient(hessian_eps)
+
+
+def _check_positive(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be > 0 and finite, got {value}")

@@ -1,0 +1,266 @@
+"""The one two-phase search module every preset runs on.
+
+Per batch (NNI's ``DartsLightningModule`` order): after ``warmup_epochs``, an architecture step on
+``batch['val']`` with the strategy's :mod:`.gradients` part (first or second order) plus the variants' loss terms
+on the architecture parameters; then a weight step on ``batch['train']`` (architecture parameters perturbed by
+SDARTS while it runs), gradient clipping, the LR schedulers, and NNI's probability logging.
+
+What is written once here, for every preset:
+
+* one stable order of architecture parameters (the supernet's ``named_parameters`` order) for the optimizer's
+  param group, checkpoints, DDP broadcast/sync and export: NNI's ``arch_parameters()`` goes through a set;
+* the architecture optimizer (Adam with the recipe's betas and weight decay);
+* per-epoch schedules (mixing temperature, the DARTS- skip weight, P-DARTS skip dropout) from the epoch number
+  alone, so a resumed run continues with the same values;
+* gradients nobody reads are not computed (weights frozen in the architecture step, alphas in the weight step;
+  off under DDP, which expects every gradient), and channels-last on CPU;
+* DDP: architecture gradients averaged over ranks before every architecture step (:class:`DistributedArchSync`).
+
+Example::
+
+    module = DartsSearchModule(evaluator.module, gradient=UnrolledGradient(0.01), gradient_clip_val=5.0)
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+
+from .._compat import import_nni_quietly
+from ..constants import ARC_BETAS, ARC_WEIGHT_DECAY
+from ..distributed import DistributedArchSync, arch_gradient_sync_hook
+from .cells import MixedCell
+from .gradients import FirstOrderGradient
+from .layers import ChannelsFirstFactorizedReduce
+from .mixing import Mixing
+from .shielding import loss_of, shielded_passes
+
+with import_nni_quietly():
+    from nni.nas.hub.pytorch.nasnet import FactorizedReduce
+    from nni.nas.oneshot.pytorch.differentiable import DartsLightningModule
+
+__all__ = ["DartsSearchModule", "CellSchedule"]
+
+_logger = logging.getLogger(__name__)
+
+# A per-epoch schedule of MixedCell run-time settings: (epoch, max_epochs) -> {attribute: value}.
+CellSchedule = Callable[[int, int], Dict[str, Any]]
+
+
+class DartsSearchModule(DistributedArchSync, DartsLightningModule):
+    """Two-phase one-shot module: architecture step, then weight step (see the module docstring).
+
+    Args:
+        training_module: the evaluator's LightningModule (its ``training_step`` gives the losses).
+        gradient: :class:`.gradients.FirstOrderGradient` or :class:`.gradients.UnrolledGradient`.
+        mixing: the strategy's :class:`.mixing.Mixing` (regularisers read it); the supernet modules hold it too.
+        regularizers: loss terms ``r(alphas, mixing, epoch=, max_epochs=)`` added to the architecture loss.
+        perturbation: SDARTS-style ``perturb(alphas, loss_fn, epoch=, max_epochs=)`` / ``restore(alphas)`` around
+            the weight step.
+        cell_schedule: ``(epoch, max_epochs) -> {MixedCell attribute: value}``, applied at every epoch start.
+        cell_settings: fixed ``MixedCell`` attributes (``max_skip_connects``, ``export_threshold``).
+        arc_betas, arc_weight_decay: the architecture Adam's betas and weight decay.
+        skip_unused_gradients: do not compute gradients that are zeroed before use (single process only).
+        channels_last: run the supernet channels-last; ``None``: on for single-process CPU runs.
+        **kwargs: NNI's ``DartsLightningModule`` arguments (``arc_learning_rate``, ``gradient_clip_val``,
+            ``log_prob_every_n_step``, ``warmup_epochs``, ``penalty``).
+
+    Example::
+
+        DartsSearchModule(module, gradient=FirstOrderGradient(), gradient_clip_val=5.0)
+    """
+
+    def __init__(self, training_module: Any, *, gradient: Any = None, mixing: Optional[Mixing] = None,
+                 regularizers: Sequence[Any] = (), perturbation: Any = None,
+                 cell_schedule: Optional[CellSchedule] = None, cell_settings: Optional[Dict[str, Any]] = None,
+                 arc_betas: Tuple[float, float] = ARC_BETAS, arc_weight_decay: float = ARC_WEIGHT_DECAY,
+                 skip_unused_gradients: bool = True, channels_last: Optional[bool] = None, **kwargs: Any):
+        super().__init__(training_module, **kwargs)
+        self.gradient = gradient if gradient is not None else FirstOrderGradient()
+        self.mixing = mixing
+        self.regularizers = list(regularizers)
+        self.perturbation = perturbation
+        self.cell_schedule = cell_schedule
+        self.cell_settings = dict(cell_settings or {})
+        self.arc_betas = tuple(arc_betas)
+        self.arc_weight_decay = float(arc_weight_decay)
+        self.skip_unused_gradients = bool(skip_unused_gradients)
+        self.channels_last = channels_last
+        self._named_arch: Optional[List[Tuple[str, nn.Parameter]]] = None
+        self._weight_params: List[nn.Parameter] = []
+        self._skip = False
+
+    # -------------------------------------------------------------------------------- architecture parameters
+    def named_arch_parameters(self) -> List[Tuple[str, nn.Parameter]]:
+        """``(name, parameter)`` of every architecture parameter, in the supernet's ``named_parameters`` order.
+
+        The same order in every process and every run of the same space: the architecture optimizer's param
+        group, checkpoints, DDP collectives and exports all use it.
+        """
+        if self._named_arch is None:
+            ids = {id(p) for p in super().arch_parameters()}
+            self._named_arch = [(n, p) for n, p in self.named_parameters() if id(p) in ids]
+        return self._named_arch
+
+    def arch_parameters(self) -> List[nn.Parameter]:
+        """The architecture parameters in a stable, name-keyed order (NNI's comes from a set)."""
+        return [p for _, p in self.named_arch_parameters()]
+
+    def op_alphas(self) -> List[nn.Parameter]:
+        """The operation logits alone (PC-DARTS' edge-normalisation ``beta`` excluded): what regularisers see."""
+        return [p for n, p in self.named_arch_parameters() if "_arch_beta" not in n]
+
+    def configure_architecture_optimizers(self) -> Any:
+        params = self.arch_parameters()
+        if not params:
+            raise ValueError("No architecture parameters found. Nothing to search.")
+        optimizer = torch.optim.Adam(params, self.arc_learning_rate, betas=self.arc_betas,
+                                     weight_decay=self.arc_weight_decay)
+        # Under DDP, every rank averages the architecture gradients right before each step (however formed).
+        optimizer.register_step_pre_hook(arch_gradient_sync_hook(params))
+        return optimizer
+
+    # ---------------------------------------------------------------------------------------------- hooks
+    def on_fit_start(self) -> Any:
+        self.gradient.check_trainer(self.trainer)
+        self._named_arch = None
+        arch_ids = {id(p) for p in self.arch_parameters()}
+        self._weight_params = [p for p in self.parameters() if p.requires_grad and id(p) not in arch_ids]
+        world_size = getattr(self.trainer, "world_size", 1)
+        self._skip = self.skip_unused_gradients and world_size == 1
+        if self.skip_unused_gradients and not self._skip:
+            _logger.info("skip_unused_gradients is off with %d processes (DDP needs every gradient).", world_size)
+        if _use_channels_last(self.channels_last, self.device, world_size):
+            self.training_module.to(memory_format=torch.channels_last)
+            for module in self.training_module.modules():
+                if type(module) is FactorizedReduce:
+                    module.__class__ = ChannelsFirstFactorizedReduce
+                    module.to(memory_format=torch.contiguous_format)
+        self.apply_cell_settings()
+        return super().on_fit_start()
+
+    def on_train_epoch_start(self) -> Any:
+        self.set_progress(self.trainer.current_epoch, self.trainer.max_epochs or 1)
+        return super().on_train_epoch_start()
+
+    def on_train_epoch_end(self) -> Any:
+        on_end = getattr(self.gradient, "on_epoch_end", None)
+        if on_end is not None:
+            on_end(self)
+        return super().on_train_epoch_end()
+
+    def set_progress(self, epoch: int, max_epochs: int) -> None:
+        """Apply every epoch schedule (mixing temperature, cell settings) for ``epoch`` of ``max_epochs``."""
+        for module in self.modules():
+            if isinstance(module, Mixing):
+                module.set_progress(epoch, max_epochs)
+        if self.cell_schedule is not None:
+            self.apply_cell_settings(self.cell_schedule(epoch, max_epochs))
+
+    def apply_cell_settings(self, settings: Optional[Dict[str, Any]] = None) -> None:
+        """Set ``MixedCell`` run-time attributes (the fixed ``cell_settings``, then ``settings``)."""
+        values = {**self.cell_settings, **(settings or {})}
+        for module in self.modules():
+            if isinstance(module, MixedCell):
+                for name, value in values.items():
+                    setattr(module, name, value)
+
+    # ------------------------------------------------------------------------------------------ objectives
+    def validation_objective(self, val_batch: Any, batch_idx: int) -> torch.Tensor:
+        """The architecture step's loss on a validation batch (with NNI's penalty, if set)."""
+        loss = loss_of(self.training_module.training_step(val_batch, 2 * batch_idx))
+        if self.penalty is not None:
+            loss, details = self.penalty(loss, self.export_probs())
+            self.log_dict({f"penalty/{k}": v for k, v in details.items()})
+        return loss
+
+    def architecture_loss_terms(self) -> Optional[torch.Tensor]:
+        """Sum of the regularisers on the operation logits for the current epoch; ``None`` without any."""
+        if not self.regularizers:
+            return None
+        epoch, max_epochs = self.trainer.current_epoch, self.trainer.max_epochs or 1
+        alphas = self.op_alphas()
+        total = None
+        for regularizer in self.regularizers:
+            term = regularizer(alphas, self.mixing, epoch=epoch, max_epochs=max_epochs)
+            total = term if total is None else total + term
+        return total
+
+    # ---------------------------------------------------------------------------------------------- step
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        arc_optim = self.architecture_optimizers()
+        if not isinstance(arc_optim, torch.optim.Optimizer):
+            raise TypeError(f"Expect arc_optim to be a single Optimizer, but found: {arc_optim}")
+        trn_batch, val_batch = batch["train"], batch["val"]
+
+        if self.warmup_epochs == 0 or self.trainer.current_epoch >= self.warmup_epochs:
+            frozen = self._weight_params if self._skip and not self.gradient.needs_weight_gradients else ()
+            with _frozen(frozen):
+                self.resample()
+                arc_optim.zero_grad()
+                self.gradient.backward(self, trn_batch, val_batch, batch_idx)
+                arc_optim.step()
+
+        self.resample()
+        alphas = self.arch_parameters()
+        if self.perturbation is not None:
+            self.perturbation.perturb(alphas, self._training_loss_fn(trn_batch, batch_idx),
+                                      epoch=self.trainer.current_epoch, max_epochs=self.trainer.max_epochs or 1)
+        try:
+            with _frozen(alphas if self._skip else ()):
+                loss_and_metrics = self.training_module.training_step(trn_batch, 2 * batch_idx + 1)
+                self.advance_optimization(loss_of(loss_and_metrics), batch_idx, self.gradient_clip_val)
+        finally:
+            if self.perturbation is not None:
+                self.perturbation.restore(alphas)
+
+        self.advance_lr_schedulers(batch_idx)
+        if batch_idx % self.log_prob_every_n_step == 0:
+            self.log_probs(self.export_probs())
+        return loss_and_metrics
+
+    def _training_loss_fn(self, trn_batch: Any, batch_idx: int) -> Callable[[], torch.Tensor]:
+        def loss_fn() -> torch.Tensor:
+            with shielded_passes(self):
+                return loss_of(self.training_module.training_step(trn_batch, 2 * batch_idx + 1))
+
+        return loss_fn
+
+    # --------------------------------------------------------------------------------------------- export
+    def export(self) -> Dict[str, Any]:
+        self.apply_cell_settings()
+        return super().export()
+
+    def export_probs(self) -> Dict[str, Any]:
+        self.apply_cell_settings()
+        return super().export_probs()
+
+
+class _frozen:
+    """Context manager: ``requires_grad_(False)`` on the given parameters, restoring each one's flag on exit."""
+
+    def __init__(self, params: Sequence[nn.Parameter]):
+        self.params = params
+        self.flags: List[bool] = []
+
+    def __enter__(self) -> None:
+        self.flags = [p.requires_grad for p in self.params]
+        for p in self.params:
+            p.requires_grad_(False)
+
+    def __exit__(self, *exc: Any) -> None:
+        for p, flag in zip(self.params, self.flags):
+            p.requires_grad_(flag)
+
+
+def _use_channels_last(setting: Optional[bool], device: torch.device, world_size: int = 1) -> bool:
+    """Resolve ``channels_last=None``: on for single-process CPU runs (oneDNN depthwise convolutions), off elsewhere.
+
+    Off under CPU DDP: channels-last supernets crashed gloo DDP processes (heap corruption, torch 2.14).
+    """
+    if setting is None:
+        return device.type == "cpu" and world_size == 1
+    return setting

@@ -51,7 +51,9 @@ def _check_alpha(alpha: Tensor) -> None:
     if not isinstance(alpha, Tensor):
         raise TypeError(f"alpha must be a torch.Tensor, got {type(alpha).__name__}")
     if alpha.dim() < 1 or alpha.shape[-1] < 1:
-        raise ValueError(f"alpha must have the operations on a non-empty last dimension, got shape {tuple(alpha.shape)}")
+        raise ValueError(
+            f"alpha must have the operations on a non-empty last dimension, got shape {tuple(alpha.shape)}"
+        )
 
 
 class Mixing(nn.Module):
@@ -190,27 +192,37 @@ class GumbelHardMixing(Mixing):
     ) -> None:
         super().__init__()
         if not 0 < tau_min <= tau_max:
-            raise ValueError(f"need 0 < tau_min <= tau_max, got tau_min={tau_min!r}, tau_max={tau_max!r}")
+            raise ValueError(
+                f"need 0 < tau_min <= tau_max, got tau_min={tau_min!r}, tau_max={tau_max!r}"
+            )
         self.tau_max = float(tau_max)
         self.tau_min = float(tau_min)
         self.tau = float(tau_max)
         self.generator = generator
 
     def set_progress(self, epoch: int, max_epochs: int) -> None:
-        self.tau = gdas_tau(epoch, max_epochs=max_epochs, tau_max=self.tau_max, tau_min=self.tau_min)
+        self.tau = gdas_tau(
+            epoch, max_epochs=max_epochs, tau_max=self.tau_max, tau_min=self.tau_min
+        )
 
     def mix(self, alpha: Tensor) -> Tensor:
         log_p = F.log_softmax(alpha, dim=-1)
         for _ in range(C.GDAS_MAX_RESAMPLES):
-            uniform = torch.rand(alpha.shape, generator=self.generator, dtype=alpha.dtype, device="cpu").to(alpha.device)
-            gumbels = -torch.log(-torch.log(uniform))  # Gumbel(0, 1) = -log(Exponential(1))
+            uniform = torch.rand(
+                alpha.shape, generator=self.generator, dtype=alpha.dtype, device="cpu"
+            ).to(alpha.device)
+            gumbels = -torch.log(
+                -torch.log(uniform)
+            )  # Gumbel(0, 1) = -log(Exponential(1))
             soft = F.softmax((log_p + gumbels) / self.tau, dim=-1)
             if torch.isfinite(gumbels).all() and torch.isfinite(soft).all():
                 index = soft.argmax(dim=-1, keepdim=True)
                 one_hot = torch.zeros_like(soft).scatter_(-1, index, 1.0)
                 return one_hot - soft.detach() + soft
             _log.debug("GDAS: Gumbel sample had inf/nan, redrawing")
-        raise FloatingPointError(f"GDAS: no finite Gumbel-softmax sample in {C.GDAS_MAX_RESAMPLES} draws (alpha={alpha})")
+        raise FloatingPointError(
+            f"GDAS: no finite Gumbel-softmax sample in {C.GDAS_MAX_RESAMPLES} draws (alpha={alpha})"
+        )
 
     def probs(self, alpha: Tensor) -> Tensor:
         _check_alpha(alpha)
@@ -255,7 +267,9 @@ def apply_op_mask(weights: Tensor, mask: Tensor) -> Tensor:
     if not isinstance(weights, Tensor) or not isinstance(mask, Tensor):
         raise TypeError("weights and mask must be torch.Tensor")
     if mask.dtype != torch.bool or mask.shape != weights.shape:
-        raise ValueError(f"mask must be a bool tensor of shape {tuple(weights.shape)}, got {mask.dtype} {tuple(mask.shape)}")
+        raise ValueError(
+            f"mask must be a bool tensor of shape {tuple(weights.shape)}, got {mask.dtype} {tuple(mask.shape)}"
+        )
     if not mask.any(dim=-1).all():
         raise ValueError("mask must keep at least one op per choice")
     kept = weights * mask

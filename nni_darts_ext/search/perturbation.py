@@ -44,7 +44,12 @@ from torch import Tensor, nn
 from nni_darts_ext import constants as C
 from nni_darts_ext.search.schedules import sdarts_epsilon
 
-__all__ = ["AlphaPerturbation", "PGDAlphaPerturbation", "RandomAlphaPerturbation", "clip_to_simplex"]
+__all__ = [
+    "AlphaPerturbation",
+    "PGDAlphaPerturbation",
+    "RandomAlphaPerturbation",
+    "clip_to_simplex",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -66,7 +71,15 @@ def clip_to_simplex(weights: Tensor) -> None:
         top = weights.argmax(dim=-1, keepdim=True)
         weights.clamp_(0.0, 1.0)
         empty = weights.sum(dim=-1, keepdim=True) == 0
-        weights.scatter_(-1, top, torch.where(empty, torch.ones_like(top, dtype=weights.dtype), weights.gather(-1, top)))
+        weights.scatter_(
+            -1,
+            top,
+            torch.where(
+                empty,
+                torch.ones_like(top, dtype=weights.dtype),
+                weights.gather(-1, top),
+            ),
+        )
         weights.div_(weights.sum(dim=-1, keepdim=True))
 
 
@@ -90,7 +103,9 @@ class AlphaPerturbation:
         generator: torch.Generator | None = None,
     ) -> None:
         if not 0 <= epsilon_min <= epsilon_max:
-            raise ValueError(f"need 0 <= epsilon_min <= epsilon_max, got {epsilon_min!r}, {epsilon_max!r}")
+            raise ValueError(
+                f"need 0 <= epsilon_min <= epsilon_max, got {epsilon_min!r}, {epsilon_max!r}"
+            )
         self.epsilon_max = float(epsilon_max)
         self.epsilon_min = float(epsilon_min)
         self.generator = generator
@@ -98,14 +113,26 @@ class AlphaPerturbation:
 
     def epsilon(self, epoch: int, max_epochs: int) -> float:
         """Perturbation radius in ``epoch``."""
-        return sdarts_epsilon(epoch, max_epochs=max_epochs, epsilon_max=self.epsilon_max, epsilon_min=self.epsilon_min)
+        return sdarts_epsilon(
+            epoch,
+            max_epochs=max_epochs,
+            epsilon_max=self.epsilon_max,
+            epsilon_min=self.epsilon_min,
+        )
 
     def perturb(
-        self, alphas: Sequence[nn.Parameter], loss_fn: Callable[[], Tensor], *, epoch: int, max_epochs: int
+        self,
+        alphas: Sequence[nn.Parameter],
+        loss_fn: Callable[[], Tensor],
+        *,
+        epoch: int,
+        max_epochs: int,
     ) -> None:
         """Save the logits, replace them by their softmax and perturb those weights in place."""
         if isinstance(alphas, Tensor) or not isinstance(alphas, Sequence) or not alphas:
-            raise TypeError("alphas must be a non-empty sequence of tensors (one per choice)")
+            raise TypeError(
+                "alphas must be a non-empty sequence of tensors (one per choice)"
+            )
         if self._saved is not None:
             raise RuntimeError("perturb called twice without restore")
         eps = self.epsilon(epoch, max_epochs)
@@ -120,7 +147,9 @@ class AlphaPerturbation:
         if self._saved is None:
             raise RuntimeError("restore called without perturb")
         if len(alphas) != len(self._saved):
-            raise ValueError(f"restore got {len(alphas)} alphas, perturb saved {len(self._saved)}")
+            raise ValueError(
+                f"restore got {len(alphas)} alphas, perturb saved {len(self._saved)}"
+            )
         with torch.no_grad():
             for alpha, saved in zip(alphas, self._saved):
                 alpha.copy_(saved)
@@ -129,11 +158,18 @@ class AlphaPerturbation:
     def _uniform_(self, alphas: Sequence[Tensor], eps: float) -> None:
         with torch.no_grad():
             for alpha in alphas:
-                noise = torch.rand(alpha.shape, generator=self.generator, dtype=alpha.dtype, device="cpu")
+                noise = torch.rand(
+                    alpha.shape,
+                    generator=self.generator,
+                    dtype=alpha.dtype,
+                    device="cpu",
+                )
                 alpha.add_(noise.to(alpha.device).mul_(2 * eps).sub_(eps))
                 clip_to_simplex(alpha)
 
-    def _attack(self, alphas: Sequence[nn.Parameter], loss_fn: Callable[[], Tensor], eps: float) -> None:
+    def _attack(
+        self, alphas: Sequence[nn.Parameter], loss_fn: Callable[[], Tensor], eps: float
+    ) -> None:
         raise NotImplementedError
 
 
@@ -149,7 +185,9 @@ class RandomAlphaPerturbation(AlphaPerturbation):
         True
     """
 
-    def _attack(self, alphas: Sequence[nn.Parameter], loss_fn: Callable[[], Tensor], eps: float) -> None:
+    def _attack(
+        self, alphas: Sequence[nn.Parameter], loss_fn: Callable[[], Tensor], eps: float
+    ) -> None:
         del loss_fn
         self._uniform_(alphas, eps)
 
@@ -189,7 +227,9 @@ class PGDAlphaPerturbation(AlphaPerturbation):
         epsilon_min: float = C.SDARTS_EPSILON_MIN,
         generator: torch.Generator | None = None,
     ) -> None:
-        super().__init__(epsilon_max=epsilon_max, epsilon_min=epsilon_min, generator=generator)
+        super().__init__(
+            epsilon_max=epsilon_max, epsilon_min=epsilon_min, generator=generator
+        )
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
             raise ValueError(f"steps must be an int >= 1, got {steps!r}")
         if not step_scale > 0:
@@ -197,9 +237,13 @@ class PGDAlphaPerturbation(AlphaPerturbation):
         self.steps = steps
         self.step_scale = float(step_scale)
         self.random_start = bool(random_start)
-        self.last_losses: tuple[float, float] | None = None  # (unperturbed, attacked) of the last perturb
+        self.last_losses: tuple[float, float] | None = (
+            None  # (unperturbed, attacked) of the last perturb
+        )
 
-    def _attack(self, alphas: Sequence[nn.Parameter], loss_fn: Callable[[], Tensor], eps: float) -> None:
+    def _attack(
+        self, alphas: Sequence[nn.Parameter], loss_fn: Callable[[], Tensor], eps: float
+    ) -> None:
         centre = [alpha.detach().clone() for alpha in alphas]
         with torch.no_grad():
             loss_before = float(loss_fn())
@@ -218,8 +262,11 @@ class PGDAlphaPerturbation(AlphaPerturbation):
         with torch.no_grad():
             loss_after = float(loss_fn())
             if loss_before > loss_after:
-                _log.debug("SDARTS-ADV: attack lowered the loss (%.4g -> %.4g), using the unperturbed weights",
-                           loss_before, loss_after)
+                _log.debug(
+                    "SDARTS-ADV: attack lowered the loss (%.4g -> %.4g), using the unperturbed weights",
+                    loss_before,
+                    loss_after,
+                )
                 for alpha, c in zip(alphas, centre):
                     alpha.copy_(c)
         self.last_losses = (loss_before, loss_after)

@@ -67,7 +67,10 @@ class Stage:
 PDARTS_CIFAR10_STAGES: tuple[Stage, ...] = tuple(
     Stage(num_cells=cells, ops_kept=kept, skip_dropout=rate, width_increase=width)
     for cells, kept, rate, width in zip(
-        C.PDARTS_STAGE_CELLS, C.PDARTS_STAGE_OPS_KEPT, C.PDARTS_SKIP_DROPOUT, C.PDARTS_STAGE_WIDTH_INCREASE
+        C.PDARTS_STAGE_CELLS,
+        C.PDARTS_STAGE_OPS_KEPT,
+        C.PDARTS_SKIP_DROPOUT,
+        C.PDARTS_STAGE_WIDTH_INCREASE,
     )
 )
 
@@ -106,8 +109,14 @@ def prune_ops(
     """
     if not isinstance(weights, Tensor) or weights.dim() != 2:
         raise TypeError("weights must be a 2-D torch.Tensor (edges x ops)")
-    if not isinstance(current_mask, Tensor) or current_mask.dtype != torch.bool or current_mask.shape != weights.shape:
-        raise ValueError(f"current_mask must be a bool tensor of shape {tuple(weights.shape)}")
+    if (
+        not isinstance(current_mask, Tensor)
+        or current_mask.dtype != torch.bool
+        or current_mask.shape != weights.shape
+    ):
+        raise ValueError(
+            f"current_mask must be a bool tensor of shape {tuple(weights.shape)}"
+        )
     if not isinstance(keep, int) or keep < 1:
         raise ValueError(f"keep must be an int >= 1, got {keep!r}")
     zero_index = None
@@ -120,7 +129,9 @@ def prune_ops(
     for edge, row in enumerate(scores):
         active = [op for op in range(len(row)) if mask[edge, op]]
         if keep > len(active):
-            raise ValueError(f"edge {edge} has {len(active)} active ops, cannot keep {keep}")
+            raise ValueError(
+                f"edge {edge} has {len(active)} active ops, cannot keep {keep}"
+            )
         drop = len(active) - keep
         if drop and zero_index is not None and zero_index in active:
             active.remove(zero_index)
@@ -134,7 +145,12 @@ def prune_ops(
 
 
 def _count_skips(selection: Selection, skip_name: str) -> list[tuple[int, int]]:
-    return [(node, j) for node, inputs in enumerate(selection) for j, op in inputs if op == skip_name]
+    return [
+        (node, j)
+        for node, inputs in enumerate(selection)
+        for j, op in inputs
+        if op == skip_name
+    ]
 
 
 def limit_skip_connects(
@@ -177,12 +193,20 @@ def limit_skip_connects(
     if not isinstance(k, int) or k < 0:
         raise ValueError(f"k must be an int >= 0, got {k!r}")
     if skip_name not in op_names:
-        return select_top_inputs(edge_weights, op_names, num_inputs=num_inputs, mask=mask, exclude=exclude)
+        return select_top_inputs(
+            edge_weights, op_names, num_inputs=num_inputs, mask=mask, exclude=exclude
+        )
     skip = list(op_names).index(skip_name)
-    allowed = torch.ones(edge_weights.shape, dtype=torch.bool) if mask is None else mask.detach().cpu().clone()
+    allowed = (
+        torch.ones(edge_weights.shape, dtype=torch.bool)
+        if mask is None
+        else mask.detach().cpu().clone()
+    )
     starts = [rows.start for rows in edge_slices(edge_weights.shape[0])]
     while True:
-        selection = select_top_inputs(edge_weights, op_names, num_inputs=num_inputs, mask=allowed, exclude=exclude)
+        selection = select_top_inputs(
+            edge_weights, op_names, num_inputs=num_inputs, mask=allowed, exclude=exclude
+        )
         skips = _count_skips(selection, skip_name)
         if len(skips) <= k:
             return selection

@@ -32,19 +32,30 @@ from nni_darts_ext import constants as C
 from nni_darts_ext.search.mixing import DirichletMixing, Mixing
 from nni_darts_ext.search.schedules import beta_darts_weight
 
-__all__ = ["ArchRegularizer", "BetaRegularizer", "DirichletPriorRegularizer", "ZeroOneLoss"]
+__all__ = [
+    "ArchRegularizer",
+    "BetaRegularizer",
+    "DirichletPriorRegularizer",
+    "ZeroOneLoss",
+]
 
 _DRNAS_KINDS = ("l2", "kl")
 
 
 def _check_alphas(alphas: Sequence[Tensor]) -> None:
     if isinstance(alphas, Tensor) or not isinstance(alphas, Sequence) or not alphas:
-        raise TypeError("alphas must be a non-empty sequence of tensors (one per choice)")
+        raise TypeError(
+            "alphas must be a non-empty sequence of tensors (one per choice)"
+        )
     for alpha in alphas:
         if not isinstance(alpha, Tensor):
-            raise TypeError(f"every alpha must be a torch.Tensor, got {type(alpha).__name__}")
+            raise TypeError(
+                f"every alpha must be a torch.Tensor, got {type(alpha).__name__}"
+            )
         if alpha.dim() < 1 or alpha.shape[-1] < 1:
-            raise ValueError(f"every alpha needs the ops on a non-empty last dimension, got {tuple(alpha.shape)}")
+            raise ValueError(
+                f"every alpha needs the ops on a non-empty last dimension, got {tuple(alpha.shape)}"
+            )
 
 
 class ArchRegularizer:
@@ -58,7 +69,9 @@ class ArchRegularizer:
         tensor(-0.)
     """
 
-    def __call__(self, alphas: Sequence[Tensor], mixing: Mixing, *, epoch: int, max_epochs: int) -> Tensor:
+    def __call__(
+        self, alphas: Sequence[Tensor], mixing: Mixing, *, epoch: int, max_epochs: int
+    ) -> Tensor:
         raise NotImplementedError
 
 
@@ -79,7 +92,9 @@ class DirichletPriorRegularizer(ArchRegularizer):
         0.19315
     """
 
-    def __init__(self, *, kind: str = C.DRNAS_REG_TYPE, scale: float = C.DRNAS_REG_SCALE) -> None:
+    def __init__(
+        self, *, kind: str = C.DRNAS_REG_TYPE, scale: float = C.DRNAS_REG_SCALE
+    ) -> None:
         if kind not in _DRNAS_KINDS:
             raise ValueError(f"kind must be one of {_DRNAS_KINDS}, got {kind!r}")
         if not scale >= 0:
@@ -87,15 +102,21 @@ class DirichletPriorRegularizer(ArchRegularizer):
         self.kind = kind
         self.scale = float(scale)
 
-    def __call__(self, alphas: Sequence[Tensor], mixing: Mixing, *, epoch: int, max_epochs: int) -> Tensor:
+    def __call__(
+        self, alphas: Sequence[Tensor], mixing: Mixing, *, epoch: int, max_epochs: int
+    ) -> Tensor:
         del mixing, epoch, max_epochs
         _check_alphas(alphas)
         if self.kind == "l2":
             return 0.5 * self.scale * sum(alpha.pow(2).sum() for alpha in alphas)
         total = alphas[0].new_zeros(())
         for alpha in alphas:
-            posterior = torch.distributions.Dirichlet(DirichletMixing.concentration(alpha))
-            prior = torch.distributions.Dirichlet(torch.full_like(alpha, C.DRNAS_PRIOR_CONCENTRATION))
+            posterior = torch.distributions.Dirichlet(
+                DirichletMixing.concentration(alpha)
+            )
+            prior = torch.distributions.Dirichlet(
+                torch.full_like(alpha, C.DRNAS_PRIOR_CONCENTRATION)
+            )
             total = total + torch.distributions.kl_divergence(posterior, prior).sum()
         return self.scale * total
 
@@ -116,7 +137,10 @@ class BetaRegularizer(ArchRegularizer):
     """
 
     def __init__(
-        self, *, weight_max: float = C.BETA_DARTS_WEIGHT_MAX, horizon: int | None = C.BETA_DARTS_WEIGHT_HORIZON
+        self,
+        *,
+        weight_max: float = C.BETA_DARTS_WEIGHT_MAX,
+        horizon: int | None = C.BETA_DARTS_WEIGHT_HORIZON,
     ) -> None:
         if not weight_max >= 0:
             raise ValueError(f"weight_max must be >= 0, got {weight_max!r}")
@@ -134,9 +158,13 @@ class BetaRegularizer(ArchRegularizer):
     def loss(alphas: Sequence[Tensor]) -> Tensor:
         """Unweighted Beta-Decay loss: the mean over all choices of ``logsumexp`` over their ops."""
         _check_alphas(alphas)
-        return torch.cat([torch.logsumexp(alpha, dim=-1).reshape(-1) for alpha in alphas]).mean()
+        return torch.cat(
+            [torch.logsumexp(alpha, dim=-1).reshape(-1) for alpha in alphas]
+        ).mean()
 
-    def __call__(self, alphas: Sequence[Tensor], mixing: Mixing, *, epoch: int, max_epochs: int) -> Tensor:
+    def __call__(
+        self, alphas: Sequence[Tensor], mixing: Mixing, *, epoch: int, max_epochs: int
+    ) -> Tensor:
         del mixing
         return self.weight(epoch, max_epochs) * self.loss(alphas)
 
@@ -160,7 +188,9 @@ class ZeroOneLoss(ArchRegularizer):
             raise ValueError(f"weight must be >= 0, got {weight!r}")
         self.weight = float(weight)
 
-    def __call__(self, alphas: Sequence[Tensor], mixing: Mixing, *, epoch: int, max_epochs: int) -> Tensor:
+    def __call__(
+        self, alphas: Sequence[Tensor], mixing: Mixing, *, epoch: int, max_epochs: int
+    ) -> Tensor:
         del mixing, epoch, max_epochs
         _check_alphas(alphas)
         weights = torch.cat([torch.sigmoid(alpha).reshape(-1) for alpha in alphas])

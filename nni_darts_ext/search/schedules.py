@@ -39,7 +39,11 @@ _DECAYS = ("linear", "cosine")
 def _check_epoch(epoch: int, max_epochs: int | None = None) -> None:
     if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
         raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
-    if max_epochs is not None and (not isinstance(max_epochs, int) or isinstance(max_epochs, bool) or max_epochs < 1):
+    if max_epochs is not None and (
+        not isinstance(max_epochs, int)
+        or isinstance(max_epochs, bool)
+        or max_epochs < 1
+    ):
         raise ValueError(f"max_epochs must be an int >= 1, got {max_epochs!r}")
 
 
@@ -83,7 +87,11 @@ def darts_minus_skip_weight(
 
 
 def gdas_tau(
-    epoch: int, *, max_epochs: int, tau_max: float = C.GDAS_TAU_MAX, tau_min: float = C.GDAS_TAU_MIN
+    epoch: int,
+    *,
+    max_epochs: int,
+    tau_max: float = C.GDAS_TAU_MAX,
+    tau_min: float = C.GDAS_TAU_MIN,
 ) -> float:
     """GDAS temperature ``tau_max - (tau_max - tau_min) * epoch / (max_epochs - 1)`` (``tau_max`` if one epoch).
 
@@ -94,7 +102,9 @@ def gdas_tau(
     """
     _check_epoch(epoch, max_epochs)
     if not 0 < tau_min <= tau_max:
-        raise ValueError(f"need 0 < tau_min <= tau_max, got tau_min={tau_min!r}, tau_max={tau_max!r}")
+        raise ValueError(
+            f"need 0 < tau_min <= tau_max, got tau_min={tau_min!r}, tau_max={tau_max!r}"
+        )
     if max_epochs == 1:
         return float(tau_max)
     at = min(epoch, max_epochs - 1)
@@ -102,7 +112,10 @@ def gdas_tau(
 
 
 def beta_darts_weight(
-    epoch: int, *, weight_max: float = C.BETA_DARTS_WEIGHT_MAX, horizon: int = C.BETA_DARTS_WEIGHT_HORIZON
+    epoch: int,
+    *,
+    weight_max: float = C.BETA_DARTS_WEIGHT_MAX,
+    horizon: int = C.BETA_DARTS_WEIGHT_HORIZON,
 ) -> float:
     """beta-DARTS regulariser weight ``weight_max * epoch / horizon`` (official: ``50 * epoch / 100``).
 
@@ -137,8 +150,13 @@ def sdarts_epsilon(
     """
     _check_epoch(epoch, max_epochs)
     if not 0 <= epsilon_min <= epsilon_max:
-        raise ValueError(f"need 0 <= epsilon_min <= epsilon_max, got {epsilon_min!r}, {epsilon_max!r}")
-    return float(epsilon_min) + (float(epsilon_max) - float(epsilon_min)) * epoch / max_epochs
+        raise ValueError(
+            f"need 0 <= epsilon_min <= epsilon_max, got {epsilon_min!r}, {epsilon_max!r}"
+        )
+    return (
+        float(epsilon_min)
+        + (float(epsilon_max) - float(epsilon_min)) * epoch / max_epochs
+    )
 
 
 def pdarts_skip_dropout(
@@ -164,7 +182,9 @@ def pdarts_skip_dropout(
     if not 0.0 <= stage_rate < 1.0:
         raise ValueError(f"stage_rate must be in [0, 1), got {stage_rate!r}")
     if not 0 <= warmup_epochs <= stage_epochs:
-        raise ValueError(f"warmup_epochs must be in [0, stage_epochs], got {warmup_epochs!r}")
+        raise ValueError(
+            f"warmup_epochs must be in [0, stage_epochs], got {warmup_epochs!r}"
+        )
     if epoch < warmup_epochs:
         return float(stage_rate) * (stage_epochs - epoch - 1) / stage_epochs
     return float(stage_rate) * math.exp(-(epoch - warmup_epochs) * decay)

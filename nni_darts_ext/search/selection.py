@@ -56,16 +56,25 @@ def edge_slices(n_edges: int) -> list[slice]:
 
 
 def _allowed_weights(
-    edge_weights: Tensor, op_names: Sequence[str], mask: Tensor | None, exclude: Sequence[str]
+    edge_weights: Tensor,
+    op_names: Sequence[str],
+    mask: Tensor | None,
+    exclude: Sequence[str],
 ) -> Tensor:
     if not isinstance(edge_weights, Tensor) or edge_weights.dim() != 2:
         raise TypeError("edge_weights must be a 2-D torch.Tensor (edges x ops)")
     if len(op_names) != edge_weights.shape[1]:
-        raise ValueError(f"op_names has {len(op_names)} names for {edge_weights.shape[1]} op columns")
-    allowed = torch.tensor([name not in exclude for name in op_names], dtype=torch.bool).expand_as(edge_weights)
+        raise ValueError(
+            f"op_names has {len(op_names)} names for {edge_weights.shape[1]} op columns"
+        )
+    allowed = torch.tensor(
+        [name not in exclude for name in op_names], dtype=torch.bool
+    ).expand_as(edge_weights)
     if mask is not None:
         if mask.dtype != torch.bool or mask.shape != edge_weights.shape:
-            raise ValueError(f"mask must be a bool tensor of shape {tuple(edge_weights.shape)}")
+            raise ValueError(
+                f"mask must be a bool tensor of shape {tuple(edge_weights.shape)}"
+            )
         allowed = allowed & mask.cpu()
     weights = edge_weights.detach().cpu().double()
     return torch.where(allowed, weights, torch.full_like(weights, float("-inf")))
@@ -100,7 +109,9 @@ def select_top_inputs(
     selection: Selection = []
     for rows in edge_slices(weights.shape[0]):
         edges = list(range(rows.stop - rows.start))
-        edges = [j for j in edges if best[rows.start + j] != float("-inf")]  # an edge with no selectable op
+        edges = [
+            j for j in edges if best[rows.start + j] != float("-inf")
+        ]  # an edge with no selectable op
         ranked = sorted(edges, key=lambda j: -best[rows.start + j])[:num_inputs]
         selection.append([(j, op_names[index[rows.start + j]]) for j in ranked])
     return selection
@@ -129,5 +140,10 @@ def select_by_threshold(
     weights = _allowed_weights(edge_weights, op_names, mask, exclude)
     best, _ = _best_ops(weights)
     starts = [rows.start for rows in edge_slices(weights.shape[0])]
-    top = select_top_inputs(edge_weights, op_names, num_inputs=num_inputs, mask=mask, exclude=exclude)
-    return [[(j, op) for j, op in node if best[start + j] >= threshold] for node, start in zip(top, starts)]
+    top = select_top_inputs(
+        edge_weights, op_names, num_inputs=num_inputs, mask=mask, exclude=exclude
+    )
+    return [
+        [(j, op) for j, op in node if best[start + j] >= threshold]
+        for node, start in zip(top, starts)
+    ]

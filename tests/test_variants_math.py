@@ -80,6 +80,19 @@ def test_passthrough_returns_alpha_unchanged_and_is_restored():
     assert torch.allclose(mixing(alpha), torch.softmax(alpha, -1))
 
 
+@pytest.mark.parametrize("mixing", [DirichletMixing(), GumbelHardMixing()])
+def test_sample_once_shares_one_sample_per_alpha_within_a_forward(mixing):
+    torch.manual_seed(0)
+    alpha, other = nn.Parameter(torch.zeros(14, 7)), nn.Parameter(torch.zeros(14, 7))
+    with mixing.sample_once():
+        first = mixing(alpha)
+        assert (
+            mixing(alpha) is first
+        )  # a second cell of the same type reuses the sample
+        assert not torch.equal(mixing(other), first)
+    assert not torch.equal(mixing(alpha), first)  # a new forward pass draws again
+
+
 def test_mixing_rejects_bad_alpha():
     with pytest.raises(TypeError, match="alpha"):
         SoftmaxMixing()([0.1, 0.2])
@@ -543,6 +556,23 @@ def test_limit_skip_connects_replaces_the_weakest_skips():
     ]
     no_skip = limit_skip_connects(weights, names, k=0)
     assert all(op != "skip_connect" for node in no_skip for _, op in node)
+
+
+def test_limit_skip_connects_with_the_threshold_export():
+    names = ["skip_connect", "sep_conv_3x3"]
+    weights = torch.tensor(
+        [[0.95, 0.90], [0.92, 0.10], [0.90, 0.30], [0.10, 0.20], [0.20, 0.10]]
+    )
+    assert select_by_threshold(weights, names) == [
+        [(0, "skip_connect"), (1, "skip_connect")],
+        [(0, "skip_connect")],
+    ]
+    # k = 1: first the 0.90 skip (node 3 <- 0 falls to sep 0.30: below 0.85, node 3 keeps nothing), then the 0.92
+    # one (node 2 <- 1 falls to sep 0.10: dropped); node 2 keeps its 0.95 skip only
+    assert limit_skip_connects(weights, names, k=1, threshold=0.85) == [
+        [(0, "skip_connect")],
+        [],
+    ]
 
 
 def test_limit_skip_connects_on_a_darts_normal_cell():

@@ -82,13 +82,21 @@ class Mixing(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self._passthrough = False
+        self._samples: dict[int, tuple[Tensor, Tensor]] | None = None
 
     def forward(self, alpha: Tensor) -> Tensor:
         """Search-time weights of ``alpha`` (``alpha`` itself inside :meth:`passthrough`)."""
         _check_alpha(alpha)
         if self._passthrough:
             return alpha
-        return self.mix(alpha)
+        if self._samples is None:
+            return self.mix(alpha)
+        cached = self._samples.get(id(alpha))
+        if cached is not None and cached[0] is alpha:
+            return cached[1]
+        weights = self.mix(alpha)
+        self._samples[id(alpha)] = (alpha, weights)
+        return weights
 
     def mix(self, alpha: Tensor) -> Tensor:
         """Search-time weights (may sample; differentiable w.r.t. ``alpha``)."""
@@ -110,6 +118,20 @@ class Mixing(nn.Module):
             yield
         finally:
             self._passthrough = previous
+
+    @contextlib.contextmanager
+    def sample_once(self) -> Iterator[None]:
+        """Within the block every call on the same ``alpha`` object returns the same weights.
+
+        The official DrNAS and GDAS draw one sample per forward pass and share it between all cells of a type;
+        NNI calls the mixing once per cell with the shared ``alpha``. Wrap one forward pass (not an in-place
+        change of the alphas) in this block to get the official behaviour.
+        """
+        previous, self._samples = self._samples, {}
+        try:
+            yield
+        finally:
+            self._samples = previous
 
     def extra_repr(self) -> str:
         return f"hard={self.hard}, normalized={self.normalized}"

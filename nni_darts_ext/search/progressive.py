@@ -25,7 +25,12 @@ import torch
 from torch import Tensor
 
 from nni_darts_ext import constants as C
-from nni_darts_ext.search.selection import Selection, edge_slices, select_top_inputs
+from nni_darts_ext.search.selection import (
+    Selection,
+    edge_slices,
+    select_by_threshold,
+    select_top_inputs,
+)
 
 __all__ = ["PDARTS_CIFAR10_STAGES", "Stage", "limit_skip_connects", "prune_ops"]
 
@@ -162,6 +167,7 @@ def limit_skip_connects(
     mask: Tensor | None = None,
     skip_name: str = _SKIP_OP,
     exclude: Sequence[str] = (_ZERO_OP,),
+    threshold: float | None = None,
 ) -> Selection:
     """Select a normal cell's inputs and ops with at most ``k`` skip connections (the P-DARTS rule).
 
@@ -178,6 +184,8 @@ def limit_skip_connects(
         mask: Optional bool ``(n_edges, n_ops)``, False for pruned ops.
         skip_name: Name of the skip op.
         exclude: Op names never selected (``'none'``).
+        threshold: Select with FairDARTS's threshold rule
+            (:func:`~nni_darts_ext.search.selection.select_by_threshold`) instead of the DARTS rule.
 
     Returns:
         Per intermediate node, a list of ``(input_index, op_name)``.
@@ -192,10 +200,27 @@ def limit_skip_connects(
     """
     if not isinstance(k, int) or k < 0:
         raise ValueError(f"k must be an int >= 0, got {k!r}")
-    if skip_name not in op_names:
-        return select_top_inputs(
-            edge_weights, op_names, num_inputs=num_inputs, mask=mask, exclude=exclude
+
+    def select(allowed: Tensor | None) -> Selection:
+        if threshold is None:
+            return select_top_inputs(
+                edge_weights,
+                op_names,
+                num_inputs=num_inputs,
+                mask=allowed,
+                exclude=exclude,
+            )
+        return select_by_threshold(
+            edge_weights,
+            op_names,
+            threshold=threshold,
+            num_inputs=num_inputs,
+            mask=allowed,
+            exclude=exclude,
         )
+
+    if skip_name not in op_names:
+        return select(mask)
     skip = list(op_names).index(skip_name)
     allowed = (
         torch.ones(edge_weights.shape, dtype=torch.bool)
@@ -204,9 +229,7 @@ def limit_skip_connects(
     )
     starts = [rows.start for rows in edge_slices(edge_weights.shape[0])]
     while True:
-        selection = select_top_inputs(
-            edge_weights, op_names, num_inputs=num_inputs, mask=allowed, exclude=exclude
-        )
+        selection = select(allowed)
         skips = _count_skips(selection, skip_name)
         if len(skips) <= k:
             return selection

@@ -237,5 +237,3 @@ PDARTS_BATCH_SIZE = 96
 PDARTS_LEARNING_RATE = 0.025
 PDARTS_ARC_LEARNING_RATE = 6e-4
 PDARTS_ARC_GRAD_CLIP = 5.0
-# The DARTS cell rule: every intermediate node keeps 2 inputs (quark0/darts model_search.py genotype).
-CELL_INPUTS_PER_NODE = 2

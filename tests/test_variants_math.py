@@ -45,15 +45,7 @@ from nni_darts_ext.search.selection import (
     select_top_inputs,
 )
 
-DARTS_OPS = [
-    "max_pool_3x3",
-    "avg_pool_3x3",
-    "skip_connect",
-    "sep_conv_3x3",
-    "sep_conv_5x5",
-    "dil_conv_3x3",
-    "dil_conv_5x5",
-]
+DARTS_OPS = list(C.PRIMITIVES)  # NNI's seven DARTS ops, no 'none'
 
 
 # ----------------------------------------------------------------------------------------------- mixing basics

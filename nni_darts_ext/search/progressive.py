@@ -163,7 +163,7 @@ def limit_skip_connects(
     op_names: Sequence[str],
     *,
     k: int = C.PDARTS_MAX_SKIP_CONNECTS,
-    num_inputs: int = C.CELL_INPUTS_PER_NODE,
+    num_inputs: int = C.INPUTS_PER_NODE,
     mask: Tensor | None = None,
     skip_name: str = _SKIP_OP,
     exclude: Sequence[str] = (_ZERO_OP,),

@@ -89,7 +89,7 @@ def select_top_inputs(
     edge_weights: Tensor,
     op_names: Sequence[str],
     *,
-    num_inputs: int = C.CELL_INPUTS_PER_NODE,
+    num_inputs: int = C.INPUTS_PER_NODE,
     mask: Tensor | None = None,
     exclude: Sequence[str] = (_ZERO_OP,),
 ) -> Selection:
@@ -122,7 +122,7 @@ def select_by_threshold(
     op_names: Sequence[str],
     *,
     threshold: float = C.FAIR_DARTS_THRESHOLD,
-    num_inputs: int = C.CELL_INPUTS_PER_NODE,
+    num_inputs: int = C.INPUTS_PER_NODE,
     mask: Tensor | None = None,
     exclude: Sequence[str] = (_ZERO_OP,),
 ) -> Selection:

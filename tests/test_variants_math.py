@@ -85,6 +85,15 @@ def test_sample_once_shares_one_sample_per_alpha_within_a_forward(mixing):
     assert not torch.equal(mixing(alpha), first)  # a new forward pass draws again
 
 
+@pytest.mark.parametrize(
+    "mixing", [DirichletMixing(), GumbelHardMixing(), SigmoidMixing()]
+)
+def test_deterministic_forward_returns_probs(mixing):
+    alpha = torch.tensor([[1.0, 0.0, -1.0], [0.5, 0.5, 2.0]])
+    with mixing.deterministic():
+        assert torch.equal(mixing(alpha), mixing.probs(alpha))
+
+
 def test_mixing_rejects_bad_alpha():
     with pytest.raises(TypeError, match="alpha"):
         SoftmaxMixing()([0.1, 0.2])

@@ -83,12 +83,15 @@ class Mixing(nn.Module):
         super().__init__()
         self._passthrough = False
         self._samples: dict[int, tuple[Tensor, Tensor]] | None = None
+        self._deterministic = False
 
     def forward(self, alpha: Tensor) -> Tensor:
         """Search-time weights of ``alpha`` (``alpha`` itself inside :meth:`passthrough`)."""
         _check_alpha(alpha)
         if self._passthrough:
             return alpha
+        if self._deterministic:
+            return self.probs(alpha)
         if self._samples is None:
             return self.mix(alpha)
         cached = self._samples.get(id(alpha))
@@ -118,6 +121,16 @@ class Mixing(nn.Module):
             yield
         finally:
             self._passthrough = previous
+
+    @contextlib.contextmanager
+    def deterministic(self) -> Iterator[None]:
+        """Within the block ``forward(alpha)`` returns :meth:`probs` (for code that calls the mixing to export,
+        such as NNI's ``export_probs``, which would otherwise get a random sample)."""
+        previous, self._deterministic = self._deterministic, True
+        try:
+            yield
+        finally:
+            self._deterministic = previous
 
     @contextlib.contextmanager
     def sample_once(self) -> Iterator[None]:

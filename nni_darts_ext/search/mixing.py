@@ -14,6 +14,8 @@ operations on the last dimension, returning search-time weights (differentiable 
 
 :meth:`Mixing.passthrough` makes ``forward`` return ``alpha`` unchanged: SDARTS perturbs the *normalised* weights
 in place of the logits during the weight step (see :mod:`nni_darts_ext.search.perturbation`).
+:meth:`Mixing.sample_once` shares one sample per ``alpha`` over a forward pass (DrNAS and GDAS sample once per
+pass for all cells of a type); :meth:`Mixing.deterministic` makes ``forward`` return ``probs`` (export).
 
 Example::
 

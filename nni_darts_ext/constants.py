@@ -126,3 +126,114 @@ PC_ARC_LEARNING_RATE = 6e-4
 # Architecture parameters start as 1e-3 * N(0, 1) (quark0/darts model_search.py _initialize_alphas; NNI
 # differentiable.py DifferentiableMixedCell; PC-DARTS model_search.py, alphas and betas alike).
 ARC_INIT_SCALE = 1e-3
+
+# ---------------------------------------------------------------------------------------------------------------
+# Robust DARTS variants (nni_darts_ext/search/: mixing, regularizers, perturbation, schedules, progressive).
+# Each number cites the official repository file it was read from; docs/variants.md lists what is unconfirmed.
+# ---------------------------------------------------------------------------------------------------------------
+# DrNAS (Chen et al., ICLR 2021; github:xiangning-chen/DrNAS). Dirichlet concentration = elu(alpha) + 1
+# (utils.py process_step_vector, DARTS-space/model_search.py _get_kl_reg); the prior (anchor) is Dirichlet(1).
+DRNAS_CONCENTRATION_SHIFT = 1.0
+DRNAS_PRIOR_CONCENTRATION = 1.0
+# Regulariser towards the prior: DARTS-space/train_search.py --reg_type l2 (default; an Adam weight decay of
+# reg_scale on alpha, architect.py) or kl (model_search.py _get_kl_reg), --reg_scale 1e-3.
+DRNAS_REG_TYPE = "l2"
+DRNAS_REG_SCALE = 1e-3
+# Architecture optimiser: Adam, lr 6e-4, betas (0.5, 0.999) (train_search.py --arch_learning_rate; architect.py).
+DRNAS_ARC_LEARNING_RATE = 6e-4
+DRNAS_ARC_BETAS = (0.5, 0.999)
+# Weights: SGD lr 0.1, batch 64, 36 channels, 20 cells, searched directly at evaluation size (train_search.py).
+DRNAS_LEARNING_RATE = 0.1
+DRNAS_BATCH_SIZE = 64
+DRNAS_WIDTH = 36
+DRNAS_NUM_CELLS = 20
+# Progressive scheme (train_search.py main): two stages of 25 epochs; partial-channel K 6 then 4; ops kept per
+# edge 7 (all) then 4 (utils.py prune: top-k alpha); no architecture step in a stage's first 10 epochs (train()).
+DRNAS_STAGE_EPOCHS = (25, 25)
+DRNAS_STAGE_PARTIAL_CHANNELS = (6, 4)
+DRNAS_STAGE_OPS_KEPT = (7, 4)
+DRNAS_WARMUP_EPOCHS = 10
+
+# beta-DARTS (Ye et al., CVPR 2022; github:Sunshine-Ye/Beta-DARTS). Loss = mean over edges of logsumexp(alpha)
+# (optimizers/darts/architect.py mlc_loss), weighted by 50 * epoch / 100 (architect.py _backward_step).
+BETA_DARTS_WEIGHT_MAX = 50.0
+BETA_DARTS_WEIGHT_HORIZON = 100
+# Search settings (sota/cnn/train_search.py): 50 epochs, arch Adam lr 3e-4 with weight decay 1e-3.
+BETA_DARTS_EPOCHS = 50
+BETA_DARTS_ARC_LEARNING_RATE = 3e-4
+BETA_DARTS_ARC_WEIGHT_DECAY = 1e-3
+
+# DARTS- (Chu et al., ICLR 2021; github:Meituan-AutoML/DARTS-). Auxiliary skip weight beta decays linearly from
+# --skip_beta 1 (scripts/run_darts_minus.sh) as beta * (T_max - epoch) / (T_max - T_start) (src/utils.py
+# DecayScheduler), T_start 0, T_stop = T_max = 50 = --epochs (src/search/args.py).
+DARTS_MINUS_SKIP_BETA = 1.0
+DARTS_MINUS_DECAY = "linear"
+DARTS_MINUS_DECAY_START_EPOCH = 0
+DARTS_MINUS_EPOCHS = 50
+
+# SDARTS (Chen & Hsieh, ICML 2020; github:xiangning-chen/SmoothDARTS). The softmax-normalised weights are
+# perturbed during the weight step (sota/cnn/train_search.py train: softmax_arch_parameters, perturb, forward
+# with updateType='weight'). Epsilon ramps linearly 0.03 -> --epsilon_alpha 0.3 over the epochs (train_search.py
+# main: 0.03 + (eps - 0.03) * epoch / epochs). PGD (attacker/perturb.py Linf_PGD_alpha): 7 steps, step size
+# 2 * eps / steps (signed gradient, attacker/linf_sgd.py), random uniform start, kept only if it raised the loss.
+SDARTS_EPSILON_MIN = 0.03
+SDARTS_EPSILON_MAX = 0.3
+SDARTS_PGD_STEPS = 7
+SDARTS_PGD_STEP_SCALE = 2.0
+SDARTS_EPOCHS = 50
+
+# FairDARTS (Chu et al., ECCV 2020; github:xiaomi-automl/FairDARTS). Zero-one loss -mean((sigmoid(alpha) - 0.5)^2)
+# (fairdarts/separate_loss.py ConvSeparateLoss), weight 10 (fairdarts/train_search.py --aux_loss_weight);
+# export: threshold_sparse with threshold 0.85 (--parse_method, --op_threshold; utils.py parse).
+FAIR_DARTS_ZERO_ONE_CENTER = 0.5
+FAIR_DARTS_ZERO_ONE_WEIGHT = 10.0
+FAIR_DARTS_THRESHOLD = 0.85
+# Search settings (fairdarts/train_search.py): SGD lr 0.005, batch 128, 50 epochs; arch Adam lr 3e-3, betas
+# (0.9, 0.999) (--arch_lr_gamma), weight decay 1e-3.
+FAIR_DARTS_LEARNING_RATE = 0.005
+FAIR_DARTS_BATCH_SIZE = 128
+FAIR_DARTS_EPOCHS = 50
+FAIR_DARTS_ARC_LEARNING_RATE = 3e-3
+FAIR_DARTS_ARC_BETAS = (0.9, 0.999)
+
+# GDAS (Dong & Yang, CVPR 2019; github:D-X-Y/AutoDL-Projects). Temperature linear from 10 to 0.1
+# (scripts-search/NASNet-space-search-by-GDAS.sh --tau_max 10 --tau_min 0.1), tau = tau_max - (tau_max - tau_min)
+# * epoch / (epochs - 1) (exps/NAS-Bench-201-algos/GDAS.py); 250 epochs, batch 256, SGD lr 0.025 -> 0.001 cosine,
+# weight decay 5e-4, Nesterov (configs/search-opts/GDAS-NASNet-CIFAR.config); arch Adam lr 3e-4, weight decay 1e-3
+# (the .sh); 16 channels, 2 cells per stage (configs/search-archs/GDAS-NASNet-CIFAR.config).
+GDAS_TAU_MAX = 10.0
+GDAS_TAU_MIN = 0.1
+GDAS_EPOCHS = 250
+GDAS_BATCH_SIZE = 256
+GDAS_LEARNING_RATE = 0.025
+GDAS_LEARNING_RATE_MIN = 0.001
+GDAS_WEIGHT_DECAY = 5e-4
+GDAS_ARC_LEARNING_RATE = 3e-4
+GDAS_ARC_WEIGHT_DECAY = 1e-3
+# Gumbel samples are redrawn while a sample has inf/nan (xautodl/models/cell_searchs/search_model_gdas_nasnet.py);
+# we stop after this many draws and raise rather than loop forever.
+GDAS_MAX_RESAMPLES = 100
+
+# P-DARTS (Chen et al., ICCV 2019; github:chenxin061/pdarts train_search.py). Three stages of 25 epochs on 5, 11,
+# 17 cells (--layers 5, add_layers [0, 6, 12]); ops kept per edge after each stage 5, 3, 1 (num_to_keep, of 8 ops
+# with 'none'); 'none' is always dropped at the last pruning (get_min_k_no_zero); no architecture step in a
+# stage's first 10 epochs (eps_no_archs); no width increase (add_width 0).
+PDARTS_STAGE_CELLS = (5, 11, 17)
+PDARTS_STAGE_OPS_KEPT = (5, 3, 1)
+PDARTS_STAGE_EPOCHS = 25
+PDARTS_WARMUP_EPOCHS = 10
+PDARTS_STAGE_WIDTH_INCREASE = (0, 0, 0)
+# Skip-connect dropout per stage from README.md's CIFAR-10 command (--dropout_rate 0.1 0.4 0.7; the paper's text
+# gives 0.0 for stage 1). In a stage: rate * (epochs - epoch - 1) / epochs during the warm-up, then
+# rate * exp(-(epoch - warmup) * 0.2) (train_search.py main, scale_factor).
+PDARTS_SKIP_DROPOUT = (0.1, 0.4, 0.7)
+PDARTS_DROPOUT_DECAY = 0.2
+# At most 2 skip connections in the exported normal cell (paper Sec. 3.3, M = 2; train_search.py check_sk_number /
+# delete_min_sk_prob loop).
+PDARTS_MAX_SKIP_CONNECTS = 2
+# Search settings (train_search.py): batch 96, SGD lr 0.025 -> 0 cosine per stage, arch Adam lr 6e-4, weight decay
+# 1e-3, arch-gradient norm clipped at 5 (train(): clip_grad_norm_ on arch_parameters, --grad_clip 5).
+PDARTS_BATCH_SIZE = 96
+PDARTS_LEARNING_RATE = 0.025
+PDARTS_ARC_LEARNING_RATE = 6e-4
+PDARTS_ARC_GRAD_CLIP = 5.0

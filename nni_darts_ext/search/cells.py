@@ -40,6 +40,9 @@ import torch.nn.functional as F
 from .._compat import import_nni_quietly
 from ..constants import ARC_INIT_SCALE, PC_BYPASS_POOL_SIZE
 from .layers import narrow_op_factory, shuffled_concat
+from .mixing import SoftmaxMixing
+from .progressive import limit_skip_connects
+from .selection import select_by_threshold, select_top_inputs
 
 with import_nni_quietly():
     from nni.nas.nn.pytorch import Cell
@@ -175,35 +178,36 @@ class MixedCell(DifferentiableMixedCell):
         return self._softmax
 
     def _edge_weights(self, pos: int, deterministic: bool = False) -> torch.Tensor:
-        """Mixing weights ``(num_inputs, num_ops)`` of one node; masked ops get weight 0 (and no share of it).
+        """Mixing weights ``(num_inputs, num_ops)`` of one node; masked (pruned) ops get weight 0.
 
-        Hard mixings (GDAS) mix over the real ops only; the others over NNI's ops plus its trailing ``none``.
+        Softmax mixes the stacked alphas of the node at once (pruned entries at ``-inf``). Other mixings are
+        called on each edge's alpha parameter itself, so that :meth:`Mixing.sample_once` shares one sample between
+        the cells of a type (DrNAS, GDAS), and pruned ops are dropped afterwards (DrNAS' rule: the kept weights
+        are renormalised; sigmoid weights are not). NNI's trailing ``none`` entry never gets a weight that is used.
         """
-        alphas = torch.stack([self._arch_alpha[lb] for lb in self._edge_labels[pos]])
+        labels = self._edge_labels[pos]
         n_ops = len(self.op_names)
-        hard = getattr(self.mixing, "hard", False)
-        if hard:
-            alphas = alphas[:, :n_ops]
         mask = self.op_mask(self._node_indices[pos])
-        if not bool(mask.all()):
-            fill = torch.zeros_like(alphas[:, : alphas.shape[1] - n_ops], dtype=torch.bool)
-            keep = torch.cat([mask, ~fill], 1)  # NNI's `none` entry, if any, is never pruned
-            alphas = alphas.masked_fill(~keep, float("-inf"))
-            weights = self._mix(alphas, deterministic, keep)
-        else:
-            weights = self._mix(alphas, deterministic, None)
-        return weights[:, :n_ops]
-
-    def _mix(self, alphas: torch.Tensor, deterministic: bool, keep: Optional[torch.Tensor]) -> torch.Tensor:
-        mix = getattr(self.mixing, "probs", self.mixing) if deterministic else self.mixing
-        if keep is None or isinstance(self.mixing, nn.Softmax) or type(self.mixing).__name__ == "SoftmaxMixing":
-            return mix(alphas)  # softmax of -inf is exactly 0
-        # Other mixings (Dirichlet, sigmoid, Gumbel) see only the kept entries of each edge.
-        rows = []
-        for row, k in zip(alphas.unbind(0), keep.unbind(0)):
-            idx = k.nonzero().flatten()
-            rows.append(torch.zeros_like(row).index_put((idx,), mix(row.index_select(0, idx))))
-        return torch.stack(rows)
+        pruned = not bool(mask.all())
+        mixing = self.mixing
+        if _is_softmax(mixing):
+            alphas = torch.stack([self._arch_alpha[lb] for lb in labels])
+            if pruned:
+                keep = torch.cat([mask, torch.ones_like(mask[:, : alphas.shape[1] - n_ops])], 1)
+                alphas = alphas.masked_fill(~keep, float("-inf"))
+            # Through the module, not torch.softmax: SDARTS' passthrough hands perturbed weights straight in.
+            return (mixing.probs(alphas) if deterministic and hasattr(mixing, "probs") else mixing(alphas))[:, :n_ops]
+        mix = mixing.probs if deterministic else mixing
+        if getattr(mixing, "hard", False) and pruned and not deterministic:
+            # A hard sample must land on a kept op: sample over the kept entries only (per cell, not shared).
+            alphas = torch.stack([self._arch_alpha[lb][:n_ops] for lb in labels]).masked_fill(~mask, float("-inf"))
+            return mix(alphas)
+        weights = torch.stack([mix(self._arch_alpha[lb]) for lb in labels])[:, :n_ops]
+        if pruned:
+            weights = weights * mask
+            if getattr(mixing, "normalized", True) and not getattr(mixing, "hard", False):
+                weights = weights / weights.sum(-1, keepdim=True)
+        return weights
 
     def _beta_weights(self, pos: int) -> Optional[torch.Tensor]:
         if not self.edge_normalization:
@@ -324,56 +328,45 @@ class MixedCell(DifferentiableMixedCell):
         return result
 
     def _uses_nni_export(self) -> bool:
-        plain = isinstance(self.mixing, nn.Softmax) or type(self.mixing).__name__ == "SoftmaxMixing"
-        return plain and not self.edge_normalization and not self.pruned and self.max_skip_connects is None
+        return _is_softmax(self.mixing) and not self.edge_normalization and not self.pruned and self.max_skip_connects is None
 
     def export(self, memo: Dict[str, Any]) -> Dict[str, Any]:
         """The arch dict entries of this cell (see the module docstring for the rule)."""
-        if self._uses_nni_export():
+        if self._uses_nni_export() or self.num_predecessors != 2:
             return super().export(memo)
-        exported: Dict[str, Any] = {}
         with torch.no_grad():
-            scores = [self.edge_weights(pos).detach().float().cpu() for pos in range(len(self._node_indices))]
-        picks = self._derive(scores)
-        if self.max_skip_connects is not None and self._skip_index is not None and self.label != "reduce":
-            picks = self._limit_skips(scores, picks)
+            weights = torch.cat([self.edge_weights(pos) for pos in range(len(self._node_indices))]).float().cpu()
+        mask = torch.cat([self.op_mask(i) for i in self._node_indices]).cpu()
+        ranked = select_top_inputs(weights, self.op_names, num_inputs=self.num_ops_per_node, mask=mask)
+        if self.max_skip_connects is not None and self.label != "reduce":
+            selection = limit_skip_connects(weights, self.op_names, k=self.max_skip_connects, mask=mask,
+                                            num_inputs=self.num_ops_per_node, threshold=self.export_threshold)
+        elif self.export_threshold is not None:
+            selection = select_by_threshold(weights, self.op_names, threshold=self.export_threshold,
+                                            num_inputs=self.num_ops_per_node, mask=mask)
+        else:
+            selection = ranked
+        exported: Dict[str, Any] = {}
         for pos, i in enumerate(self._node_indices):
             keys = [(f"{self.label}/op_{i}_{n}", f"{self.label}/input_{i}_{n}") for n in range(self.num_ops_per_node)]
             if all(op_key in memo and in_key in memo for op_key, in_key in keys):
                 continue
-            for (op_key, in_key), (j, t) in zip(keys, picks[pos]):
-                exported[op_key] = self.op_names[t]
+            picks = list(selection[pos])
+            if len(picks) < self.num_ops_per_node:
+                # The threshold rule kept fewer inputs; NNI's DARTS space needs num_ops_per_node of them.
+                _logger.info("%s cell, node %d: %d input(s) reach the export threshold %s; the DARTS space needs %d, "
+                             "the best-ranked others fill in", self.label, i, len(picks), self.export_threshold,
+                             self.num_ops_per_node)
+                picks += [pick for pick in ranked[pos] if pick[0] not in {j for j, _ in picks}]
+            for (op_key, in_key), (j, op_name) in zip(keys, picks):
+                exported[op_key] = op_name
                 exported[in_key] = [j]
         return exported
 
-    def _derive(self, scores: List[torch.Tensor]) -> List[List[Tuple[int, int]]]:
-        """Per node: ``num_ops_per_node`` (input, op) picks, best edges first (ties: lower input first)."""
-        picks = []
-        for pos, weights in enumerate(scores):
-            best_w, best_op = weights.max(-1)
-            ranked = sorted(range(weights.shape[0]), key=lambda j: -float(best_w[j]))
-            if self.export_threshold is not None:
-                weak = [j for j in ranked[: self.num_ops_per_node] if float(best_w[j]) < self.export_threshold]
-                if weak:
-                    _logger.info("%s cell, node %d: inputs %s are below the export threshold %.2f (kept: the "
-                                 "DARTS space needs %d inputs per node)", self.label, self._node_indices[pos], weak,
-                                 self.export_threshold, self.num_ops_per_node)
-            picks.append([(ranked[n % len(ranked)], int(best_op[ranked[n % len(ranked)]]))
-                          for n in range(self.num_ops_per_node)])
-        return picks
 
-    def _limit_skips(self, scores: List[torch.Tensor], picks: List[List[Tuple[int, int]]]) -> List[List[Tuple[int, int]]]:
-        """P-DARTS: while more than ``max_skip_connects`` skips are picked, drop the weakest one and re-derive."""
-        scores = [s.clone() for s in scores]
-        skip = cast(int, self._skip_index)
-        limit = cast(int, self.max_skip_connects)
-        while True:
-            chosen = [(float(scores[pos][j, t]), pos, j) for pos, node in enumerate(picks) for j, t in node if t == skip]
-            if len(chosen) <= limit:
-                return picks
-            _, pos, j = min(chosen)
-            scores[pos][j, skip] = -1.0  # below every real weight: this edge is re-derived without skip
-            picks = self._derive(scores)
+def _is_softmax(mixing: Any) -> bool:
+    """Plain softmax mixing: NNI's ``nn.Softmax(-1)`` or our :class:`~.mixing.SoftmaxMixing`."""
+    return isinstance(mixing, (nn.Softmax, SoftmaxMixing))
 
 
 def _check_partial_channels(value: Any) -> None:

@@ -23,8 +23,9 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -35,7 +36,7 @@ from ..distributed import DistributedArchSync, arch_gradient_sync_hook
 from .cells import MixedCell
 from .gradients import FirstOrderGradient
 from .layers import ChannelsFirstFactorizedReduce
-from .mixing import Mixing
+from .mixing import Mixing, SoftmaxMixing
 from .shielding import loss_of, shielded_passes
 
 with import_nni_quietly():
@@ -90,6 +91,8 @@ class DartsSearchModule(DistributedArchSync, DartsLightningModule):
         self.skip_unused_gradients = bool(skip_unused_gradients)
         self.channels_last = channels_last
         self._named_arch: Optional[List[Tuple[str, nn.Parameter]]] = None
+        self._mixing_modules: Optional[List[Mixing]] = None
+        self._pass_hooks: List[Any] = []
         self._weight_params: List[nn.Parameter] = []
         self._skip = False
 
@@ -127,6 +130,7 @@ class DartsSearchModule(DistributedArchSync, DartsLightningModule):
     def on_fit_start(self) -> Any:
         self.gradient.check_trainer(self.trainer)
         self._named_arch = None
+        self._mixing_modules = None
         arch_ids = {id(p) for p in self.arch_parameters()}
         self._weight_params = [p for p in self.parameters() if p.requires_grad and id(p) not in arch_ids]
         world_size = getattr(self.trainer, "world_size", 1)
@@ -140,7 +144,15 @@ class DartsSearchModule(DistributedArchSync, DartsLightningModule):
                     module.__class__ = ChannelsFirstFactorizedReduce
                     module.to(memory_format=torch.contiguous_format)
         self.apply_cell_settings()
+        if not self._pass_hooks and any(not isinstance(m, (SoftmaxMixing, nn.Softmax)) for m in self._mixings()):
+            self._sample_once_per_forward()
         return super().on_fit_start()
+
+    def on_fit_end(self) -> Any:
+        for hook in self._pass_hooks:
+            hook.remove()
+        self._pass_hooks = []
+        return super().on_fit_end()
 
     def on_train_epoch_start(self) -> Any:
         self.set_progress(self.trainer.current_epoch, self.trainer.max_epochs or 1)
@@ -205,16 +217,17 @@ class DartsSearchModule(DistributedArchSync, DartsLightningModule):
                 arc_optim.step()
 
         self.resample()
-        alphas = self.arch_parameters()
-        if self.perturbation is not None:
+        alphas = self.op_alphas()
+        perturbed = self.perturbation is not None
+        if perturbed:
             self.perturbation.perturb(alphas, self._training_loss_fn(trn_batch, batch_idx),
                                       epoch=self.trainer.current_epoch, max_epochs=self.trainer.max_epochs or 1)
         try:
-            with _frozen(alphas if self._skip else ()):
+            with _frozen(self.arch_parameters() if self._skip else ()), self._weights_held(perturbed):
                 loss_and_metrics = self.training_module.training_step(trn_batch, 2 * batch_idx + 1)
                 self.advance_optimization(loss_of(loss_and_metrics), batch_idx, self.gradient_clip_val)
         finally:
-            if self.perturbation is not None:
+            if perturbed:
                 self.perturbation.restore(alphas)
 
         self.advance_lr_schedulers(batch_idx)
@@ -223,11 +236,55 @@ class DartsSearchModule(DistributedArchSync, DartsLightningModule):
         return loss_and_metrics
 
     def _training_loss_fn(self, trn_batch: Any, batch_idx: int) -> Callable[[], torch.Tensor]:
+        """The weight-step loss as a function of the (perturbed) architecture weights, for SDARTS' attack.
+
+        Evaluated in eval mode (BatchNorm on running statistics), as SmoothDARTS' ``Linf_PGD_alpha`` does, and
+        shielded: no buffer, metric or log changes.
+        """
+
         def loss_fn() -> torch.Tensor:
-            with shielded_passes(self):
-                return loss_of(self.training_module.training_step(trn_batch, 2 * batch_idx + 1))
+            was_training = self.training_module.training
+            self.training_module.eval()
+            try:
+                with shielded_passes(self, buffers=False), self._weights_held(True):
+                    return loss_of(self.training_module.training_step(trn_batch, 2 * batch_idx + 1))
+            finally:
+                self.training_module.train(was_training)
 
         return loss_fn
+
+    def _mixings(self) -> List[Mixing]:
+        if self._mixing_modules is None:
+            self._mixing_modules = [m for m in self.modules() if isinstance(m, Mixing)]
+        return self._mixing_modules
+
+    def _sample_once_per_forward(self) -> None:
+        """One mixing sample per architecture parameter per forward pass of the supernet, shared by all its cells.
+
+        DrNAS and GDAS draw once per pass (NNI calls the mixing once per cell); forward hooks on the supernet open
+        and close :meth:`Mixing.sample_once` around every pass, whichever code path runs it.
+        """
+        model = self.training_module.model
+        stack = contextlib.ExitStack()
+
+        def open_pass(module: nn.Module, args: Any) -> None:
+            stack.close()  # a pass that raised never reached close_pass
+            for mixing in self._mixings():
+                stack.enter_context(mixing.sample_once())
+
+        def close_pass(module: nn.Module, args: Any, output: Any) -> None:
+            stack.close()
+
+        self._pass_hooks = [model.register_forward_pre_hook(open_pass), model.register_forward_hook(close_pass)]
+
+    @contextlib.contextmanager
+    def _weights_held(self, active: bool) -> Iterator[None]:
+        """While SDARTS' perturbation holds weights in the alphas, the mixings pass them through."""
+        with contextlib.ExitStack() as stack:
+            if active:
+                for mixing in self._mixings():
+                    stack.enter_context(mixing.passthrough())
+            yield
 
     # --------------------------------------------------------------------------------------------- export
     def export(self) -> Dict[str, Any]:
@@ -236,7 +293,10 @@ class DartsSearchModule(DistributedArchSync, DartsLightningModule):
 
     def export_probs(self) -> Dict[str, Any]:
         self.apply_cell_settings()
-        return super().export_probs()
+        with contextlib.ExitStack() as stack:
+            for mixing in self._mixings():  # deterministic weights, never a random sample
+                stack.enter_context(mixing.deterministic())
+            return super().export_probs()
 
 
 class _frozen:

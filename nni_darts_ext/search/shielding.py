@@ -80,10 +80,12 @@ def _metric_snapshot(metric: Any) -> Dict[str, Any]:
 
 
 @contextlib.contextmanager
-def shielded_passes(module: nn.Module) -> Iterator[None]:
+def shielded_passes(module: nn.Module, *, buffers: bool = True) -> Iterator[None]:
     """Silence ``module.training_module``'s ``log``/``log_dict``; restore every buffer and metric state on exit.
 
-    ``module`` is a one-shot module (it has ``training_module``) or any ``nn.Module``.
+    ``module`` is a one-shot module (it has ``training_module``) or any ``nn.Module``. ``buffers=False`` leaves
+    buffers alone: for passes in eval mode, which change none, and whose backward still reads them (BatchNorm's
+    running statistics), so they must not be written before it runs.
 
     Example::
 
@@ -96,7 +98,8 @@ def shielded_passes(module: nn.Module) -> Iterator[None]:
     owners: List[Tuple[nn.Module, str, torch.Tensor]] = []
     metrics: List[Tuple[Any, Dict[str, Any]]] = []
     for owner in module.modules():
-        owners += [(owner, name, buf) for name, buf in owner._buffers.items() if buf is not None]
+        if buffers:
+            owners += [(owner, name, buf) for name, buf in owner._buffers.items() if buf is not None]
         if _Metric is not None and isinstance(owner, _Metric):
             metrics.append((owner, _metric_snapshot(owner)))
     originals = [buf for _, _, buf in owners]

@@ -27,8 +27,9 @@ import numbers
 import os
 import re
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from nni_darts_ext.arch import _coerce_arch
 from nni_darts_ext.constants import CELL_TYPES, FIRST_NODE, INPUTS_PER_NODE, NODES_PER_CELL, PRIMITIVES
@@ -270,7 +271,7 @@ def _render_matplotlib(arch: dict[str, Any], cells: Sequence[str], path: Any, fm
     width, height = _CELL_FIGSIZE
     fig = _new_figure((width * len(cells), height))
     axes = fig.subplots(1, len(cells), squeeze=False)[0]
-    for ax, cell in zip(axes, cells):
+    for ax, cell in zip(axes, cells, strict=True):
         _draw_cell_matplotlib(ax, arch, cell)
     if fmt is None:
         return fig
@@ -293,7 +294,7 @@ def _plot(arch: Any, cells: Sequence[str], path: Any, what: str):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def plot_cell(arch: Any, cell: str = "normal", path: "str | os.PathLike[str] | None" = None):
+def plot_cell(arch: Any, cell: str = "normal", path: str | os.PathLike[str] | None = None):
     """Draw one cell (``'normal'`` or ``'reduce'``) of an arch dict (either format) or Genotype.
 
     Writes ``path`` (.png, .svg or .pdf, atomically) and returns it as a :class:`~pathlib.Path`; with
@@ -310,7 +311,7 @@ def plot_cell(arch: Any, cell: str = "normal", path: "str | os.PathLike[str] | N
     return _plot(arch, [cell], path, f"the {cell} cell")
 
 
-def plot_cells(arch: Any, path: "str | os.PathLike[str] | None" = None):
+def plot_cells(arch: Any, path: str | os.PathLike[str] | None = None):
     """Draw the normal and the reduction cell side by side (two clusters with graphviz).
 
     Same formats, backends and return values as :func:`plot_cell`.
@@ -350,7 +351,7 @@ def _check_history(history: Any) -> list[dict[str, dict[str, float]]]:
     return list(history)
 
 
-def plot_alpha_history(history: Any, path: "str | os.PathLike[str] | None" = None):
+def plot_alpha_history(history: Any, path: str | os.PathLike[str] | None = None):
     """Plot the op probabilities of every edge over the epochs of a search, ``skip_connect`` highlighted.
 
     ``history`` has one entry per epoch, each the dict NNI's ``export_probs()`` returns:
@@ -374,7 +375,7 @@ def plot_alpha_history(history: Any, path: "str | os.PathLike[str] | None" = Non
     if all(matches):
         rows = sorted({(m["cell"], int(m["node"])) for m in matches}, key=lambda r: _edge_sort_key(f"{r[0]}/{r[1]}_0"))
         nrows, ncols = len(rows), 1 + max(int(m["input"]) for m in matches)
-        cells = {label: (rows.index((m["cell"], int(m["node"]))), int(m["input"])) for label, m in zip(labels, matches)}
+        cells = {label: (rows.index((m["cell"], int(m["node"]))), int(m["input"])) for label, m in zip(labels, matches, strict=True)}
     else:
         ncols = math.ceil(math.sqrt(len(labels)))
         nrows = math.ceil(len(labels) / ncols)

@@ -28,12 +28,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
 import typing
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -90,13 +91,13 @@ class DatasetSection:
 
     name: str = MISSING
     # Folder holding cifar-10-batches-py (ignored for digits). Relative paths are relative to the working folder.
-    data_dir: Optional[str] = MISSING
-    # Input size in pixels; null: the dataset's own (32 for CIFAR-10, 16 for digits). CIFAR-10 only takes 32.
-    image_size: Optional[int] = MISSING
+    data_dir: str | None = MISSING
+    # Input size in pixels; null: the default (32 for CIFAR-10, 16 for digits). CIFAR-10 only takes 32.
+    image_size: int | None = MISSING
     # DataLoader worker processes.
     num_workers: int = MISSING
     # Use at most this many images of each split (a seeded random subset): for smoke tests; null: all.
-    max_samples: Optional[int] = MISSING
+    max_samples: int | None = MISSING
 
 
 @dataclass(frozen=True)
@@ -119,15 +120,15 @@ class SearchSection:
     arc_weight_decay: float = MISSING
     warmup_epochs: int = MISSING
     # PC-DARTS: 1/K of each edge's channels go through the candidate ops; null for other strategies.
-    partial_channels: Optional[int] = MISSING
+    partial_channels: int | None = MISSING
     # Architecture-gradient order, 1 or 2; null: the strategy preset's own.
-    order: Optional[int] = None
+    order: int | None = None
     # Extra keyword arguments for the strategy preset (nni_darts_ext.strategies.darts_strategy).
     strategy_options: dict[str, Any] = field(default_factory=dict)
     # Epochs between Hessian-eigenvalue health checks of the architecture; 0: off.
     hessian_every: int = 0
     # null: run every epoch; "hessian": stop early when the Hessian health check says the search degenerates.
-    early_stop: Optional[str] = None
+    early_stop: str | None = None
 
 
 @dataclass(frozen=True)
@@ -145,9 +146,9 @@ class RetrainSection:
     auxiliary_weight: float = MISSING
     drop_path_prob: float = MISSING
     # Cutout side in pixels; null: no cutout.
-    cutout: Optional[int] = MISSING
+    cutout: int | None = MISSING
     # Gradient-norm clip; null: no clipping.
-    gradient_clip: Optional[float] = MISSING
+    gradient_clip: float | None = MISSING
 
 
 @dataclass(frozen=True)
@@ -155,7 +156,7 @@ class ExportSection:
     """How the searched architecture is read off the architecture weights."""
 
     # At most this many skip connections in the exported normal cell (P-DARTS); null: no limit.
-    max_skip_connects: Optional[int] = None
+    max_skip_connects: int | None = None
 
 
 @dataclass(frozen=True)
@@ -210,9 +211,13 @@ def _sections() -> dict[str, type]:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def _is_union(tp: Any) -> bool:
+    return typing.get_origin(tp) in (typing.Union, types.UnionType)
+
+
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
-    if origin is typing.Union:
+    if _is_union(tp):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         return f"{_type_name(args[0])} or null"
     if origin is tuple:
@@ -244,7 +249,7 @@ def _describe(value: Any) -> str:
 def _check_type(key: str, value: Any, tp: Any) -> None:
     """RecipeError naming ``key`` unless ``value`` (plain, resolved) is of type ``tp``; int is accepted as float."""
     origin = typing.get_origin(tp)
-    if origin is typing.Union:
+    if _is_union(tp):
         if value is not None:
             try:
                 _check_type(key, value, next(a for a in typing.get_args(tp) if a is not type(None)))
@@ -255,7 +260,7 @@ def _check_type(key: str, value: Any, tp: Any) -> None:
         args = typing.get_args(tp)
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise RecipeError(f"{key}: expected a list {_type_name(tp)}, got {_describe(value)}")
-        for i, (item, arg) in enumerate(zip(value, args)):
+        for i, (item, arg) in enumerate(zip(value, args, strict=True)):
             _check_type(f"{key}[{i}]", item, arg)
         return
     if origin is dict:
@@ -310,8 +315,12 @@ def _recipe_error(exc: OmegaConfBaseException) -> RecipeError:
         return RecipeError(f"{key}: unknown key; {known}")
     if isinstance(exc, MissingMandatoryValue) and key:
         return RecipeError(f"{key}: missing (every key without a default must be set; `extends: paper` fills them in)")
-    reason = _one_line(str(exc).split("\n    full_key:")[0])
-    return RecipeError(f"{key}: {reason}" if key else reason)
+    return RecipeError(f"{key}: {_reason(exc)}" if key else _reason(exc))
+
+
+def _reason(exc: OmegaConfBaseException) -> str:
+    """OmegaConf's message on one line, without its ``full_key: ...`` context lines."""
+    return _one_line(str(exc).split("\n    full_key:")[0])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -418,7 +427,7 @@ def _raw_recipe(name_or_path: str | Path, depth: int = 0) -> tuple[DictConfig, s
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """``"a.b=value"`` → ``("a.b", parsed value)``; the value is YAML (``10``, ``0.1``, ``3e-4``, ``null``, ``[0.5, 0.9]``).
+    """``"a.b=value"`` → ``("a.b", parsed value)``; the value is YAML (``10``, ``3e-4``, ``null``, ``[0.5, 0.9]``).
 
     ``${...}`` interpolations are kept as text and resolved against the whole recipe when it is built.
 
@@ -435,7 +444,10 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise RecipeError(f"--set {text}: empty key")
     if not value_text.strip():
         raise RecipeError(f"--set {key}: empty value (write {key}=null for null)")
-    parsed = _parse_yaml(f"value: {value_text.strip()}", f"--set {key}")
+    try:
+        parsed = _parse_yaml(f"value: {value_text.strip()}", f"--set {key}")
+    except RecipeError as exc:
+        raise RecipeError(str(exc).replace(f"--set {key}: value: ", f"--set {key}: ", 1)) from None
     return key, OmegaConf.to_container(parsed, resolve=False)["value"]
 
 
@@ -568,7 +580,8 @@ def _validate_search(s: SearchSection) -> None:
         _at_least("search.partial_channels", s.partial_channels, 1)
         if s.strategy != "pc-darts":
             raise RecipeError(
-                f"search.partial_channels: only used by strategy 'pc-darts' (strategy is {s.strategy!r}); set it to null"
+                "search.partial_channels: only used by strategy 'pc-darts' "
+                f"(strategy is {s.strategy!r}); set it to null"
             )
         if s.width % s.partial_channels:
             raise RecipeError(f"search.partial_channels: {s.partial_channels} does not divide search.width {s.width}")

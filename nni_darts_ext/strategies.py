@@ -107,7 +107,6 @@ def _first_order(**overrides: Any) -> DARTS:
     return LeanDARTS(**_merge(FIRST_ORDER_DEFAULTS, overrides))
 
 
-# ---- pc-darts (owner: partial_channel.py) ----------------------------------------------------------------------
 # PC-DARTS (Xu et al., ICLR 2020; github:yuhuixu1993/PC-DARTS train_search.py): K = 4, edge normalisation,
 # arch lr 6e-4, grad clip 5. The paper's 15 warm-up epochs depend on the epoch budget: pass warmup_epochs=.
 PC_DARTS_DEFAULTS: Dict[str, Any] = {
@@ -129,10 +128,8 @@ def _pc_darts(**overrides: Any) -> Any:
     from .partial_channel import PCDARTS
 
     return PCDARTS(**_merge(PC_DARTS_DEFAULTS, overrides))
-# ---- end pc-darts ----------------------------------------------------------------------------------------------
 
 
-# ---- second-order (owner: second_order.py) ---------------------------------------------------------------------
 @register_strategy("second-order")
 def _second_order(**overrides: Any) -> SecondOrderDARTS:
     """Second-order (unrolled) DARTS, the paper's DARTS (2nd): same defaults as first-order, plus ``hessian_eps``.
@@ -141,4 +138,3 @@ def _second_order(**overrides: Any) -> SecondOrderDARTS:
     ``gradient_clip_val``, ``warmup_epochs``, ``log_prob_every_n_step``, ``penalty``, ``mutation_hooks``).
     """
     return SecondOrderDARTS(**_merge(FIRST_ORDER_DEFAULTS, overrides))
-# ---- end second-order ------------------------------------------------------------------------------------------

@@ -175,7 +175,8 @@ def nni_like_history(epochs: int = 4) -> list[dict[str, dict[str, float]]]:
         for cell in ("normal", "reduce"):
             for node in range(2, 6):
                 for source in range(node):
-                    logits = {op: (epoch * 0.8 if op == "skip_connect" else 0.1 * index) for index, op in enumerate(PRIMITIVES)}
+                    logits = {op: (epoch * 0.8 if op == "skip_connect" else 0.1 * index)
+                              for index, op in enumerate(PRIMITIVES)}
                     total = sum(math.exp(v) for v in logits.values())
                     probs[f"{cell}/{node}_{source}"] = {op: math.exp(v) / total for op, v in logits.items()}
         history.append(probs)

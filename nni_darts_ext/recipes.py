@@ -453,6 +453,8 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 def _set_key(config: DictConfig, key: str, value: Any) -> None:
     """``config`` with the dotted ``key`` set to ``value``; RecipeError for a section or an unknown key."""
+    if not isinstance(key, str) or not key:
+        raise RecipeError(f"override {key!r}: expected a dotted key such as 'retrain.epochs'")
     sections = _sections()
     section, _, name = key.partition(".")
     if not name and section in sections:

@@ -444,6 +444,8 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise RecipeError(f"--set {text}: empty key")
     if not value_text.strip():
         raise RecipeError(f"--set {key}: empty value (write {key}=null for null)")
+    if "\n" in value_text.strip():
+        raise RecipeError(f"--set {key}: the value must be one line (a YAML flow value such as [0.5, 0.9])")
     try:
         parsed = _parse_yaml(f"value: {value_text.strip()}", f"--set {key}")
     except RecipeError as exc:

@@ -175,7 +175,7 @@ def test_overrides_parse_yaml_and_type_check():
     assert r.dataset.data_dir == "/tmp/x" and r.seed == 7
     assert parse_override("retrain.epochs=10") == ("retrain.epochs", 10)
     assert parse_override("search.learning_rate=1e-3") == ("search.learning_rate", 1e-3)
-    for bad in ("retrain.epochs", "=3", "retrain.epochs="):
+    for bad in ("retrain.epochs", "=3", "retrain.epochs=", "retrain.epochs=3\nseed: 1"):
         with pytest.raises(RecipeError):
             parse_override(bad)
     with pytest.raises(RecipeError, match="is a section"):

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
+from pathlib import Path
 
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from omegaconf import MISSING
 
 from nni_darts_ext.recipes import (
+    ExportSection,
     Recipe,
     RecipeError,
+    SearchSection,
     apply_overrides,
     list_recipes,
     load_recipe,
@@ -328,3 +333,12 @@ def test_extends_by_absolute_path_and_a_later_key_wins(tmp_path):
     (tmp_path / "dup.yaml").write_text("name: a\nname: b\n")
     with pytest.raises(RecipeError, match="not valid YAML"):
         load_recipe(tmp_path / "dup.yaml")
+
+
+def test_every_option_with_a_default_is_documented_in_the_readme():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("## Recipes"):readme.index("## Reliability")]
+    for prefix, cls in (("search", SearchSection), ("export", ExportSection)):
+        for f in dataclasses.fields(cls):
+            if f.default is not MISSING or f.default_factory is not dataclasses.MISSING:
+                assert f"`{prefix}.{f.name}`" in section, f.name

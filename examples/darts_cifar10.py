@@ -70,7 +70,13 @@ def main(argv: list[str] | None = None) -> int:
     import pytorch_lightning as pl
 
     from nni_darts_ext import (
-        build_model, darts_evaluator, darts_strategy, get_dataset, normalize_arch, plot_cells, save_arch,
+        build_model,
+        darts_evaluator,
+        darts_strategy,
+        get_dataset,
+        normalize_arch,
+        plot_cells,
+        save_arch,
         search_dataloaders,
     )
     from nni_darts_ext._compat import import_nni_quietly

@@ -1,6 +1,6 @@
 """Shims that let NNI 3.0 run quietly and correctly on today's torch / Lightning stack.
 
-Nothing here changes NNI's behaviour; it only absorbs the breakages listed in NNI-NOTES:
+Nothing here changes NNI's behaviour; it only absorbs two breakages of NNI 3.0 on newer torch and Lightning:
 
 * NNI warns at import that two torch 2.14 classes are "not a nn.Module": harmless, filtered by message.
 * ``Trainer(gpus=N)`` is gone in Lightning 2: :func:`resolve_gpus` maps it to ``accelerator``/``devices``.
@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 __all__ = ["import_nni_quietly", "resolve_gpus"]
 

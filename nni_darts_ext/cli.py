@@ -33,9 +33,9 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell convention (SIGTERM: 143)
 # written checkpoints and config.yaml), so a script can tell "fix the command" from "resume with other settings".
 EXIT_DIVERGED = 1
 DEFAULT_DEMO_OUT = "runs/demo"
-# The demo's nets (width 4-16 at 16x16) are too small for intra-op parallelism to pay, and on a 2-core machine two
-# torch threads made each step several times slower as soon as anything else ran (OpenMP threads waiting on a
-# busy core). One thread, unless --threads says otherwise.
+# The demo's nets (width 4-16 at 8x8) are too small for intra-op parallelism to pay, and several torch threads make
+# each step slower as soon as other work shares the cores (OpenMP threads wait on busy cores; measured figures in
+# the README, "Performance"). One thread, unless --threads says otherwise.
 DEMO_THREADS = 1
 _ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 _LIGHTNING_LOGGERS = ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning")

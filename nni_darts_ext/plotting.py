@@ -27,8 +27,9 @@ import numbers
 import os
 import re
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from nni_darts_ext.arch import _coerce_arch
 from nni_darts_ext.constants import CELL_TYPES, FIRST_NODE, INPUTS_PER_NODE, NODES_PER_CELL, PRIMITIVES
@@ -51,13 +52,26 @@ _GRAPHVIZ_PNG_DPI = 96
 # Matplotlib layout: distance between layers and between nodes of one layer (data units), edge curvature.
 _LAYER_GAP = 3.4
 _ROW_GAP = 1.5
-# Candidate bends (matplotlib arc3 ``rad``) of an edge and positions of its label along it (0 = source, 1 = target),
-# in order of preference.
+# Candidate bends (matplotlib arc3 ``rad``) of an edge, in order of preference, and the points along a curve
+# (0 = source, 1 = target) at which its distance from other nodes is measured.
 _EDGE_BENDS = (0.15, -0.15, 0.3, -0.3, 0.45, -0.45)
-_LABEL_POSITIONS = (0.6, 0.5, 0.7, 0.4, 0.75, 0.3)
-# An op label is about this many times wider than tall (for keeping labels apart).
-_LABEL_ASPECT = 3.0
-_CELL_FIGSIZE = (9.0, 5.0)
+_CURVE_SAMPLES = tuple(i / 20 for i in range(2, 19))
+# Positions of an op label along its edge, in order of preference: the first whose box overlaps no node and no
+# label placed before is taken (else the one that overlaps least).
+_LABEL_POSITIONS = (0.6, 0.5, 0.7, 0.4, 0.75, 0.3, 0.8, 0.25, 0.65, 0.55, 0.45, 0.35, 0.85, 0.2)
+# Font sizes (points) of node and op labels; margins around the curves (data units); scale of the drawing.
+_NODE_FONT_SIZE = 12
+_LABEL_FONT_SIZE = 8
+_X_MARGIN = 0.8
+_Y_MARGIN = 0.5
+_INCHES_PER_UNIT = 0.55
+_TITLE_HEIGHT = 0.5
+# Free space kept around node boxes and labels (points), and the figure's points per inch.
+_LABEL_PAD_POINTS = 1.5
+_POINTS_PER_INCH = 72
+# A drawing whose labels overlap is redrawn with the layers this factor farther apart, at most this many times.
+_SPREAD_FACTOR = 1.25
+_MAX_SPREADS = 4
 # Alpha-history grid: inches per subplot, and the highlighted op (DARTS collapses onto it; Zela et al. 2020).
 _ALPHA_SUBPLOT_SIZE = (2.4, 1.7)
 _HIGHLIGHT_OP = "skip_connect"
@@ -177,7 +191,7 @@ def _render_graphviz(graph, path: Any, fmt: str | None):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _layout(edges: list[tuple[str, str, str]]) -> dict[str, tuple[float, float]]:
+def _layout(edges: list[tuple[str, str, str]], layer_gap: float = _LAYER_GAP) -> dict[str, tuple[float, float]]:
     """Layered positions: inputs in layer 0, each node one layer right of its deepest input, output last."""
     depth = {label: 0 for label in _INPUT_LABELS}
     for i in range(NODES_PER_CELL):
@@ -190,7 +204,7 @@ def _layout(edges: list[tuple[str, str, str]]) -> dict[str, tuple[float, float]]
     positions = {}
     for d, labels in layers.items():
         for row, label in enumerate(labels):
-            positions[label] = (d * _LAYER_GAP, ((len(labels) - 1) / 2 - row) * _ROW_GAP)
+            positions[label] = (d * layer_gap, ((len(labels) - 1) / 2 - row) * _ROW_GAP)
     return positions
 
 
@@ -205,32 +219,81 @@ def _bezier(p0: tuple[float, float], p2: tuple[float, float], rad: float, t: flo
     )
 
 
-def _clearance(point: tuple[float, float], obstacles: list[tuple[float, float]], x_scale: float = 1.0) -> float:
-    """Distance to the nearest obstacle, horizontal distances divided by ``x_scale`` (labels are wide)."""
-    return min(
-        (math.hypot((point[0] - x) / x_scale, point[1] - y) for x, y in obstacles), default=math.inf
-    )
+def _clearance(point: tuple[float, float], obstacles: list[tuple[float, float]]) -> float:
+    """Distance from ``point`` to the nearest of ``obstacles`` (inf when there are none)."""
+    return min((math.hypot(point[0] - x, point[1] - y) for x, y in obstacles), default=math.inf)
 
 
-def _draw_cell_matplotlib(ax, arch: dict[str, Any], cell: str) -> None:
-    edges = _cell_edges(arch, cell)
-    positions = _layout(edges)
-    labels_at: list[tuple[float, float]] = []
-    curve_points: list[tuple[float, float]] = list(positions.values())
-    used_bends: set[tuple[str, str, float]] = set()
-    for source, target, op in edges:
+def _overlap(box, other) -> float:
+    """Area shared by two display-space boxes (matplotlib ``Bbox``), 0 when they are apart."""
+    width = min(box.x1, other.x1) - max(box.x0, other.x0)
+    height = min(box.y1, other.y1) - max(box.y0, other.y0)
+    return max(width, 0.0) * max(height, 0.0)
+
+
+def _choose_bends(
+    edges: list[tuple[str, str, str]], positions: dict[str, tuple[float, float]]
+) -> list[float]:
+    """Per edge, the bend that keeps its curve farthest from the nodes it passes (dot routes around them; this
+    is the cheap version), never the bend of an identical (source, target) edge chosen before."""
+    bends: list[float] = []
+    used: set[tuple[str, str, float]] = set()
+    for source, target, _ in edges:
         start, end = positions[source], positions[target]
         others = [xy for label, xy in positions.items() if label not in (source, target)]
-        # Pick the bend that keeps the curve farthest from the nodes it passes (dot routes around them; this
-        # is the cheap version), never the bend of an identical (source, target) edge drawn before.
-        samples = [i / 20 for i in range(2, 19)]
-        candidates = [r for r in _EDGE_BENDS if (source, target, r) not in used_bends] if op else [0.0]
+        candidates = [r for r in _EDGE_BENDS if (source, target, r) not in used]
         rad = max(
             candidates,
-            key=lambda r: (round(min(_clearance(_bezier(start, end, r, t), others) for t in samples), 1), -abs(r)),
+            key=lambda r: (
+                round(min(_clearance(_bezier(start, end, r, t), others) for t in _CURVE_SAMPLES), 1),
+                -abs(r),
+            ),
         )
-        used_bends.add((source, target, rad))
-        curve_points.extend(_bezier(start, end, rad, t) for t in samples)
+        used.add((source, target, rad))
+        bends.append(rad)
+    return bends
+
+
+def _cell_plan(arch: dict[str, Any], cell: str, layer_gap: float) -> dict[str, Any]:
+    """Positions, edges, bends and data limits of one cell's drawing, layers ``layer_gap`` data units apart."""
+    edges = _cell_edges(arch, cell)
+    positions = _layout(edges, layer_gap)
+    bends = _choose_bends(edges, positions)
+    points = list(positions.values())
+    for (source, target, _), rad in zip(edges, bends, strict=True):
+        points.extend(_bezier(positions[source], positions[target], rad, t) for t in _CURVE_SAMPLES)
+    xs, ys = [x for x, _ in points], [y for _, y in points]
+    limits = ((min(xs) - _X_MARGIN, max(xs) + _X_MARGIN), (min(ys) - _Y_MARGIN, max(ys) + _Y_MARGIN))
+    return {"cell": cell, "edges": edges, "positions": positions, "bends": bends, "limits": limits}
+
+
+def _draw_cell_matplotlib(ax, plan: dict[str, Any]) -> float:
+    """Draw a :func:`_cell_plan`; each op label goes where its box overlaps no node and no other label.
+
+    Returns the area (display units) by which labels still overlap nodes or each other: 0 when all are free.
+    """
+    edges, positions, bends = plan["edges"], plan["positions"], plan["bends"]
+    (x0, x1), (y0, y1) = plan["limits"]
+    ax.set_xlim(x0, x1)
+    ax.set_ylim(y0, y1)
+    ax.set_aspect("equal", adjustable="box")
+    ax.set_axis_off()
+    ax.set_title(_CELL_TITLES[plan["cell"]])
+    ax.apply_aspect()  # final data -> display transform: label boxes are measured with it
+    renderer = ax.figure.canvas.get_renderer()
+    pad = _LABEL_PAD_POINTS * ax.figure.dpi / _POINTS_PER_INCH
+    taken = []  # display boxes of the nodes and of the labels placed so far
+    for label, (x, y) in positions.items():
+        kind = "input" if label in _INPUT_LABELS else "output" if label == _OUTPUT_LABEL else "node"
+        text = ax.text(
+            x, y, f"${label}$" if kind != "node" else label, ha="center", va="center", fontsize=_NODE_FONT_SIZE,
+            zorder=5, bbox=dict(boxstyle="round,pad=0.4", fc=_MPL_COLORS[kind], ec="black", lw=1.5),
+        )
+        taken.append(text.get_window_extent(renderer).padded(pad))
+    node_points = list(positions.values())
+    overlap = 0.0
+    for (source, target, op), rad in zip(edges, bends, strict=True):
+        start, end = positions[source], positions[target]
         ax.annotate(
             "", xy=end, xytext=start,
             arrowprops=dict(
@@ -239,39 +302,43 @@ def _draw_cell_matplotlib(ax, arch: dict[str, Any], cell: str) -> None:
             ),
             zorder=1,
         )
-        if op:
-            # Label where it is farthest from nodes and from the labels placed so far.
-            obstacles = list(positions.values()) + labels_at
-            t = max(
-                _LABEL_POSITIONS,
-                key=lambda t: round(_clearance(_bezier(start, end, rad, t), obstacles, _LABEL_ASPECT), 1),
-            )
-            labels_at.append(_bezier(start, end, rad, t))
-            ax.text(
-                *labels_at[-1], op, ha="center", va="center", fontsize=8, zorder=4,
-                bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.85),
-            )
-    for label, (x, y) in positions.items():
-        kind = "input" if label in _INPUT_LABELS else "output" if label == _OUTPUT_LABEL else "node"
-        ax.text(
-            x, y, f"${label}$" if kind != "node" else label, ha="center", va="center", fontsize=12, zorder=5,
-            bbox=dict(boxstyle="round,pad=0.4", fc=_MPL_COLORS[kind], ec="black", lw=1.5),
+        if not op:
+            continue
+        text = ax.text(
+            *start, op, ha="center", va="center", fontsize=_LABEL_FONT_SIZE, zorder=4,
+            bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.9),
         )
-    xs = [x for x, _ in curve_points]
-    ys = [y for _, y in curve_points]
-    ax.set_xlim(min(xs) - 0.8, max(xs) + 0.8)
-    ax.set_ylim(min(ys) - 0.5, max(ys) + 0.5)
-    ax.set_aspect("equal", adjustable="box")
-    ax.set_axis_off()
-    ax.set_title(_CELL_TITLES[cell])
+        best = None
+        for t in _LABEL_POSITIONS:  # in order of preference; the first free place wins
+            point = _bezier(start, end, rad, t)
+            text.set_position(point)
+            box = text.get_window_extent(renderer)
+            score = (round(sum(_overlap(box, other) for other in taken), 1), -_clearance(point, node_points))
+            if best is None or score < best[0]:
+                best = (score, point, box)
+            if score[0] == 0:
+                break
+        text.set_position(best[1])
+        taken.append(best[2].padded(pad))
+        overlap += best[0][0]
+    return overlap
 
 
 def _render_matplotlib(arch: dict[str, Any], cells: Sequence[str], path: Any, fmt: str | None):
-    width, height = _CELL_FIGSIZE
-    fig = _new_figure((width * len(cells), height))
-    axes = fig.subplots(1, len(cells), squeeze=False)[0]
-    for ax, cell in zip(axes, cells):
-        _draw_cell_matplotlib(ax, arch, cell)
+    # A crowded cell (many labelled edges between two layers) gets its layers spread until every label is free.
+    for attempt in range(_MAX_SPREADS + 1):
+        layer_gap = _LAYER_GAP * _SPREAD_FACTOR**attempt
+        plans = [_cell_plan(arch, cell, layer_gap) for cell in cells]
+        # Figure size follows the drawings (data units at a fixed scale): labels keep their size against the nodes.
+        widths = [(x1 - x0) * _INCHES_PER_UNIT for (x0, x1), _ in (plan["limits"] for plan in plans)]
+        height = max((y1 - y0) * _INCHES_PER_UNIT for _, (y0, y1) in (plan["limits"] for plan in plans))
+        fig = _new_figure((sum(widths), height + _TITLE_HEIGHT))
+        axes = fig.subplots(1, len(plans), squeeze=False, gridspec_kw={"width_ratios": widths})[0]
+        overlap = sum(_draw_cell_matplotlib(ax, plan) for ax, plan in zip(axes, plans, strict=True))
+        if overlap == 0:
+            break
+    else:
+        _logger.warning("some edge labels of the cell drawing overlap (%.0f px^2 after spreading the layers)", overlap)
     if fmt is None:
         return fig
     return _save_figure(fig, path, fmt)
@@ -293,7 +360,7 @@ def _plot(arch: Any, cells: Sequence[str], path: Any, what: str):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def plot_cell(arch: Any, cell: str = "normal", path: "str | os.PathLike[str] | None" = None):
+def plot_cell(arch: Any, cell: str = "normal", path: str | os.PathLike[str] | None = None):
     """Draw one cell (``'normal'`` or ``'reduce'``) of an arch dict (either format) or Genotype.
 
     Writes ``path`` (.png, .svg or .pdf, atomically) and returns it as a :class:`~pathlib.Path`; with
@@ -310,7 +377,7 @@ def plot_cell(arch: Any, cell: str = "normal", path: "str | os.PathLike[str] | N
     return _plot(arch, [cell], path, f"the {cell} cell")
 
 
-def plot_cells(arch: Any, path: "str | os.PathLike[str] | None" = None):
+def plot_cells(arch: Any, path: str | os.PathLike[str] | None = None):
     """Draw the normal and the reduction cell side by side (two clusters with graphviz).
 
     Same formats, backends and return values as :func:`plot_cell`.
@@ -350,7 +417,7 @@ def _check_history(history: Any) -> list[dict[str, dict[str, float]]]:
     return list(history)
 
 
-def plot_alpha_history(history: Any, path: "str | os.PathLike[str] | None" = None):
+def plot_alpha_history(history: Any, path: str | os.PathLike[str] | None = None):
     """Plot the op probabilities of every edge over the epochs of a search, ``skip_connect`` highlighted.
 
     ``history`` has one entry per epoch, each the dict NNI's ``export_probs()`` returns:
@@ -374,7 +441,10 @@ def plot_alpha_history(history: Any, path: "str | os.PathLike[str] | None" = Non
     if all(matches):
         rows = sorted({(m["cell"], int(m["node"])) for m in matches}, key=lambda r: _edge_sort_key(f"{r[0]}/{r[1]}_0"))
         nrows, ncols = len(rows), 1 + max(int(m["input"]) for m in matches)
-        cells = {label: (rows.index((m["cell"], int(m["node"]))), int(m["input"])) for label, m in zip(labels, matches)}
+        cells = {
+            label: (rows.index((m["cell"], int(m["node"]))), int(m["input"]))
+            for label, m in zip(labels, matches, strict=True)
+        }
     else:
         ncols = math.ceil(math.sqrt(len(labels)))
         nrows = math.ceil(len(labels) / ncols)

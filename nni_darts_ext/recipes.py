@@ -1,19 +1,21 @@
-"""Named, typed DARTS protocols: YAML recipes shipped with the package, loaded into dataclasses.
+"""Named, typed DARTS protocols: YAML recipes shipped with the package, loaded as OmegaConf structured configs.
 
-A recipe records a whole search + retrain protocol (data, search, retrain, seed), every number commented with its
-source in the YAML file. :func:`load_recipe` takes a shipped name (``paper``, ``tutorial``, ``pc-darts``,
+A recipe records a whole search + retrain protocol (data, search, retrain, export, seed), every number commented
+with its source in the YAML file. :func:`load_recipe` takes a shipped name (``paper``, ``tutorial``, ``pc-darts``,
 ``demo``) or a path, applies dotted ``--set`` style overrides and validates everything, raising
 :class:`RecipeError` (a ``ValueError``) with one line that names the offending key.
 
-Rules:
+OmegaConf does the configuration work: reading YAML, merging an ``extends:`` chain, dotted overrides,
+``${...}`` interpolation, the schema (the dataclasses below: unknown keys, missing keys, defaults) and building
+the typed objects. This module adds the checks that are ours:
 
-* Every key of the schema (:class:`Recipe`, :class:`DatasetSection`, :class:`SearchSection`,
-  :class:`RetrainSection`) must be present; a user file can start from a shipped one with ``extends: paper``
-  and list only what it changes. Unknown keys are errors.
-* Types are strict: ``bool`` is not an ``int``, a float is not an ``int`` (``epochs: 50.0`` is an error), a
-  string is never a number. An ``int`` is accepted where a float is expected (``eta_min: 0``).
-* YAML 1.1 reads ``3e-4`` as a string; recipes and overrides are parsed with ``yaml.SafeLoader`` plus the usual
-  float resolver, so ``3e-4`` is a float (quoted ``'3e-4'`` stays a string and is rejected as one).
+* Every key without a default must be set; a user file can start from a shipped one with ``extends: paper``
+  (a shipped name, or a path relative to the file) and list only what it changes. Unknown keys are errors.
+* Types are strict, stricter than OmegaConf's conversions: ``bool`` is not an ``int``, a float is not an ``int``
+  (``epochs: 50.0`` is an error), a string is never a number and a number never a string. An ``int`` is
+  accepted where a float is expected (``eta_min: 0``).
+* Ranges and consistency (:func:`validate`): known datasets and strategy presets, learning rates > 0, ...
+* ``3e-4`` is a float (OmegaConf's YAML loader); quoted ``'3e-4'`` stays a string and is rejected as one.
 
 Example::
 
@@ -26,14 +28,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
+import types
 import typing
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Sequence, Tuple
+from typing import Any
 
 import yaml
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
 from .constants import CIFAR10_IMAGE_SIZE, DIGITS_IMAGE_SIZE, MIN_NUM_CELLS
 
@@ -43,20 +48,31 @@ __all__ = [
     "DatasetSection",
     "SearchSection",
     "RetrainSection",
+    "ExportSection",
     "list_recipes",
     "recipe_text",
     "load_recipe",
     "apply_overrides",
     "parse_override",
+    "validate",
+    "ARCHITECTURE_ORDERS",
+    "EARLY_STOP_RULES",
 ]
 
-#: The recipe the CLI uses when none is named: small enough for a 2-core CPU.
+#: The recipe the CLI uses when none is named: the smallest, a few minutes on a CPU.
 DEFAULT_RECIPE = "demo"
+#: ``search.order``: first-order (1) or second-order, unrolled (2) architecture gradients (DARTS paper, Sec. 2.3).
+ARCHITECTURE_ORDERS = (1, 2)
+#: ``search.early_stop``: ``"hessian"`` stops when the dominant Hessian eigenvalue grows (RobustDARTS, DARTS-ES).
+EARLY_STOP_RULES = ("hessian",)
 # Package data: nni_darts_ext/recipes/*.yaml (a folder beside this module, not a package).
 _RECIPE_FOLDER = "recipes"
 _SUFFIXES = (".yaml", ".yml")
 # `extends:` chains longer than this are refused (they are almost certainly a cycle).
 _MAX_EXTENDS_DEPTH = 8
+_EXTENDS = "extends"
+# Longest value text quoted in an error message.
+_MAX_QUOTED_CHARS = 40
 
 
 class RecipeError(ValueError):
@@ -64,40 +80,8 @@ class RecipeError(ValueError):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# YAML: SafeLoader + the usual fix for YAML 1.1 floats without a dot (3e-4, 1e5)
-# ----------------------------------------------------------------------------------------------------------------
-
-
-class _Loader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that reads ``3e-4`` as a float (PyYAML, YAML 1.1, needs ``3.0e-4``)."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(
-        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-            |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-            |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
-            |[-+]?\.(?:inf|Inf|INF)
-            |\.(?:nan|NaN|NAN))$""",
-        re.X,
-    ),
-    list("-+0123456789."),
-)
-
-
-def _yaml_load(text: str, where: str) -> Any:
-    try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or type(exc).__name__
-        raise RecipeError(f"{where}: not valid YAML ({problem}{at})") from None
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Schema. No defaults for numbers: the shipped YAML files are the record (each number with its source).
+# Schema. The protocol's numbers have no defaults (MISSING): the shipped YAML files are the record, each number
+# with its source. Options added later have defaults that keep the protocol unchanged, so older files stay valid.
 # ----------------------------------------------------------------------------------------------------------------
 
 
@@ -105,70 +89,87 @@ def _yaml_load(text: str, where: str) -> Any:
 class DatasetSection:
     """Which data, where. ``name``: ``cifar10`` or ``digits``."""
 
-    name: str
+    name: str = MISSING
     # Folder holding cifar-10-batches-py (ignored for digits). Relative paths are relative to the working folder.
-    data_dir: Optional[str]
-    # Input size in pixels; null: the dataset's own (32 for CIFAR-10, 16 for digits). CIFAR-10 only takes 32.
-    image_size: Optional[int]
+    data_dir: str | None = MISSING
+    # Input size in pixels; null: the default (32 for CIFAR-10, 16 for digits). CIFAR-10 only takes 32.
+    image_size: int | None = MISSING
     # DataLoader worker processes.
-    num_workers: int
+    num_workers: int = MISSING
     # Use at most this many images of each split (a seeded random subset): for smoke tests; null: all.
-    max_samples: Optional[int]
+    max_samples: int | None = MISSING
 
 
 @dataclass(frozen=True)
 class SearchSection:
     """The one-shot search: supernet size, weight optimizer (SGD + cosine), architecture optimizer (Adam)."""
 
-    strategy: str
-    cells: int
-    width: int
-    epochs: int
-    batch_size: int
-    train_fraction: float
-    learning_rate: float
-    momentum: float
-    weight_decay: float
-    eta_min: float
-    gradient_clip: float
-    arc_learning_rate: float
-    arc_betas: Tuple[float, float]
-    arc_weight_decay: float
-    warmup_epochs: int
+    strategy: str = MISSING
+    cells: int = MISSING
+    width: int = MISSING
+    epochs: int = MISSING
+    batch_size: int = MISSING
+    train_fraction: float = MISSING
+    learning_rate: float = MISSING
+    momentum: float = MISSING
+    weight_decay: float = MISSING
+    eta_min: float = MISSING
+    gradient_clip: float = MISSING
+    arc_learning_rate: float = MISSING
+    arc_betas: tuple[float, float] = MISSING
+    arc_weight_decay: float = MISSING
+    warmup_epochs: int = MISSING
     # PC-DARTS: 1/K of each edge's channels go through the candidate ops; null for other strategies.
-    partial_channels: Optional[int]
+    partial_channels: int | None = MISSING
+    # Architecture-gradient order, 1 or 2; null: the strategy preset's own.
+    order: int | None = None
+    # Extra keyword arguments for the strategy preset (nni_darts_ext.strategies.darts_strategy).
+    strategy_options: dict[str, Any] = field(default_factory=dict)
+    # Epochs between Hessian-eigenvalue health checks of the architecture; 0: off.
+    hessian_every: int = 0
+    # null: run every epoch; "hessian": stop early when the Hessian health check says the search degenerates.
+    early_stop: str | None = None
 
 
 @dataclass(frozen=True)
 class RetrainSection:
     """The fixed network trained from scratch on the whole training set, then tested."""
 
-    cells: int
-    width: int
-    epochs: int
-    batch_size: int
-    learning_rate: float
-    momentum: float
-    weight_decay: float
-    eta_min: float
-    auxiliary_weight: float
-    drop_path_prob: float
+    cells: int = MISSING
+    width: int = MISSING
+    epochs: int = MISSING
+    batch_size: int = MISSING
+    learning_rate: float = MISSING
+    momentum: float = MISSING
+    weight_decay: float = MISSING
+    eta_min: float = MISSING
+    auxiliary_weight: float = MISSING
+    drop_path_prob: float = MISSING
     # Cutout side in pixels; null: no cutout.
-    cutout: Optional[int]
+    cutout: int | None = MISSING
     # Gradient-norm clip; null: no clipping.
-    gradient_clip: Optional[float]
+    gradient_clip: float | None = MISSING
+
+
+@dataclass(frozen=True)
+class ExportSection:
+    """How the searched architecture is read off the architecture weights."""
+
+    # At most this many skip connections in the exported normal cell (P-DARTS); null: no limit.
+    max_skip_connects: int | None = None
 
 
 @dataclass(frozen=True)
 class Recipe:
     """A complete protocol. Build with :func:`load_recipe`; change with :func:`apply_overrides`."""
 
-    name: str
-    description: str
-    seed: int
-    dataset: DatasetSection
-    search: SearchSection
-    retrain: RetrainSection
+    name: str = MISSING
+    description: str = MISSING
+    seed: int = MISSING
+    dataset: DatasetSection = MISSING
+    search: SearchSection = MISSING
+    retrain: RetrainSection = MISSING
+    export: ExportSection = field(default_factory=ExportSection)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (tuples as lists), in schema order; ``load_recipe`` reads it back."""
@@ -187,9 +188,6 @@ class Recipe:
         return CIFAR10_IMAGE_SIZE if self.dataset.name == "cifar10" else DIGITS_IMAGE_SIZE
 
 
-_SECTIONS: dict[str, type] = {"dataset": DatasetSection, "search": SearchSection, "retrain": RetrainSection}
-
-
 def _to_plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _to_plain(v) for k, v in value.items()}
@@ -198,78 +196,135 @@ def _to_plain(value: Any) -> Any:
     return value
 
 
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
 def _field_names(cls: type) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]
 
 
+def _sections() -> dict[str, type]:
+    """Section name -> dataclass, from :class:`Recipe`'s fields."""
+    hints = typing.get_type_hints(Recipe)
+    return {name: hints[name] for name in _field_names(Recipe) if dataclasses.is_dataclass(hints[name])}
+
+
 # ----------------------------------------------------------------------------------------------------------------
-# Type checking
+# Strict types (ours: OmegaConf would turn "3" into 3 and 3 into "3")
 # ----------------------------------------------------------------------------------------------------------------
+
+
+def _is_union(tp: Any) -> bool:
+    return typing.get_origin(tp) in (typing.Union, types.UnionType)
 
 
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
-    if origin is typing.Union:
+    if _is_union(tp):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         return f"{_type_name(args[0])} or null"
-    if origin in (tuple, Tuple):
+    if origin is tuple:
         return "[" + ", ".join(_type_name(a) for a in typing.get_args(tp)) + "]"
+    if origin is dict:
+        return "mapping"
     return {int: "int", float: "float", str: "string", bool: "bool"}.get(tp, getattr(tp, "__name__", str(tp)))
 
 
 def _value_type(value: Any) -> str:
     if value is None:
         return "null"
-    return {bool: "bool", int: "int", float: "float", str: "string", list: "list", dict: "mapping"}.get(
+    if isinstance(value, Mapping):
+        return "mapping"
+    return {bool: "bool", int: "int", float: "float", str: "string", list: "list", tuple: "list"}.get(
         type(value), type(value).__name__
     )
 
 
-def _coerce(key: str, value: Any, tp: Any) -> Any:
-    """``value`` checked against ``tp`` (int → float widening only); RecipeError naming ``key`` otherwise."""
+def _describe(value: Any) -> str:
+    if value is None:
+        return "null"
+    text = repr(value)
+    if len(text) > _MAX_QUOTED_CHARS:
+        text = text[: _MAX_QUOTED_CHARS - 3] + "..."
+    return f"{_value_type(value)} {text}"
+
+
+def _check_type(key: str, value: Any, tp: Any) -> None:
+    """RecipeError naming ``key`` unless ``value`` (plain, resolved) is of type ``tp``; int is accepted as float."""
     origin = typing.get_origin(tp)
-    if origin is typing.Union:
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None:
-            return None
-        try:
-            return _coerce(key, value, args[0])
-        except RecipeError:
-            raise RecipeError(f"{key}: expected {_type_name(tp)}, got {_describe(value)}") from None
-    if origin in (tuple, Tuple):
+    if _is_union(tp):
+        if value is not None:
+            try:
+                _check_type(key, value, next(a for a in typing.get_args(tp) if a is not type(None)))
+            except RecipeError:
+                raise RecipeError(f"{key}: expected {_type_name(tp)}, got {_describe(value)}") from None
+        return
+    if origin is tuple:
         args = typing.get_args(tp)
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise RecipeError(f"{key}: expected a list {_type_name(tp)}, got {_describe(value)}")
-        return tuple(_coerce(f"{key}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args)))
-    ok = False
-    if tp is bool:
-        ok = isinstance(value, bool)
-    elif tp is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif tp is float:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return float(value)
-        ok = isinstance(value, float)
-    elif tp is str:
-        ok = isinstance(value, str)
+        for i, (item, arg) in enumerate(zip(value, args, strict=True)):
+            _check_type(f"{key}[{i}]", item, arg)
+        return
+    if origin is dict:
+        if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+            raise RecipeError(f"{key}: expected a mapping with string keys, got {_describe(value)}")
+        return
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise RecipeError(f"{key}: expected a mapping of keys, got {_describe(value)}")
+        hints = typing.get_type_hints(tp)
+        for name, item in value.items():
+            if name in hints:  # unknown keys: the schema merge names them
+                _check_type(f"{key}.{name}", item, hints[name])
+        return
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = {
+        bool: isinstance(value, bool),
+        int: is_number and isinstance(value, int),
+        float: is_number,
+        str: isinstance(value, str),
+    }.get(tp, True)
     if not ok:
         raise RecipeError(f"{key}: expected {_type_name(tp)}, got {_describe(value)}")
-    return value
 
 
-def _describe(value: Any) -> str:
-    text = repr(value)
-    if len(text) > 40:
-        text = text[:37] + "..."
-    return f"{_value_type(value)} {text}" if value is not None else "null"
+def _check_types(plain: Mapping[str, Any]) -> None:
+    hints = typing.get_type_hints(Recipe)
+    for name, value in plain.items():
+        if name in hints:
+            _check_type(name, value, hints[name])
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Shipped recipes
+# OmegaConf errors -> one line naming the key
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _recipe_error(exc: OmegaConfBaseException) -> RecipeError:
+    """A RecipeError naming the key of an OmegaConf error (unknown key, missing value, interpolation, ...)."""
+    key = str(getattr(exc, "full_key", "") or "")
+    if isinstance(exc, ConfigKeyError) and key:
+        section, _, _ = key.rpartition(".")
+        sections = _sections()
+        if section in sections:
+            known = f"{section} has: {', '.join(_field_names(sections[section]))}"
+        else:
+            known = f"a recipe has: {', '.join(_field_names(Recipe))} (and {_EXTENDS})"
+        return RecipeError(f"{key}: unknown key; {known}")
+    if isinstance(exc, MissingMandatoryValue) and key:
+        return RecipeError(f"{key}: missing (every key without a default must be set; `extends: paper` fills them in)")
+    return RecipeError(f"{key}: {_reason(exc)}" if key else _reason(exc))
+
+
+def _reason(exc: OmegaConfBaseException) -> str:
+    """OmegaConf's message on one line, without its ``full_key: ...`` context lines."""
+    return _one_line(str(exc).split("\n    full_key:")[0])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Shipped recipes and files
 # ----------------------------------------------------------------------------------------------------------------
 
 
@@ -306,8 +361,8 @@ def recipe_text(name: str) -> str:
     return shipped[name].read_text(encoding="utf-8")
 
 
-def _read_source(name_or_path: str | Path) -> tuple[str, str, Optional[Path]]:
-    """(text, label, folder for relative `extends`) of a shipped name or a file path."""
+def _read_source(name_or_path: str | Path) -> tuple[str, str, Path | None]:
+    """(text, label, folder for relative ``extends``) of a shipped name or a file path."""
     if not isinstance(name_or_path, (str, Path)):
         raise RecipeError(f"recipe: expected a name or a path, got {type(name_or_path).__name__}")
     text_name = str(name_or_path)
@@ -327,33 +382,43 @@ def _read_source(name_or_path: str | Path) -> tuple[str, str, Optional[Path]]:
     raise RecipeError(f"unknown recipe {text_name!r}; shipped recipes: {', '.join(sorted(shipped))} (or a .yaml path)")
 
 
-def _raw_recipe(name_or_path: str | Path, depth: int = 0) -> tuple[dict[str, Any], str]:
-    """The recipe's mapping with any ``extends:`` chain merged in (base first, then this file's keys)."""
+def _parse_yaml(text: str, where: str) -> DictConfig:
+    """``text`` as an (untyped) DictConfig; RecipeError for bad YAML or a top level that is not a mapping."""
+    try:
+        config = OmegaConf.create(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise RecipeError(f"{where}: not valid YAML ({problem}{at})") from None
+    except AssertionError:  # OmegaConf.create asserts that YAML text holds a mapping or a list
+        raise RecipeError(f"{where}: expected a mapping of sections, got a single value") from None
+    except OmegaConfBaseException as exc:
+        raise RecipeError(f"{where}: {_recipe_error(exc)}") from None
+    if not isinstance(config, DictConfig):
+        raise RecipeError(f"{where}: expected a mapping of sections, got a list")
+    return config
+
+
+def _raw_recipe(name_or_path: str | Path, depth: int = 0) -> tuple[DictConfig, str]:
+    """The recipe's untyped config with any ``extends:`` chain merged in (base first, then this file's keys)."""
     if depth > _MAX_EXTENDS_DEPTH:
-        raise RecipeError(f"extends: chain longer than {_MAX_EXTENDS_DEPTH} (a cycle?) at {name_or_path}")
+        raise RecipeError(f"{_EXTENDS}: chain longer than {_MAX_EXTENDS_DEPTH} (a cycle?) at {name_or_path}")
     text, label, folder = _read_source(name_or_path)
-    raw = _yaml_load(text, label)
-    if not isinstance(raw, dict):
-        raise RecipeError(f"{label}: expected a mapping of sections, got {_describe(raw)}")
-    if "extends" in raw:
-        base_name = raw.pop("extends")
-        if not isinstance(base_name, str):
-            raise RecipeError(f"{label}: extends: expected a recipe name or path, got {_describe(base_name)}")
-        if folder is not None and base_name not in _shipped() and not Path(base_name).is_absolute():
-            base_name = str(folder / base_name)
-        base, _ = _raw_recipe(base_name, depth + 1)
-        raw = _deep_merge(base, raw, label)
-    return raw, label
-
-
-def _deep_merge(base: dict[str, Any], top: dict[str, Any], label: str) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in top.items():
-        if key in _SECTIONS and isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = {**merged[key], **value}
-        else:
-            merged[key] = value
-    return merged
+    config = _parse_yaml(text, label)
+    if _EXTENDS not in config:
+        return config, label
+    base_name = OmegaConf.to_container(config, resolve=False).get(_EXTENDS)  # as written, not interpolated
+    del config[_EXTENDS]
+    if not isinstance(base_name, str):
+        raise RecipeError(f"{label}: {_EXTENDS}: expected a recipe name or path, got {_describe(base_name)}")
+    if folder is not None and base_name not in _shipped() and not Path(base_name).expanduser().is_absolute():
+        base_name = str(folder / base_name)
+    base, _ = _raw_recipe(base_name, depth + 1)
+    try:
+        return OmegaConf.merge(base, config), label
+    except OmegaConfBaseException as exc:
+        raise RecipeError(f"{label}: {_recipe_error(exc)}") from None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -362,7 +427,9 @@ def _deep_merge(base: dict[str, Any], top: dict[str, Any], label: str) -> dict[s
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """``"a.b=value"`` → ``("a.b", parsed value)``; the value is YAML (``10``, ``0.1``, ``3e-4``, ``null``, ``[0.5, 0.9]``).
+    """``"a.b=value"`` → ``("a.b", parsed value)``; the value is YAML (``10``, ``3e-4``, ``null``, ``[0.5, 0.9]``).
+
+    ``${...}`` interpolations are kept as text and resolved against the whole recipe when it is built.
 
     Example::
 
@@ -375,32 +442,44 @@ def parse_override(text: str) -> tuple[str, Any]:
     key = key.strip()
     if not key:
         raise RecipeError(f"--set {text}: empty key")
-    value = _yaml_load(value_text, f"--set {key}") if value_text.strip() else None
     if not value_text.strip():
         raise RecipeError(f"--set {key}: empty value (write {key}=null for null)")
-    return key, value
+    if "\n" in value_text.strip():
+        raise RecipeError(f"--set {key}: the value must be one line (a YAML flow value such as [0.5, 0.9])")
+    try:
+        parsed = _parse_yaml(f"value: {value_text.strip()}", f"--set {key}")
+    except RecipeError as exc:
+        raise RecipeError(str(exc).replace(f"--set {key}: value: ", f"--set {key}: ", 1)) from None
+    return key, OmegaConf.to_container(parsed, resolve=False)["value"]
 
 
-def _set_key(raw: dict[str, Any], key: str, value: Any) -> None:
-    parts = key.split(".")
-    top_fields = _field_names(Recipe)
-    if len(parts) == 1:
-        if parts[0] in _SECTIONS:
-            raise RecipeError(f"--set {key}: is a section; set one of its keys, e.g. {key}.{_field_names(_SECTIONS[key])[0]}")
-        if parts[0] not in top_fields:
-            raise RecipeError(f"--set {key}: unknown key; known: {', '.join(top_fields)}")
-        _coerce(f"--set {key}", value, _hints(Recipe)[parts[0]])
-        raw[parts[0]] = value
-        return
-    section, name = parts[0], ".".join(parts[1:])
-    if section not in _SECTIONS:
-        raise RecipeError(f"--set {key}: unknown section {section!r}; known: {', '.join(_SECTIONS)}")
-    cls = _SECTIONS[section]
-    if name not in _field_names(cls):
-        raise RecipeError(f"--set {key}: unknown key; {section} has: {', '.join(_field_names(cls))}")
-    _coerce(f"--set {key}", value, _hints(cls)[name])
-    current = raw.get(section)
-    raw[section] = {**current, name: value} if isinstance(current, dict) else {name: value}
+def _set_key(config: DictConfig, key: str, value: Any) -> None:
+    """``config`` with the dotted ``key`` set to ``value``; RecipeError for a section or an unknown key."""
+    if not isinstance(key, str) or not key:
+        raise RecipeError(f"override {key!r}: expected a dotted key such as 'retrain.epochs'")
+    sections = _sections()
+    section, _, name = key.partition(".")
+    if not name and section in sections:
+        example = _field_names(sections[section])[0]
+        raise RecipeError(f"--set {key}: is a section; set one of its keys, e.g. {key}.{example}")
+    if section not in sections and name:
+        raise RecipeError(f"--set {key}: unknown section {section!r}; known: {', '.join(sections)}")
+    if section not in sections and section not in _field_names(Recipe):
+        raise RecipeError(f"--set {key}: unknown key; known: {', '.join(_field_names(Recipe))}")
+    if name and name.split(".")[0] not in _field_names(sections[section]):
+        raise RecipeError(f"--set {key}: unknown key; {section} has: {', '.join(_field_names(sections[section]))}")
+    try:
+        OmegaConf.update(config, key, value, merge=False, force_add=True)
+    except OmegaConfBaseException as exc:
+        raise RecipeError(f"--set {key}: {_recipe_error(exc)}") from None
+
+
+def _override_items(overrides: Iterable[str] | Mapping[str, Any]) -> Sequence[tuple[str, Any]]:
+    if isinstance(overrides, Mapping):
+        return list(overrides.items())
+    if isinstance(overrides, str):
+        overrides = [overrides]
+    return [parse_override(item) for item in overrides]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -408,36 +487,14 @@ def _set_key(raw: dict[str, Any], key: str, value: Any) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _check_keys(raw: dict[str, Any], names: list[str], *, prefix: str, known: str) -> None:
-    """One-line RecipeError for the first unknown or missing key (``prefix`` is the dotted section)."""
-    unknown = [k for k in raw if k not in names]
-    if unknown:
-        raise RecipeError(f"{prefix}{unknown[0]}: unknown key; {known}")
-    missing = [n for n in names if n not in raw]
-    if missing:
-        raise RecipeError(f"{prefix}{missing[0]}: missing (every key must be set; `extends: paper` fills them in)")
-
-
-def _build_section(cls: type, section: str, raw: Any) -> Any:
-    if not isinstance(raw, dict):
-        raise RecipeError(f"{section}: expected a mapping of keys, got {_describe(raw)}")
-    names = _field_names(cls)
-    _check_keys(raw, names, prefix=f"{section}.", known=f"{section} has: {', '.join(names)}")
-    hints = _hints(cls)
-    return cls(**{name: _coerce(f"{section}.{name}", raw[name], hints[name]) for name in names})
-
-
-def _build(raw: dict[str, Any]) -> Recipe:
-    names = _field_names(Recipe)
-    _check_keys(raw, names, prefix="", known=f"a recipe has: {', '.join(names)} (and extends)")
-    hints = _hints(Recipe)
-    values: dict[str, Any] = {}
-    for name in names:
-        if name in _SECTIONS:
-            values[name] = _build_section(_SECTIONS[name], name, raw[name])
-        else:
-            values[name] = _coerce(name, raw[name], hints[name])
-    return Recipe(**values)
+def _build(config: DictConfig) -> Recipe:
+    """The typed :class:`Recipe` of an untyped config: interpolations resolved, strict types, then the schema."""
+    try:
+        plain = OmegaConf.to_container(config, resolve=True)
+        _check_types(plain)
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Recipe), plain))
+    except OmegaConfBaseException as exc:
+        raise _recipe_error(exc) from None
 
 
 def _finite(key: str, value: float) -> None:
@@ -466,16 +523,14 @@ def _in_range(key: str, value: float, low: float, high: float, *, low_open: bool
         raise RecipeError(f"{key}: must be in {interval}, got {value}")
 
 
-def validate(recipe: Recipe) -> Recipe:
-    """Range and consistency checks (types are checked when building); returns ``recipe``.
+def _one_of(key: str, value: Any, allowed: Sequence[Any]) -> None:
+    if value is not None and value not in allowed:
+        choices = ", ".join(repr(a) for a in allowed)
+        raise RecipeError(f"{key}: must be null or one of {choices}, got {value!r}")
 
-    Strategy names are checked against :func:`~nni_darts_ext.strategies.list_strategies` and dataset names
-    against :data:`~nni_darts_ext.data.DATASETS` (both imported here, lazily: they import NNI).
-    """
+
+def _validate_dataset(recipe: Recipe) -> None:
     from .data import DATASETS
-    from .strategies import list_strategies
-
-    _at_least("seed", recipe.seed, 0)
 
     d = recipe.dataset
     if d.name not in DATASETS:
@@ -490,23 +545,27 @@ def validate(recipe: Recipe) -> Recipe:
     if d.max_samples is not None:
         _at_least("dataset.max_samples", d.max_samples, 2)
 
-    for section_name in ("search", "retrain"):
-        s = getattr(recipe, section_name)
-        key = section_name + "."
-        _at_least(key + "cells", s.cells, MIN_NUM_CELLS)
-        _at_least(key + "width", s.width, 1)
-        _at_least(key + "epochs", s.epochs, 1)
-        _at_least(key + "batch_size", s.batch_size, 1)
-        _positive(key + "learning_rate", s.learning_rate)
-        _in_range(key + "momentum", s.momentum, 0.0, 1.0, low_open=False, high_open=True)
-        _at_least(key + "weight_decay", s.weight_decay, 0.0)
-        _at_least(key + "eta_min", s.eta_min, 0.0)
-        if s.eta_min > s.learning_rate:
-            raise RecipeError(f"{key}eta_min: {s.eta_min} is above {key}learning_rate {s.learning_rate}")
-        if s.gradient_clip is not None:
-            _positive(key + "gradient_clip", s.gradient_clip)
 
-    s = recipe.search
+def _validate_training(section_name: str, s: SearchSection | RetrainSection) -> None:
+    """The checks common to the search and the retrain (sizes, SGD, cosine schedule, clipping)."""
+    key = section_name + "."
+    _at_least(key + "cells", s.cells, MIN_NUM_CELLS)
+    _at_least(key + "width", s.width, 1)
+    _at_least(key + "epochs", s.epochs, 1)
+    _at_least(key + "batch_size", s.batch_size, 1)
+    _positive(key + "learning_rate", s.learning_rate)
+    _in_range(key + "momentum", s.momentum, 0.0, 1.0, low_open=False, high_open=True)
+    _at_least(key + "weight_decay", s.weight_decay, 0.0)
+    _at_least(key + "eta_min", s.eta_min, 0.0)
+    if s.eta_min > s.learning_rate:
+        raise RecipeError(f"{key}eta_min: {s.eta_min} is above {key}learning_rate {s.learning_rate}")
+    if s.gradient_clip is not None:
+        _positive(key + "gradient_clip", s.gradient_clip)
+
+
+def _validate_search(s: SearchSection) -> None:
+    from .strategies import list_strategies
+
     strategies = list_strategies()
     if s.strategy not in strategies:
         raise RecipeError(f"search.strategy: unknown strategy {s.strategy!r}; known: {', '.join(strategies)}")
@@ -525,13 +584,19 @@ def validate(recipe: Recipe) -> Recipe:
         _at_least("search.partial_channels", s.partial_channels, 1)
         if s.strategy != "pc-darts":
             raise RecipeError(
-                f"search.partial_channels: only used by strategy 'pc-darts' (strategy is {s.strategy!r}); set it to null"
+                "search.partial_channels: only used by strategy 'pc-darts' "
+                f"(strategy is {s.strategy!r}); set it to null"
             )
         if s.width % s.partial_channels:
-            raise RecipeError(
-                f"search.partial_channels: {s.partial_channels} does not divide search.width {s.width}"
-            )
+            raise RecipeError(f"search.partial_channels: {s.partial_channels} does not divide search.width {s.width}")
+    _one_of("search.order", s.order, ARCHITECTURE_ORDERS)
+    _at_least("search.hessian_every", s.hessian_every, 0)
+    _one_of("search.early_stop", s.early_stop, EARLY_STOP_RULES)
+    if s.early_stop == "hessian" and s.hessian_every == 0:
+        raise RecipeError("search.early_stop: 'hessian' needs the Hessian health check; set search.hessian_every >= 1")
 
+
+def _validate_retrain(recipe: Recipe) -> None:
     r = recipe.retrain
     _at_least("retrain.auxiliary_weight", r.auxiliary_weight, 0.0)
     _in_range("retrain.drop_path_prob", r.drop_path_prob, 0.0, 1.0, low_open=False, high_open=True)
@@ -541,6 +606,26 @@ def validate(recipe: Recipe) -> Recipe:
             raise RecipeError(
                 f"retrain.cutout: {r.cutout} is longer than the {recipe.image_size}x{recipe.image_size} images"
             )
+
+
+def validate(recipe: Recipe) -> Recipe:
+    """Range and consistency checks (types are checked when building); returns ``recipe``.
+
+    Strategy names are checked against :func:`~nni_darts_ext.strategies.list_strategies` and dataset names
+    against :data:`~nni_darts_ext.data.DATASETS` (both imported here, lazily: they import NNI).
+
+    Example::
+
+        validate(load_recipe("paper"))
+    """
+    _at_least("seed", recipe.seed, 0)
+    _validate_dataset(recipe)
+    _validate_training("search", recipe.search)
+    _validate_training("retrain", recipe.retrain)
+    _validate_search(recipe.search)
+    _validate_retrain(recipe)
+    if recipe.export.max_skip_connects is not None:
+        _at_least("export.max_skip_connects", recipe.export.max_skip_connects, 0)
     return recipe
 
 
@@ -557,11 +642,11 @@ def load_recipe(name_or_path: str | Path, overrides: Iterable[str] | Mapping[str
 
         recipe = load_recipe("demo", ["search.epochs=1", "retrain.epochs=1"])
     """
-    raw, label = _raw_recipe(name_or_path)
+    config, label = _raw_recipe(name_or_path)
     for key, value in _override_items(overrides):
-        _set_key(raw, key, value)
+        _set_key(config, key, value)
     try:
-        return validate(_build(raw))
+        return validate(_build(config))
     except RecipeError as exc:
         raise RecipeError(f"{label}: {exc}") from None
 
@@ -573,15 +658,9 @@ def apply_overrides(recipe: Recipe, overrides: Iterable[str] | Mapping[str, Any]
 
         tiny = apply_overrides(load_recipe("paper"), {"search.epochs": 1})
     """
-    raw = recipe.to_dict()
+    if not isinstance(recipe, Recipe):
+        raise TypeError(f"recipe: expected a Recipe, got {type(recipe).__name__}")
+    config = OmegaConf.create(recipe.to_dict())
     for key, value in _override_items(overrides):
-        _set_key(raw, key, value)
-    return validate(_build(raw))
-
-
-def _override_items(overrides: Iterable[str] | Mapping[str, Any]) -> Sequence[tuple[str, Any]]:
-    if isinstance(overrides, Mapping):
-        return list(overrides.items())
-    if isinstance(overrides, str):
-        overrides = [overrides]
-    return [parse_override(item) for item in overrides]
+        _set_key(config, key, value)
+    return validate(_build(config))

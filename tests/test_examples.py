@@ -21,7 +21,7 @@ with import_nni_quietly():
     from nni.runtime.trial_command_channel import ParameterRecord, TrialCommandChannel
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-# A retrain of the searched cell at search size keeps the one-batch run to seconds (docs/HELPERS.md sizes).
+# A retrain of the searched cell at search size keeps the one-batch run to seconds (CONTRIBUTING.md test sizes).
 TINY_RETRAIN = ["--set", "retrain.cells=3", "--set", "retrain.width=4", "--set", "retrain.batch_size=16",
                 "--set", "search.batch_size=16", "--set", "dataset.max_samples=200"]
 

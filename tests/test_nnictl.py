@@ -23,8 +23,10 @@ import yaml
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "nnictl_retrain"
 VENV_BIN = Path(sys.executable).parent
 NNICTL = VENV_BIN / "nnictl"
-# Generous: the smoke config budgets 3 minutes on 2 idle cores; shared CI machines are slower.
+# Generous: the smoke config budgets about 2 minutes on a small idle CPU; shared CI machines are slower.
 EXPERIMENT_TIMEOUT_S = 400
+# The smoke trials must learn: 10 digit classes make 0.1 chance; the shipped settings reach ~0.9.
+MIN_SMOKE_ACCURACY = 0.5
 POLL_S = 2
 
 
@@ -77,7 +79,7 @@ def _nnictl(args: list[str], env: dict, timeout: float = 120) -> subprocess.Comp
 
 
 # NNI's manager gives the tuner process 10 s to connect (nni_node/core/tuner_command_channel.js, hard-coded), then
-# the experiment goes to ERROR. On a busy 2-core machine importing NNI's TPE can take longer: one more try then.
+# the experiment goes to ERROR. On a busy machine importing NNI's TPE can take longer: one more try then.
 _TUNER_TIMEOUT = "Tuner did not connect"
 ATTEMPTS = 2
 
@@ -184,7 +186,7 @@ def _check_reports(facts: dict, epochs: int) -> None:
         assert set(parameters) == {"learning_rate", "weight_decay", "drop_path_prob", "cutout", "auxiliary_weight"}
         reports = [m for m in facts["metrics"] if m["trialJobId"] == trial["trialJobId"]]
         assert sorted(m["type"] for m in reports) == ["FINAL"] + ["PERIODICAL"] * epochs  # one per epoch, one final
-        assert 0.0 <= _final_metric(trial) <= 1.0
+        assert MIN_SMOKE_ACCURACY <= _final_metric(trial) <= 1.0, (parameters, _final_metric(trial))
     [entry] = facts["manifest"].values()
     assert entry["status"] == "STOPPED"
 
@@ -198,6 +200,9 @@ def test_nnictl_help_works():
 
 def test_smoke_experiment_with_nni_darts_retrain(tmp_path):
     """config_smoke.yml exactly as shipped: trials run `nni-darts retrain --nni` through run_trial.sh."""
+    config = yaml.safe_load((EXAMPLE / "config_smoke.yml").read_text())
+    epochs = int(re.search(r"retrain\.epochs=(\d+)", config["trialCommand"]).group(1))
     facts = _run_smoke_experiment(tmp_path)
-    _check_reports(facts, epochs=2)
-    print(f"smoke experiment (nni-darts retrain --nni): {facts['wall_s']:.0f} s")
+    _check_reports(facts, epochs=epochs)
+    accuracies = ", ".join(f"{_final_metric(t):.3f}" for t in facts["trials"])
+    print(f"smoke experiment (nni-darts retrain --nni): {facts['wall_s']:.0f} s, test accuracies {accuracies}")

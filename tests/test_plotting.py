@@ -10,7 +10,7 @@ import sys
 import pytest
 from matplotlib.figure import Figure
 
-from nni_darts_ext.arch import DARTS_V1, DARTS_V2, ArchError, random_arch, to_genotype
+from nni_darts_ext.arch import DARTS_V1, DARTS_V2, ArchError, from_genotype, random_arch, to_genotype
 from nni_darts_ext.constants import PRIMITIVES
 from nni_darts_ext.plotting import _graphviz_graph, plot_alpha_history, plot_cell, plot_cells
 
@@ -82,6 +82,41 @@ def test_fallback_handles_duplicate_inputs(no_dot, tmp_path):
     arch = dict(random_arch(3), **{"normal/input_5_0": [4], "normal/input_5_1": [4]})
     plot_cell(arch, "normal", tmp_path / "dup.png")
     assert_file(tmp_path / "dup.png", ".png")
+
+
+# The cell found by `nni-darts demo` (recipe demo, seed 0): its reduction cell is a chain 0 -> 1 -> 2 -> 3 whose
+# edge labels the first matplotlib layout drew on top of each other.
+DEMO_SEARCH_GENOTYPE = (
+    "Genotype(normal=[('max_pool_3x3', 0), ('skip_connect', 1), ('sep_conv_5x5', 0), ('max_pool_3x3', 2), "
+    "('dil_conv_3x3', 3), ('max_pool_3x3', 2), ('dil_conv_3x3', 2), ('sep_conv_3x3', 3)], normal_concat=[2, 3, 4, 5], "
+    "reduce=[('sep_conv_5x5', 0), ('dil_conv_5x5', 1), ('dil_conv_5x5', 2), ('sep_conv_5x5', 1), ('avg_pool_3x3', 3), "
+    "('avg_pool_3x3', 2), ('avg_pool_3x3', 2), ('avg_pool_3x3', 4)], reduce_concat=[2, 3, 4, 5])"
+)
+
+
+def _overlapping_texts(fig: Figure) -> list[tuple[str, str, str]]:
+    """(cell title, text, text) of every pair of node or op labels whose drawn boxes overlap."""
+    from matplotlib.text import Annotation
+
+    renderer = fig.canvas.get_renderer()
+    found = []
+    for ax in fig.axes:
+        boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in ax.texts if not isinstance(t, Annotation)]
+        for i, (name, box) in enumerate(boxes):
+            for other_name, other in boxes[i + 1:]:
+                if min(box.x1, other.x1) > max(box.x0, other.x0) and min(box.y1, other.y1) > max(box.y0, other.y0):
+                    found.append((ax.get_title(), name, other_name))
+    return found
+
+
+@pytest.mark.parametrize("name", ["demo-search", "darts-v1", "darts-v2"] + [f"random-{seed}" for seed in range(6)])
+def test_fallback_labels_never_overlap(no_dot, name):
+    arch = {"demo-search": lambda: from_genotype(DEMO_SEARCH_GENOTYPE), "darts-v1": lambda: DARTS_V1,
+            "darts-v2": lambda: DARTS_V2}.get(name, lambda: random_arch(int(name.split("-")[1])))()
+    fig = plot_cells(arch)
+    assert _overlapping_texts(fig) == []
+    labels = [text for text, *_ in texts(fig)]
+    assert sum(label in PRIMITIVES for label in labels) == 16  # every op label drawn, none dropped to make room
 
 
 def test_pyplot_and_backend_are_left_alone(no_dot, tmp_path):
@@ -175,7 +210,8 @@ def nni_like_history(epochs: int = 4) -> list[dict[str, dict[str, float]]]:
         for cell in ("normal", "reduce"):
             for node in range(2, 6):
                 for source in range(node):
-                    logits = {op: (epoch * 0.8 if op == "skip_connect" else 0.1 * index) for index, op in enumerate(PRIMITIVES)}
+                    logits = {op: (epoch * 0.8 if op == "skip_connect" else 0.1 * index)
+                              for index, op in enumerate(PRIMITIVES)}
                     total = sum(math.exp(v) for v in logits.values())
                     probs[f"{cell}/{node}_{source}"] = {op: math.exp(v) / total for op, v in logits.items()}
         history.append(probs)

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
+from pathlib import Path
 
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from omegaconf import MISSING
 
 from nni_darts_ext.recipes import (
+    ExportSection,
     Recipe,
     RecipeError,
+    SearchSection,
     apply_overrides,
     list_recipes,
     load_recipe,
@@ -175,7 +180,7 @@ def test_overrides_parse_yaml_and_type_check():
     assert r.dataset.data_dir == "/tmp/x" and r.seed == 7
     assert parse_override("retrain.epochs=10") == ("retrain.epochs", 10)
     assert parse_override("search.learning_rate=1e-3") == ("search.learning_rate", 1e-3)
-    for bad in ("retrain.epochs", "=3", "retrain.epochs="):
+    for bad in ("retrain.epochs", "=3", "retrain.epochs=", "retrain.epochs=3\nseed: 1"):
         with pytest.raises(RecipeError):
             parse_override(bad)
     with pytest.raises(RecipeError, match="is a section"):
@@ -235,6 +240,105 @@ def test_any_override_is_accepted_or_a_recipe_error_naming_the_key(key, value):
         recipe = load_recipe("demo", {key: value})
     except RecipeError as err:
         assert "\n" not in str(err)
-        assert key.split(".")[-1] in str(err) or "dataset" in str(err) or "search." in str(err) or "retrain." in str(err)
+        message = str(err)
+        assert key.split(".")[-1] in message or any(s in message for s in ("dataset", "search.", "retrain."))
     else:
         assert isinstance(recipe, Recipe)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Options added with defaults, strictness beyond OmegaConf's conversions, interpolation, extends by path
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_new_options_have_defaults_so_older_files_stay_valid(tmp_path):
+    old = load_recipe("paper").to_dict()
+    for key in ("order", "strategy_options", "hessian_every", "early_stop"):
+        old["search"].pop(key)
+    old.pop("export")
+    path = tmp_path / "old.yaml"
+    path.write_text(yaml.safe_dump(old))
+    s = load_recipe(path).search
+    assert (s.order, s.strategy_options, s.hessian_every, s.early_stop) == (None, {}, 0, None)
+    assert load_recipe(path).export.max_skip_connects is None
+
+
+def test_shipped_values_of_the_new_options():
+    paper = load_recipe("paper")
+    assert paper.search.hessian_every == 2 and paper.search.early_stop is None and paper.search.order is None
+    assert paper.export.max_skip_connects is None and paper.search.strategy_options == {}
+    assert load_recipe("demo").search.hessian_every == 0
+
+
+def test_new_options_are_checked():
+    r = load_recipe("paper", ["search.order=2", "search.early_stop=hessian", "export.max_skip_connects=2",
+                              "search.strategy_options={hessian_eps: 0.01}", "search.strategy_options.extra=true"])
+    assert (r.search.order, r.search.early_stop, r.export.max_skip_connects) == (2, "hessian", 2)
+    assert r.search.strategy_options == {"hessian_eps": 0.01, "extra": True}
+    assert apply_overrides(r, {"search.strategy_options": {}}).search.strategy_options == {}
+    cases = {
+        "search.order=3": r"search.order: must be null or one of 1, 2, got 3",
+        "search.order=first": r"search.order: expected int or null, got string",
+        "search.hessian_every=-1": r"search.hessian_every: must be >= 0, got -1",
+        "search.early_stop=loss": r"search.early_stop: must be null or one of 'hessian', got 'loss'",
+        "search.strategy_options=3": r"search.strategy_options: expected a mapping",
+        "export.max_skip_connects=-1": r"export.max_skip_connects: must be >= 0",
+        "export.max_skip=1": r"export.max_skip: unknown key; export has: max_skip_connects",
+    }
+    for override, message in cases.items():
+        with pytest.raises(RecipeError, match=message):
+            load_recipe("paper", [override])
+    with pytest.raises(RecipeError, match=r"search.early_stop: 'hessian' needs .*search.hessian_every"):
+        load_recipe("demo", ["search.early_stop=hessian"])
+
+
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("search.epochs='3'", "search.epochs: expected int, got string '3'"),  # OmegaConf alone would convert it
+        ("search.learning_rate='1e-3'", "search.learning_rate: expected float, got string"),
+        ("name=3", "name: expected string, got int 3"),  # OmegaConf alone would make it '3'
+        ("dataset.data_dir=false", "dataset.data_dir: expected string or null, got bool"),
+    ],
+)
+def test_types_are_stricter_than_the_library(override, words):
+    with pytest.raises(RecipeError) as err:
+        load_recipe("paper", [override])
+    assert words in str(err.value)
+
+
+def test_interpolation_in_files_and_overrides(tmp_path):
+    r = load_recipe("paper", ["retrain.width=${search.width}", "retrain.eta_min=${search.eta_min}"])
+    assert r.retrain.width == 16 and r.retrain.eta_min == 0.001
+    (tmp_path / "tied.yaml").write_text("extends: paper\nsearch:\n  width: 8\nretrain:\n  width: ${search.width}\n")
+    tied = load_recipe(tmp_path / "tied.yaml")
+    assert tied.retrain.width == 8 and "${" not in tied.to_yaml()
+    with pytest.raises(RecipeError, match=r"retrain.width: .*search.widht"):
+        load_recipe("paper", ["retrain.width=${search.widht}"])
+    with pytest.raises(RecipeError, match=r"retrain.width: expected int, got string"):
+        load_recipe("paper", ["retrain.width=${search.strategy}"])
+
+
+def test_extends_by_absolute_path_and_a_later_key_wins(tmp_path):
+    base = tmp_path / "sub" / "base.yaml"
+    base.parent.mkdir()
+    base.write_text("extends: demo\nsearch:\n  epochs: 2\n  strategy_options: {a: 1, b: 2}\n")
+    (tmp_path / "top.yaml").write_text(f"extends: {base}\nsearch:\n  strategy_options: {{b: 3}}\n")
+    top = load_recipe(tmp_path / "top.yaml")
+    assert top.search.epochs == 2 and top.search.strategy_options == {"a": 1, "b": 3}  # mappings merge key by key
+    assert top.dataset == load_recipe("demo").dataset
+    (tmp_path / "list.yaml").write_text("- a\n")
+    with pytest.raises(RecipeError, match="expected a mapping of sections"):
+        load_recipe(tmp_path / "list.yaml")
+    (tmp_path / "dup.yaml").write_text("name: a\nname: b\n")
+    with pytest.raises(RecipeError, match="not valid YAML"):
+        load_recipe(tmp_path / "dup.yaml")
+
+
+def test_every_option_with_a_default_is_documented_in_the_readme():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("## Recipes"):readme.index("## Reliability")]
+    for prefix, cls in (("search", SearchSection), ("export", ExportSection)):
+        for f in dataclasses.fields(cls):
+            if f.default is not MISSING or f.default_factory is not dataclasses.MISSING:
+                assert f"`{prefix}.{f.name}`" in section, f.name

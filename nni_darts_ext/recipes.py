@@ -564,7 +564,7 @@ def _validate_training(section_name: str, s: SearchSection | RetrainSection) -> 
 
 
 def _validate_search(s: SearchSection) -> None:
-    from .strategies import list_strategies
+    from .search import list_strategies
 
     strategies = list_strategies()
     if s.strategy not in strategies:
@@ -611,7 +611,7 @@ def _validate_retrain(recipe: Recipe) -> None:
 def validate(recipe: Recipe) -> Recipe:
     """Range and consistency checks (types are checked when building); returns ``recipe``.
 
-    Strategy names are checked against :func:`~nni_darts_ext.strategies.list_strategies` and dataset names
+    Strategy names are checked against :func:`~nni_darts_ext.search.list_strategies` and dataset names
     against :data:`~nni_darts_ext.data.DATASETS` (both imported here, lazily: they import NNI).
 
     Example::

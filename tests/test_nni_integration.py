@@ -352,7 +352,7 @@ def test_callback_warns_when_a_trial_fit_has_no_validation(nni_runtime, darts_v2
     module.set_model(_tiny_net(darts_v2_arch))
     trainer = pl.Trainer(max_epochs=1, limit_train_batches=1, callbacks=[NniReportCallback()], **QUIET)
     train_loader, _ = _digits_loaders(batch_size=8)
-    with caplog.at_level("WARNING", logger="nni_darts_ext.nni_trial"):
+    with caplog.at_level("WARNING", logger="nni_darts_ext.callbacks.nni_report"):
         trainer.fit(module, train_loader)
     assert "no val_acc reported to NNI" in caplog.text
     assert channel.metrics == []  # and the module's own end-of-fit report stayed off

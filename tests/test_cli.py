@@ -22,6 +22,8 @@ from nni_darts_ext.recipe_data import RecipeData
 from nni_darts_ext.arch import build_model, count_parameters, load_arch, normalize_arch
 from nni_darts_ext.cli import main
 
+pytestmark = pytest.mark.e2e  # runs searches, retrains or the CLI
+
 TINY_DATA = ["dataset.image_size=8", "dataset.max_samples=64"]
 TINY_SEARCH = ["search.width=4", "search.cells=3", "search.epochs=1", "search.batch_size=16",
                "search.arc_learning_rate=0.05"]

@@ -129,6 +129,7 @@ def _ranks(out: Path, stage: str) -> list:
 
 
 @pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.e2e
 def test_ddp_search_same_architecture_on_every_rank(ddp_run, preset):
     ranks = _ranks(ddp_run, preset)
     # Each rank read its own shard of both halves of the search split.
@@ -152,6 +153,7 @@ def test_ddp_search_same_architecture_on_every_rank(ddp_run, preset):
     assert any(ranks[0]["params"][n].abs().max() > 0 for n in arch_names)
 
 
+@pytest.mark.e2e
 def test_ddp_retrain_then_single_process_evaluate(ddp_run):
     import nni_darts_ext as nde
     from nni.nas.evaluator.pytorch import DataLoader
@@ -190,6 +192,7 @@ def _nni_darts(args: list, tmp_path: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.e2e
 def test_cli_ddp_search_retrain_then_single_process_evaluate(tmp_path):
     import json
 
@@ -253,6 +256,7 @@ def _gloo_worker(rank: int, port: int, out: str) -> None:  # pragma: no cover - 
     dist.destroy_process_group()
 
 
+@pytest.mark.e2e
 def test_all_reduce_gradients_and_gather_diff_on_two_processes(tmp_path):
     import socket
 

@@ -26,6 +26,7 @@ TINY_RETRAIN = ["--set", "retrain.cells=3", "--set", "retrain.width=4", "--set",
                 "--set", "search.batch_size=16", "--set", "dataset.max_samples=200"]
 
 
+@pytest.mark.e2e
 def test_darts_cifar10_example_fast_dev_run_on_digits(tmp_path):
     home = tmp_path / "home"
     home.mkdir()

@@ -35,6 +35,8 @@ from nni_darts_ext import io as atomic_io
 from nni_darts_ext.checkpoint import read_checkpoint
 from nni_darts_ext.cli import main
 
+pytestmark = pytest.mark.e2e  # runs searches, retrains or the CLI
+
 REPO = Path(__file__).resolve().parents[1]
 THREADS = ["--threads", "1"]
 # Search: 32 images split 16/16, batch 4: 4 batches (8 optimizer steps: architecture + weights) per epoch.

@@ -48,6 +48,7 @@ __all__ = [
     "AtomicCheckpointIO",
     "CheckpointError",
     "allow_checkpoint_globals",
+    "check_path",
     "checkpoint_safe_globals",
     "load_weights",
     "read_checkpoint",
@@ -80,7 +81,13 @@ _STEM_WEIGHT = "stem.0.weight"
 _AUX_PREFIX = "auxiliary_head."
 
 
-def _check_path(name: str, value: Any) -> Path:
+def check_path(name: str, value: Any) -> Path:
+    """``value`` as a Path; TypeError / ValueError naming ``name`` when it is not a non-empty str or PathLike.
+
+    Example::
+
+        check_path("dirpath", "runs/x/checkpoints")
+    """
     if not isinstance(value, (str, os.PathLike)):
         raise TypeError(f"{name} must be a str or os.PathLike, got {type(value).__name__}")
     if not os.fspath(value):
@@ -211,7 +218,7 @@ def read_checkpoint(path: PathLike) -> dict[str, Any]:
         checkpoint = read_checkpoint("runs/x/checkpoints/last.ckpt")
         checkpoint["epoch"], checkpoint["global_step"]
     """
-    path = _check_path("path", path)
+    path = check_path("path", path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
@@ -242,7 +249,7 @@ def read_state_dict(path: PathLike) -> dict[str, Any]:
 
         state = read_state_dict("runs/retrain/model.pt")
     """
-    path = _check_path("path", path).expanduser()
+    path = check_path("path", path).expanduser()
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
     try:

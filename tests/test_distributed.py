@@ -222,6 +222,32 @@ def test_cli_ddp_search_retrain_then_single_process_evaluate(tmp_path):
     assert done.returncode == 2 and "not divisible" in done.stderr and not (tmp_path / "odd").exists()
 
 
+@pytest.mark.e2e
+def test_cli_ddp_nni_retrain_loads_the_per_device_batch(tmp_path):
+    """`retrain --nni` on 2 processes: the loaders really yield retrain.batch_size / 2 (the steps per epoch say so),
+    and the summary reports that batch."""
+    import json
+    import math
+
+    from nni_darts_ext.checkpoint import read_checkpoint
+    from nni_darts_ext.data import search_split
+    from nni_darts_ext.nni_trial import TRIAL_VALIDATION_FRACTION
+
+    ddp = ["--accelerator", "cpu", "--devices", str(WORLD_SIZE), "--strategy", "ddp", "--threads", "1"]
+    done = _nni_darts(["retrain", "--nni", "--arch", "darts-v2", "--out", str(tmp_path / "r"), *ddp, "--set", *TINY],
+                      tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert (summary["world_size"], summary["global_batch_size"], summary["per_device_batch_size"]) == (2, 16, 8)
+    assert summary["nni_trial"] is True and summary["validation"].startswith("held-out")
+    # 64 images, 10% held out: each of the 2 ranks trains on half of the rest, in batches of 8 (not 16).
+    samples = 64
+    train_images = len(search_split(range(samples), 1.0 - TRIAL_VALIDATION_FRACTION, seed=0)[0])
+    steps = math.ceil(math.ceil(train_images / WORLD_SIZE) / 8)
+    assert steps != math.ceil(math.ceil(train_images / WORLD_SIZE) / 16)  # the check tells the two batches apart
+    assert read_checkpoint(tmp_path / "r" / "checkpoints" / "last.ckpt")["global_step"] == steps
+
+
 # ----------------------------------------------------------------------------------- helpers, one process
 def test_helpers_are_no_ops_in_one_process():
     from nni_darts_ext.distributed import all_gather_max_abs_diff, all_reduce_gradients, is_distributed, world_size

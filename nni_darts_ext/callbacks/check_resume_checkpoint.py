@@ -9,12 +9,11 @@ Example::
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
 
-from ..checkpoint import read_checkpoint, state_dict_mismatch
+from ..checkpoint import check_path, read_checkpoint, state_dict_mismatch
 from ..errors import CheckpointError
 
 __all__ = ["CheckResumeCheckpoint"]
@@ -39,7 +38,7 @@ class CheckResumeCheckpoint(Callback):
     """
 
     def __init__(self, ckpt_path: PathLike | None):
-        self.ckpt_path = None if ckpt_path is None else _check_path(ckpt_path)
+        self.ckpt_path = None if ckpt_path is None else check_path("ckpt_path", ckpt_path)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self.ckpt_path is None or stage != "fit":
@@ -51,11 +50,3 @@ class CheckResumeCheckpoint(Callback):
                 f"{self.ckpt_path}: does not fit this run's net: {problem}; resume with the settings the run was "
                 "started with (sizes, cells, architecture)"
             )
-
-
-def _check_path(value: object) -> Path:
-    if not isinstance(value, (str, os.PathLike)):
-        raise TypeError(f"ckpt_path must be a str or os.PathLike, got {type(value).__name__}")
-    if not os.fspath(value):
-        raise ValueError("ckpt_path must not be empty")
-    return Path(value)

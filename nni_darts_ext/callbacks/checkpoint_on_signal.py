@@ -28,7 +28,7 @@ from typing import Any
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
 
-from ..checkpoint import LAST_CHECKPOINT_NAME, AtomicCheckpointIO
+from ..checkpoint import LAST_CHECKPOINT_NAME, AtomicCheckpointIO, check_path
 from ..errors import TrainingInterrupted
 from .non_finite_loss import batch_loss, is_finite
 
@@ -37,14 +37,6 @@ __all__ = ["CheckpointOnSignal", "TrainingInterrupted"]
 _logger = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike
-
-
-def _check_path(name: str, value: Any) -> Path:
-    if not isinstance(value, (str, os.PathLike)):
-        raise TypeError(f"{name} must be a str or os.PathLike, got {type(value).__name__}")
-    if not os.fspath(value):
-        raise ValueError(f"{name} must not be empty")
-    return Path(value)
 
 
 _CATCHABLE = {signal.SIGINT, signal.SIGTERM}
@@ -91,7 +83,7 @@ class CheckpointOnSignal(Callback):
         filename: str = LAST_CHECKPOINT_NAME,
         signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM),
     ):
-        self.dirpath = _check_path("dirpath", dirpath)
+        self.dirpath = check_path("dirpath", dirpath)
         if not isinstance(filename, str):
             raise TypeError(f"filename must be a str, got {type(filename).__name__}")
         if not filename or os.sep in filename or (os.altsep and os.altsep in filename):

@@ -31,12 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from .._compat import import_nni_quietly
-from ..arch import build_model
+from ..arch import NAMED_ARCHS, build_model, load_arch, normalize_arch
 from ..callbacks import (
     AlphaHistory,
     ApplySettingsOnResume,
@@ -59,6 +60,7 @@ from ..strategies import darts_strategy
 from ..training_module import DartsClassificationModule
 from .options import RunOptions
 from .run_folder import (
+    ARCH_FILE,
     CHECKPOINT_DIR,
     TENSORBOARD_DIR,
     check_out_dir_on_rank,
@@ -155,8 +157,6 @@ def check_device(accelerator: str, devices: int | None, *, search: bool = False)
 
         check_device("cpu", 2)   # ('cpu', 2) on a machine with 2 or more CPUs
     """
-    import torch
-
     accelerator = (accelerator or "auto").lower()
     if devices is None:
         devices = 1
@@ -250,9 +250,6 @@ def resolve_arch(arch: Any) -> tuple[dict[str, Any], str]:
         resolve_arch("darts-v2")          # (NNI-form dict, 'darts-v2')
         resolve_arch("runs/s")            # runs/s/arch.json
     """
-    from ..arch import NAMED_ARCHS, load_arch, normalize_arch
-    from .run_folder import ARCH_FILE
-
     if isinstance(arch, dict):
         return normalize_arch(arch), "arch"
     text = os.fspath(arch)

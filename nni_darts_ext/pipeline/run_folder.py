@@ -13,7 +13,8 @@ import os
 from pathlib import Path
 
 from ..errors import UsageError
-from ..recipes import Recipe, RecipeError
+from ..io import atomic_write_text
+from ..recipes import Recipe, RecipeError, load_recipe
 
 __all__ = [
     "ALPHAS_FILE",
@@ -101,8 +102,6 @@ def check_search_resume(out: Path, recipe: Recipe) -> None:
 
         check_search_resume(Path("runs/s"), load_recipe("demo", ["search.width=8"]))
     """
-    from ..recipes import load_recipe
-
     try:
         started = load_recipe(str(out / CONFIG_FILE)).search
     except RecipeError:  # no or unreadable config.yaml: the checkpoint check in the trainer still applies
@@ -121,6 +120,4 @@ def write_config(out: Path, recipe: Recipe, what: str) -> None:
 
         write_config(Path("runs/s"), recipe, "search")
     """
-    from ..io import atomic_write_text
-
     atomic_write_text(out / CONFIG_FILE, recipe.to_yaml(header=f"Resolved recipe of this {what} (nni-darts)."))

@@ -48,6 +48,7 @@ from nni_darts_ext.constants import (
     NODES_PER_CELL,
     PRIMITIVES,
 )
+from nni_darts_ext.errors import ArchError
 from nni_darts_ext.io import atomic_write_json
 
 __all__ = [
@@ -76,10 +77,6 @@ _EDGES = tuple(range(INPUTS_PER_NODE))
 _CONCAT = list(_NODES)
 _KEY_RE = re.compile(r"(?P<kind>op|input)_(?P<node>\d+)_(?P<edge>\d+)")
 _DATASETS = tuple(NATIVE_IMAGE_SIZE)
-
-
-class ArchError(ValueError):
-    """An architecture dict, genotype or arch file is malformed; the message names the offending key or file."""
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -199,7 +199,7 @@ def _silence_nni() -> None:
 
 
 def _recipe(args: argparse.Namespace, default: str, *, resume_dir: Optional[Path] = None) -> Any:
-    from .pipeline import CONFIG_FILE
+    from .pipeline.run_folder import CONFIG_FILE
     from .recipes import load_recipe
 
     name = args.recipe
@@ -215,7 +215,7 @@ def _recipe(args: argparse.Namespace, default: str, *, resume_dir: Optional[Path
 
 
 def _positive(flag: str, value: int) -> int:
-    from .pipeline import UsageError
+    from .errors import UsageError
 
     if value < 1:
         raise UsageError(f"{flag}: expected a positive int, got {value}")
@@ -223,7 +223,7 @@ def _positive(flag: str, value: int) -> int:
 
 
 def _options(args: argparse.Namespace, out: Optional[str]) -> Any:
-    from .pipeline import RunOptions
+    from .pipeline.options import RunOptions
 
     return RunOptions(
         out=out,
@@ -268,7 +268,7 @@ def _not_rank_zero() -> bool:
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
-    from .pipeline import run_search
+    from .pipeline.search import run_search
 
     recipe = _recipe(args, "demo", resume_dir=Path(args.out) if args.resume else None)
     summary = run_search(recipe, _options(args, args.out))
@@ -282,7 +282,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
 
 def _cmd_retrain(args: argparse.Namespace) -> int:
-    from .pipeline import run_retrain
+    from .pipeline.retrain import run_retrain
 
     recipe = _recipe(args, "demo", resume_dir=Path(args.out) if args.resume else None)
     options = _options(args, args.out)
@@ -303,7 +303,9 @@ def _cmd_retrain(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .pipeline import CONFIG_FILE, UsageError, run_evaluate
+    from .errors import UsageError
+    from .pipeline.evaluate import run_evaluate
+    from .pipeline.run_folder import CONFIG_FILE
 
     if args.pretrained is None and (args.weights is None or args.arch is None):
         raise UsageError("evaluate: give --arch ARCH --weights FILE, or --pretrained darts-v2")
@@ -327,7 +329,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_plot(args: argparse.Namespace) -> int:
     from .arch import load_arch
-    from .pipeline import UsageError
+    from .errors import UsageError
     from .plotting import plot_cells
 
     arch = load_arch(args.arch)
@@ -353,7 +355,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .pipeline import run_demo
+    from .pipeline.demo import run_demo
 
     recipe = _recipe(args, "demo")
     out = Path(args.out)
@@ -410,16 +412,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return EXIT_USAGE
         torch.set_num_threads(threads)
 
-    from .arch import ArchError
-    from .pipeline import RunInterrupted, UsageError
-    from .recipes import RecipeError
+    from .errors import ArchError, RecipeError, RunInterrupted, UsageError
 
     # Training commands import Lightning anyway; the others (plot, convert, recipes) stay light.
     bad_input: tuple = (UsageError, RecipeError, ArchError)
     diverged: tuple = ()
     signalled: tuple = ()
     if training:
-        from .callbacks import CheckpointError, NonFiniteLossError, TrainingInterrupted
+        from .errors import CheckpointError, NonFiniteLossError, TrainingInterrupted
 
         bad_input += (CheckpointError,)  # a resume checkpoint that is corrupt or of another net
         diverged, signalled = (NonFiniteLossError,), (TrainingInterrupted,)

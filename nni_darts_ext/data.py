@@ -44,6 +44,7 @@ from nni_darts_ext.constants import (
     NUM_CLASSES,
     SEARCH_TRAIN_FRACTION,
 )
+from nni_darts_ext.errors import DatasetError
 from nni_darts_ext.transforms import Cutout, _check_length, cifar10_transforms
 
 with import_nni_quietly():
@@ -70,10 +71,6 @@ DATASETS: tuple[str, ...] = ("cifar10", "digits")
 _DIGITS_MAX_VALUE = 16.0
 # CIFAR-10 batches hold rows of 3 * 32 * 32 uint8 values (https://www.cs.toronto.edu/~kriz/cifar.html).
 _CIFAR10_ROW = 3 * CIFAR10_IMAGE_SIZE * CIFAR10_IMAGE_SIZE
-
-
-class DatasetError(ValueError):
-    """A dataset file exists but cannot be used (corrupt, truncated, wrong format or checksum)."""
 
 
 def _check_int(value: Any, name: str, minimum: int) -> int:

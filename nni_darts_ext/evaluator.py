@@ -8,13 +8,9 @@ and split one flat keyword list between :class:`DartsClassificationModule` and t
 from __future__ import annotations
 
 import inspect
-import numbers
 import os
 import sys
 from typing import Any, Optional, Union
-
-import torch
-from torch.utils.data import Subset
 
 from ._compat import import_nni_quietly, resolve_gpus
 from .training_module import DartsClassificationModule
@@ -162,7 +158,9 @@ def recipe_dataloaders(recipe: Any, validation: Union[str, float] = "test") -> t
     NNI's traced ``DataLoader`` over :func:`~nni_darts_ext.data.get_dataset`: the training split with
     ``retrain.cutout`` (shuffled), the test split, and for validation the test split (``validation="test"``) or
     a held-out ``validation`` fraction of the training split (seeded by ``recipe.seed``, without Cutout).
-    ``dataset.max_samples``, when set, keeps a seeded random subset of each split first.
+    ``dataset.max_samples``, when set, keeps a seeded random subset of each split first. Built by
+    :func:`~nni_darts_ext.recipe_data.retrain_loaders`, as the ``nni-darts retrain`` command builds its loaders
+    (which, under DDP, load the per-device share of ``retrain.batch_size``).
 
     Raises:
         ValueError: ``validation`` neither ``"test"`` nor a fraction in (0, 1).
@@ -171,37 +169,6 @@ def recipe_dataloaders(recipe: Any, validation: Union[str, float] = "test") -> t
 
         train_loader, val_loader, test_loader = recipe_dataloaders(load_recipe("demo"), validation=0.1)
     """
-    from .data import get_dataset, search_split
+    from .recipe_data import RecipeData, retrain_loaders
 
-    with import_nni_quietly():
-        from nni.nas.evaluator.pytorch import DataLoader
-
-    on_test_split = isinstance(validation, str) and validation == "test"
-    fraction = isinstance(validation, numbers.Real) and not isinstance(validation, bool) and 0.0 < validation < 1.0
-    if not (on_test_split or fraction):
-        raise ValueError(f"validation must be 'test' or a fraction in (0, 1), got {validation!r}")
-    d, r = recipe.dataset, recipe.retrain
-    subset = nni.trace(Subset)
-
-    def dataset(train: bool, cutout: Optional[int] = None) -> Any:
-        data = get_dataset(d.name, train=train, root=d.data_dir, image_size=d.image_size, cutout=cutout)
-        limit = getattr(d, "max_samples", None)
-        if limit is not None and len(data) > limit:  # a seeded random `limit` images, as nni-darts does
-            order = torch.randperm(len(data), generator=torch.Generator().manual_seed(recipe.seed))
-            data = subset(dataset=data, indices=sorted(order[:limit].tolist()))
-        return data
-
-    train_set, test_set = dataset(train=True, cutout=r.cutout), dataset(train=False)
-    if on_test_split:
-        val_set = test_set
-    else:
-        train_indices, val_indices = search_split(train_set, 1.0 - float(validation), seed=recipe.seed)
-        # The held-out images come from a second copy of the training split, without Cutout.
-        val_set = subset(dataset=dataset(train=True), indices=val_indices)
-        train_set = subset(dataset=train_set, indices=train_indices)
-    loader = {"batch_size": r.batch_size, "num_workers": d.num_workers}
-    return (
-        DataLoader(dataset=train_set, shuffle=True, drop_last=False, **loader),
-        DataLoader(dataset=val_set, shuffle=False, **loader),
-        DataLoader(dataset=test_set, shuffle=False, **loader),
-    )
+    return retrain_loaders(RecipeData(recipe), batch_size=recipe.retrain.batch_size, validation=validation)

@@ -4,7 +4,8 @@ When ``nni-darts retrain`` runs as a trial of an nnictl experiment (or with ``--
 
 1. asks the tuner for one set of hyperparameters (:func:`trial_overrides`, which calls
    ``nni.get_next_parameter()`` once) and applies them to the recipe like ``--set`` overrides;
-2. reports the validation accuracy after every validation epoch (:class:`NniReportCallback`, rank 0 only);
+2. reports the validation accuracy after every validation epoch
+   (:class:`~nni_darts_ext.callbacks.NniReportCallback`, rank 0 only);
 3. reports the test accuracy once, as the trial's final result (:func:`report_final_result`).
 
 NNI parameter names (the keys of ``search_space.json``) and the recipe keys they set:
@@ -44,7 +45,6 @@ import numbers
 import os
 from typing import Any, Callable, Mapping, Optional
 
-import pytorch_lightning as pl
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from ._compat import import_nni_quietly
@@ -55,9 +55,9 @@ with import_nni_quietly():
 __all__ = [
     "NNI_PARAMETERS",
     "TRIAL_VALIDATION_FRACTION",
-    "NniReportCallback",
     "apply_trial_overrides",
     "is_nni_trial",
+    "metric_value",
     "overrides_as_set_args",
     "report_final_result",
     "trial_overrides",
@@ -230,7 +230,17 @@ def overrides_as_set_args(overrides: Mapping[str, Any]) -> list[str]:
     return [f"{key}={value!r}" if isinstance(value, str) else f"{key}={value}" for key, value in overrides.items()]
 
 
-def _metric_value(metrics: Any, key: str) -> float:
+def metric_value(metrics: Any, key: str) -> float:
+    """``metrics[key]`` (or ``metrics`` itself, a number or a one-value tensor) as a finite float.
+
+    Raises:
+        TypeError / ValueError: not a number, or not finite; names ``key``.
+
+    Example::
+
+        >>> metric_value({"val_acc": 0.5}, "val_acc")
+        0.5
+    """
     value = metrics[key] if isinstance(metrics, Mapping) else metrics
     if hasattr(value, "item"):  # a tensor from trainer.callback_metrics
         value = value.item()
@@ -256,7 +266,7 @@ def report_final_result(result: Any, key: str = "test_acc") -> bool:
         [metrics] = trainer.test(module, test_loader)
         report_final_result(metrics)              # reports metrics["test_acc"]
     """
-    value = _metric_value(result, key)
+    value = metric_value(result, key)
     if rank_zero_only.rank != 0 or not is_nni_trial():
         return False
     nni.report_final_result(value)
@@ -264,73 +274,10 @@ def report_final_result(result: Any, key: str = "test_acc") -> bool:
     return True
 
 
-class NniReportCallback(pl.Callback):
-    """Report ``monitor`` (``val_acc``) to NNI after every validation epoch, from rank 0 only.
+def __getattr__(name: str) -> Any:
+    # The reporting callback lives with the other callbacks; importable from here as before.
+    if name == "NniReportCallback":
+        from .callbacks.nni_report import NniReportCallback
 
-    While attached, it takes NNI reporting over from the module: a module with a ``report_to_nni`` attribute
-    (:class:`~nni_darts_ext.training_module.DartsClassificationModule`) has it cleared from ``setup`` to
-    ``teardown``, so NNI's own per-epoch and end-of-fit reports are not sent twice. Sanity-check validation is
-    not reported. The final result is reported separately, with :func:`report_final_result`. Outside an NNI
-    trial (:func:`is_nni_trial` false) the callback does nothing.
-
-    Args:
-        monitor: the logged metric to report (a key of ``trainer.callback_metrics``).
-
-    Raises:
-        TypeError: ``monitor`` is not a non-empty string.
-
-    Example::
-
-        trainer = darts_trainer(max_epochs=600, callbacks=[NniReportCallback()])
-    """
-
-    def __init__(self, monitor: str = "val_acc") -> None:
-        if not isinstance(monitor, str) or not monitor:
-            raise TypeError(f"monitor must be a non-empty str, got {monitor!r}")
-        self.monitor = monitor
-        self._saved_flags: dict[int, bool] = {}
-        self._missing_warned = False
-        self._reported_this_fit = 0
-
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if hasattr(pl_module, "report_to_nni"):
-            self._saved_flags.setdefault(id(pl_module), pl_module.report_to_nni)
-            pl_module.report_to_nni = False
-        elif is_nni_trial():
-            _logger.warning(
-                "%s reports to NNI by itself; with NniReportCallback NNI may receive each result twice",
-                type(pl_module).__name__,
-            )
-
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._reported_this_fit = 0
-
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._reported_this_fit == 0 and trainer.is_global_zero and is_nni_trial():
-            _logger.warning("NniReportCallback: no %s reported to NNI during fit; does the fit have a validation "
-                            "loader (val_dataloaders) and limit_val_batches > 0?", self.monitor)
-
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        saved = self._saved_flags.pop(id(pl_module), None)
-        if saved is not None:
-            pl_module.report_to_nni = saved
-
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero or not is_nni_trial():
-            return
-        if trainer.state.fn != "fit":  # a stand-alone trainer.validate() is not an epoch of training
-            return
-        value = trainer.callback_metrics.get(self.monitor)
-        if value is None:
-            if not self._missing_warned:
-                _logger.warning("NniReportCallback: %r was not logged; nothing reported to NNI", self.monitor)
-                self._missing_warned = True
-            return
-        nni.report_intermediate_result(_metric_value(value, self.monitor))
-        self._reported_this_fit += 1
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"monitor": self.monitor}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.monitor = state_dict.get("monitor", self.monitor)
+        return NniReportCallback
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

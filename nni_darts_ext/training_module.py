@@ -61,7 +61,8 @@ class DartsClassificationModule(ClassificationModule):
             is captured once, so the ramp is linear (not the compounding ``current * e / max`` pattern).
         num_classes: number of classes (torchmetrics >= 0.11 needs it).
 
-    Logs ``train_loss``, ``train_loss_main``, ``train_loss_aux`` (with an auxiliary head), ``train_acc``, ``lr``,
+    Logs ``train_loss`` and ``train_acc`` per step and as epoch means (``train_loss_epoch``, ``train_acc_epoch``),
+    ``train_loss_main``, ``train_loss_aux`` (with an auxiliary head), ``lr``,
     ``val_loss``, ``val_acc``, ``test_loss``, ``test_acc``.
 
     Example::
@@ -136,9 +137,11 @@ class DartsClassificationModule(ClassificationModule):
             loss_aux = self.criterion(aux_logits, y)
             loss = loss_main + self.auxiliary_loss_weight * loss_aux
             self.log("train_loss_aux", loss_aux)
-        self.log("train_loss", loss, prog_bar=True)
+        # on_epoch: Lightning also keeps the epoch mean (weighted by batch size), logged as `*_epoch`; the mean of
+        # per-batch accuracies weighted by batch size is the epoch's accuracy.
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True)
         self.log("train_loss_main", loss_main)
-        self.log("train_acc", self.metrics["acc"](logits, y), prog_bar=True)
+        self.log("train_acc", self.metrics["acc"](logits, y), prog_bar=True, on_step=True, on_epoch=True)
         if self._trainer is not None and self.trainer.optimizers:
             self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"])
         return loss

@@ -22,6 +22,7 @@ def _load_script():
     return module
 
 
+@pytest.mark.e2e
 def test_search_step_harness_writes_the_documented_json(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, str(SCRIPT), *TINY, "--presets", "nni-stock,pc-darts", "--json", str(out)],

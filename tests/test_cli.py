@@ -17,9 +17,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from nni_darts_ext import pipeline
+from nni_darts_ext.pipeline import pretrained
+from nni_darts_ext.recipe_data import RecipeData
 from nni_darts_ext.arch import build_model, count_parameters, load_arch, normalize_arch
 from nni_darts_ext.cli import main
+
+pytestmark = pytest.mark.e2e  # runs searches, retrains or the CLI
 
 TINY_DATA = ["dataset.image_size=8", "dataset.max_samples=64"]
 TINY_SEARCH = ["search.width=4", "search.cells=3", "search.epochs=1", "search.batch_size=16",
@@ -198,10 +201,10 @@ def test_ctrl_c_during_retrain_exits_130_and_resume_finishes(searched, tmp_path,
     naming --resume, epoch 1's checkpoint is kept, and --resume runs the remaining epoch."""
     import signal
 
-    from nni_darts_ext import _run_callbacks
+    from nni_darts_ext.callbacks import epoch_log
 
     handler = signal.getsignal(signal.SIGINT)
-    original = _run_callbacks.EpochLog.on_train_epoch_start
+    original = epoch_log.EpochLog.on_train_epoch_start
     fired = []
 
     def interrupt_once(self, trainer, pl_module):
@@ -210,7 +213,7 @@ def test_ctrl_c_during_retrain_exits_130_and_resume_finishes(searched, tmp_path,
             raise KeyboardInterrupt
         original(self, trainer, pl_module)
 
-    monkeypatch.setattr(_run_callbacks.EpochLog, "on_train_epoch_start", interrupt_once)
+    monkeypatch.setattr(epoch_log.EpochLog, "on_train_epoch_start", interrupt_once)
     out = tmp_path / "r"
     argv = ["retrain", "--arch", searched, "--out", out, *THREADS, "--set", *TINY_DATA, *TINY_RETRAIN,
             "retrain.epochs=2"]
@@ -324,12 +327,12 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, bad_files, se
 def test_pretrained_offline_says_where_to_put_the_file(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("NNI_HOME", str(tmp_path / "nni-home"))
     tiny = torch.utils.data.TensorDataset(torch.randn(4, 3, 32, 32), torch.arange(4))
-    monkeypatch.setattr(pipeline, "_dataset", lambda recipe, train, cutout=None: tiny)
+    monkeypatch.setattr(RecipeData, "_build", lambda self, train, cutout=None: tiny)
 
     def offline(*args, **kwargs):
         raise urllib.error.URLError("no network")
 
-    monkeypatch.setattr(pipeline.urllib.request, "urlopen", offline)
+    monkeypatch.setattr(pretrained.urllib.request, "urlopen", offline)
     code, _, stderr = run(["evaluate", "--pretrained", "darts-v2", "--out", tmp_path / "out"], capsys)
     target = tmp_path / "nni-home" / "nashub"
     assert code == 2 and "darts-v2-5465b0d2.pth" in stderr and str(target) in stderr, stderr

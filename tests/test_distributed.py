@@ -129,6 +129,7 @@ def _ranks(out: Path, stage: str) -> list:
 
 
 @pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.e2e
 def test_ddp_search_same_architecture_on_every_rank(ddp_run, preset):
     ranks = _ranks(ddp_run, preset)
     # Each rank read its own shard of both halves of the search split.
@@ -152,6 +153,7 @@ def test_ddp_search_same_architecture_on_every_rank(ddp_run, preset):
     assert any(ranks[0]["params"][n].abs().max() > 0 for n in arch_names)
 
 
+@pytest.mark.e2e
 def test_ddp_retrain_then_single_process_evaluate(ddp_run):
     import nni_darts_ext as nde
     from nni.nas.evaluator.pytorch import DataLoader
@@ -190,6 +192,7 @@ def _nni_darts(args: list, tmp_path: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.e2e
 def test_cli_ddp_search_retrain_then_single_process_evaluate(tmp_path):
     import json
 
@@ -217,6 +220,32 @@ def test_cli_ddp_search_retrain_then_single_process_evaluate(tmp_path):
     done = _nni_darts(["retrain", "--arch", str(tmp_path / "s" / "arch.json"), "--out", str(tmp_path / "odd"), *ddp,
                        "--set", *TINY, "retrain.batch_size=15"], tmp_path)
     assert done.returncode == 2 and "not divisible" in done.stderr and not (tmp_path / "odd").exists()
+
+
+@pytest.mark.e2e
+def test_cli_ddp_nni_retrain_loads_the_per_device_batch(tmp_path):
+    """`retrain --nni` on 2 processes: the loaders really yield retrain.batch_size / 2 (the steps per epoch say so),
+    and the summary reports that batch."""
+    import json
+    import math
+
+    from nni_darts_ext.checkpoint import read_checkpoint
+    from nni_darts_ext.data import search_split
+    from nni_darts_ext.nni_trial import TRIAL_VALIDATION_FRACTION
+
+    ddp = ["--accelerator", "cpu", "--devices", str(WORLD_SIZE), "--strategy", "ddp", "--threads", "1"]
+    done = _nni_darts(["retrain", "--nni", "--arch", "darts-v2", "--out", str(tmp_path / "r"), *ddp, "--set", *TINY],
+                      tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert (summary["world_size"], summary["global_batch_size"], summary["per_device_batch_size"]) == (2, 16, 8)
+    assert summary["nni_trial"] is True and summary["validation"].startswith("held-out")
+    # 64 images, 10% held out: each of the 2 ranks trains on half of the rest, in batches of 8 (not 16).
+    samples = 64
+    train_images = len(search_split(range(samples), 1.0 - TRIAL_VALIDATION_FRACTION, seed=0)[0])
+    steps = math.ceil(math.ceil(train_images / WORLD_SIZE) / 8)
+    assert steps != math.ceil(math.ceil(train_images / WORLD_SIZE) / 16)  # the check tells the two batches apart
+    assert read_checkpoint(tmp_path / "r" / "checkpoints" / "last.ckpt")["global_step"] == steps
 
 
 # ----------------------------------------------------------------------------------- helpers, one process
@@ -253,6 +282,7 @@ def _gloo_worker(rank: int, port: int, out: str) -> None:  # pragma: no cover - 
     dist.destroy_process_group()
 
 
+@pytest.mark.e2e
 def test_all_reduce_gradients_and_gather_diff_on_two_processes(tmp_path):
     import socket
 

@@ -3,6 +3,7 @@ digits with NNI's NasExperiment, export, plot, retrain with aux loss + drop path
 
 from __future__ import annotations
 
+import pytest
 import pytorch_lightning as pl
 import torch
 
@@ -13,6 +14,8 @@ with import_nni_quietly():
     from nni.nas.evaluator.pytorch import DataLoader
     from nni.nas.experiment import NasExperiment
     from nni.nas.hub.pytorch import DARTS as DartsSpace
+
+pytestmark = pytest.mark.e2e  # runs searches, retrains or the CLI
 
 IMAGE_SIZE = 16
 

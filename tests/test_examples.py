@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from nni_darts_ext._compat import import_nni_quietly
@@ -26,6 +27,7 @@ TINY_RETRAIN = ["--set", "retrain.cells=3", "--set", "retrain.width=4", "--set",
                 "--set", "search.batch_size=16", "--set", "dataset.max_samples=200"]
 
 
+@pytest.mark.e2e
 def test_darts_cifar10_example_fast_dev_run_on_digits(tmp_path):
     home = tmp_path / "home"
     home.mkdir()

@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+pytestmark = pytest.mark.e2e  # runs searches, retrains or the CLI
+
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "nnictl_retrain"
 VENV_BIN = Path(sys.executable).parent
 NNICTL = VENV_BIN / "nnictl"

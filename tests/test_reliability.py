@@ -30,10 +30,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from nni_darts_ext import callbacks
+from nni_darts_ext import checkpoint as checkpoint_module
 from nni_darts_ext import io as atomic_io
-from nni_darts_ext.callbacks import read_checkpoint
+from nni_darts_ext.checkpoint import read_checkpoint
 from nni_darts_ext.cli import main
+
+pytestmark = pytest.mark.e2e  # runs searches, retrains or the CLI
 
 REPO = Path(__file__).resolve().parents[1]
 THREADS = ["--threads", "1"]
@@ -283,7 +285,7 @@ def test_a_write_that_dies_midway_leaves_the_previous_file_whole(finished_retrai
                 raise _Killed(target)
 
     monkeypatch.setattr(atomic_io, "atomic_open", dying_open)
-    monkeypatch.setattr(callbacks, "atomic_open", dying_open)  # AtomicCheckpointIO's reference
+    monkeypatch.setattr(checkpoint_module, "atomic_open", dying_open)  # AtomicCheckpointIO's reference
     with pytest.raises(_Killed):
         main([str(a) for a in ["retrain", "--arch", "darts-v2", "--out", out, "--resume", "--quiet", *THREADS,
                                "--set", "retrain.epochs=2"]])

@@ -185,3 +185,32 @@ def test_darts_evaluator_splits_module_and_trainer_arguments():
     restored = nni.load(nni.dump(evaluator))
     assert isinstance(restored.module, DartsClassificationModule)
     assert restored.module.max_epochs == 3 and restored.module.hparams.learning_rate == 0.1
+
+
+def test_epoch_log_shows_epoch_means_not_the_last_batch(caplog):
+    """A net that always predicts class 0 (learning rate 0: it never changes) on batches of 4, 4 and 2 images whose
+    accuracies are 1, 1/2 and 0: the epoch line says 6/10 = 0.6, not the last batch's 0."""
+    import math
+
+    from nni_darts_ext.callbacks import EpochLog
+
+    net = torch.nn.Linear(2, 3)
+    with torch.no_grad():
+        net.weight.zero_()
+        net.bias.copy_(torch.tensor([1.0, 0.0, 0.0]))
+    module = DartsClassificationModule(learning_rate=0.0, weight_decay=0.0, momentum=0.0, max_epochs=1,
+                                       auxiliary_loss_weight=0.0, num_classes=3)
+    module.set_model(net)
+    labels = torch.tensor([0, 0, 0, 0, 0, 0, 1, 2, 1, 2])
+    loader = DataLoader(TensorDataset(torch.randn(10, 2), labels), batch_size=4, shuffle=False)
+    log = EpochLog("retrain", validation="test set")
+    with caplog.at_level("INFO", logger="nni_darts_ext.pipeline"):
+        _quiet_trainer(max_epochs=1, callbacks=[log]).fit(module, loader, loader)
+    # Cross-entropy of logits (1, 0, 0): log(e + 2) - 1 for label 0 (6 images), log(e + 2) otherwise (4 images).
+    mean_loss = math.log(math.e + 2) - 0.6
+    [row] = log.curve
+    assert row["epoch"] == 1 and row["train_acc"] == pytest.approx(0.6) and row["val_acc"] == pytest.approx(0.6)
+    assert row["train_loss"] == pytest.approx(mean_loss, abs=1e-5)
+    assert row["val_loss"] == pytest.approx(mean_loss, abs=1e-5)
+    [line] = [r.getMessage() for r in caplog.records if "retrain epoch 1/1" in r.getMessage()]
+    assert "train_acc 0.6000" in line and "validation on the test set: " in line and "val_acc 0.6000" in line

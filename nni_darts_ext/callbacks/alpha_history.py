@@ -1,0 +1,45 @@
+"""Record the architecture probabilities of a one-shot search at each epoch end (resumable with the checkpoint).
+
+Example::
+
+    history = AlphaHistory()
+    Trainer(callbacks=[history])  # then plot_alpha_history(history.history, "alphas.png")
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+
+__all__ = ["AlphaHistory"]
+
+
+class AlphaHistory(pl.Callback):
+    """Record the one-shot module's ``export_probs()`` at each epoch end (saved in checkpoints, so resumable).
+
+    ``history`` is a list per epoch of ``{edge_label: {op: probability}}``, what
+    :func:`~nni_darts_ext.plotting.plot_alpha_history` draws.
+
+    Example::
+
+        history = AlphaHistory()
+        Trainer(callbacks=[history])  # then plot_alpha_history(history.history, "alphas.png")
+    """
+
+    def __init__(self) -> None:
+        self.history: list[dict[str, dict[str, float]]] = []
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        export = getattr(pl_module, "export_probs", None)
+        if export is None:
+            return
+        self.history.append(
+            {str(label): {str(op): float(p) for op, p in dist.items()} for label, dist in export().items()}
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = list(state_dict.get("history", []))

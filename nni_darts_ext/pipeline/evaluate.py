@@ -1,0 +1,139 @@
+"""``nni-darts evaluate``: the test accuracy of a net with given weights (a retrain's, or NNI's pretrained).
+
+The net's width, cell count and auxiliary head are read from the weights, so any retrain output fits; the recipe
+gives the dataset.
+
+Example::
+
+    run_evaluate(load_recipe("demo"), RunOptions(), arch="runs/r/arch.json", weights="runs/r/model.pt")
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from ..arch import build_model, count_parameters
+from ..checkpoint import load_weights, read_state_dict, shape_of_weights, strip_prefix
+from ..errors import CheckpointError, UsageError
+from ..io import atomic_write_json
+from ..recipe_data import RecipeData
+from ..recipes import Recipe
+from .assemble import assemble_evaluate, check_device, data_errors, resolve_arch
+from .options import RunOptions
+from .pretrained import PRETRAINED, fetch_pretrained
+from .retrain import measure_test
+from .run_folder import SUMMARY_FILE
+from .runtime import device_name, quiet_nni, run_facts
+
+__all__ = ["run_evaluate"]
+
+PathLike = str | os.PathLike
+
+# Any drop-path probability > 0 gives NNI's DropPath-wrapped op layout (its value is irrelevant in eval mode).
+_STRUCTURAL_DROP_PATH = 0.1
+
+
+def _net_for_weights(arch: dict[str, Any], state: dict[str, Any], **kwargs: Any) -> Any:
+    """The fixed net for ``state``: NNI wraps each op in a DropPath container when the net was built with
+    ``drop_path_prob > 0``, which changes the key names, so build the variant whose keys match (eval: no drop)."""
+    plain = build_model(arch, drop_path_prob=0.0, **kwargs)
+    keys = set(strip_prefix(state, set(plain.state_dict())))
+    if keys == set(plain.state_dict()):
+        return plain
+    wrapped = build_model(arch, drop_path_prob=_STRUCTURAL_DROP_PATH, **kwargs)
+    wrapped_keys = set(wrapped.state_dict())
+    if len(keys & wrapped_keys) > len(keys & set(plain.state_dict())):
+        wrapped.set_drop_path_prob(0.0)
+        return wrapped
+    return plain
+
+
+def _read_weights(path: Path) -> dict[str, Any]:
+    try:
+        return read_state_dict(path)
+    except CheckpointError as exc:
+        raise UsageError(f"--weights {exc}") from None
+
+
+def run_evaluate(
+    recipe: Recipe,
+    options: RunOptions,
+    *,
+    arch: Any = None,
+    weights: PathLike | None = None,
+    pretrained: str | None = None,
+    data: RecipeData | None = None,
+) -> dict[str, Any]:
+    """Test accuracy of ``arch`` with ``weights`` (or NNI's ``pretrained`` net) on the recipe's test set.
+
+    Writes ``DIR/summary.json`` only when ``options.out`` is set.
+
+    Example::
+
+        run_evaluate(load_recipe("demo"), RunOptions(), arch="runs/r/arch.json", weights="runs/r/model.pt")
+    """
+    if (pretrained is None) == (weights is None):
+        raise UsageError("evaluate: give --arch with --weights, or --pretrained NAME")
+    check_device(options.accelerator, options.devices)
+    out = None
+    if options.out is not None:
+        out = Path(options.out).expanduser()
+        if (out / SUMMARY_FILE).exists():
+            raise UsageError(f"--out {out}: already holds {SUMMARY_FILE}; choose another folder")
+    data = data or RecipeData(recipe)
+
+    if pretrained is not None:
+        if arch is not None:
+            raise UsageError("--arch: not used with --pretrained (the net's cell is fixed)")
+        if pretrained not in PRETRAINED:
+            raise UsageError(f"--pretrained {pretrained}: unknown; available: {', '.join(PRETRAINED)}")
+        if recipe.dataset.name != "cifar10":
+            raise UsageError(f"--pretrained {pretrained}: a CIFAR-10 net; the recipe's dataset is {recipe.dataset.name}")
+        arch_dict, arch_name = resolve_arch(pretrained)
+        data_errors(lambda: data.split(train=False))  # data first: no download when the data are missing anyway
+        weights_path = fetch_pretrained(pretrained)
+        width, cells, aux = PRETRAINED[pretrained]["width"], PRETRAINED[pretrained]["num_cells"], False
+        state = _read_weights(weights_path)
+    else:
+        if arch is None:
+            raise UsageError("--arch: required with --weights")
+        arch_dict, arch_name = resolve_arch(arch)
+        weights_path = Path(weights).expanduser()
+        state = _read_weights(weights_path)
+        width, cells, aux = shape_of_weights(state)
+        width = width or recipe.retrain.width
+        cells = cells or recipe.retrain.cells
+        data_errors(lambda: data.split(train=False))
+
+    model = _net_for_weights(arch_dict, state, width=width, num_cells=cells, auxiliary_loss=aux,
+                             image_size=recipe.image_size)
+    try:
+        load_weights(model, state, f"--weights {weights_path}")
+    except CheckpointError as exc:
+        raise UsageError(str(exc)) from None
+    built = assemble_evaluate(recipe, options, model=model, auxiliary=aux, data=data, out=out)
+    trainer = built.trainer
+    start = time.perf_counter()
+    with quiet_nni():
+        tested = measure_test(trainer, built.module, built.test_loader)
+    summary = {
+        "command": "evaluate",
+        "recipe": recipe.name,
+        "dataset": recipe.dataset.name,
+        **tested,
+        "params": count_parameters(model),
+        "evaluate_seconds": round(time.perf_counter() - start, 2),
+        "arch": Path(arch_name).name if arch_name not in PRETRAINED else arch_name,
+        "weights": str(weights_path),
+        "width": width,
+        "cells": cells,
+        "device": device_name(trainer),
+        "precision": str(trainer.precision),
+        **run_facts(recipe),
+    }
+    if out is not None:
+        atomic_write_json(out / SUMMARY_FILE, summary)
+    return summary

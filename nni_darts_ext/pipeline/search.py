@@ -1,0 +1,141 @@
+"""``nni-darts search``: run the assembled DARTS search with NNI's ``NasExperiment`` and write what it found.
+
+Example::
+
+    summary = run_search(load_recipe("demo"), RunOptions(out="runs/search"))
+    summary["arch"]   # 'arch.json'
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import tempfile
+import time
+from typing import Any
+
+from .._compat import import_nni_quietly
+from ..arch import (
+    build_model,
+    count_parameters,
+    format_genotype,
+    save_arch,
+    to_genotype,
+)
+from ..checkpoint import allow_checkpoint_globals
+from ..distributed import all_gather_max_abs_diff
+from ..errors import RunInterrupted
+from ..io import atomic_write_json, atomic_write_text
+from ..plotting import plot_alpha_history, plot_cells
+from ..recipe_data import RecipeData
+from ..recipes import Recipe
+from .assemble import assemble_search
+from .options import RunOptions
+from .run_folder import (
+    ALPHAS_FILE,
+    ALPHAS_PLOT,
+    ARCH_FILE,
+    CELLS_PLOT,
+    GENOTYPE_FILE,
+    SUMMARY_FILE,
+    write_config,
+)
+from .runtime import check_interrupted, device_name, interruptible, quiet_nni, run_facts
+
+with import_nni_quietly():
+    from nni.nas.experiment import NasExperiment
+
+__all__ = ["run_search"]
+
+_logger = logging.getLogger("nni_darts_ext.pipeline")
+
+
+def run_search(recipe: Recipe, options: RunOptions, *, data: RecipeData | None = None) -> dict[str, Any]:
+    """Search the recipe's DARTS space with NNI's ``NasExperiment``; write arch, genotype, plots and summary.
+
+    Writes ``DIR/arch.json`` (NNI form), ``genotype.txt``, ``cells.png``, ``alphas.png`` (+ ``alphas.json``),
+    ``config.yaml``, ``summary.json``, TensorBoard logs under ``DIR/tensorboard/search`` and checkpoints under
+    ``DIR/checkpoints``; NNI's experiment folder (its log and state) is ``DIR/<experiment id>/``. ``data``: the
+    recipe's datasets when another stage already built them.
+
+    Example::
+
+        summary = run_search(load_recipe("demo"), RunOptions(out="runs/search"))
+        summary["arch"]   # 'arch.json'
+    """
+    built = assemble_search(recipe, options, data=data)
+    out, trainer, strategy = built.out, built.trainer, built.strategy
+
+    # Everything checked: from here on files are written (by rank 0 only; the other ranks' NNI experiment
+    # folders go to a temporary folder, removed at the end).
+    rank_zero = built.rank == 0
+    if rank_zero:
+        out.mkdir(parents=True, exist_ok=True)
+        write_config(out, recipe, "search")
+    experiment = NasExperiment(built.space, built.evaluator, strategy)
+    scratch = None if rank_zero else tempfile.TemporaryDirectory(prefix="nni-darts-rank")
+    experiment.config.experiment_working_directory = str(out.resolve()) if rank_zero else scratch.name
+    start = time.perf_counter()
+    with quiet_nni(), allow_checkpoint_globals():
+        completed = None
+        try:
+            with interruptible(trainer, "search", out):
+                completed = experiment.run()
+        finally:
+            # NNI's run() stops the experiment itself only on KeyboardInterrupt (then it returns None); otherwise
+            # stop it here (updates NNI's manifest, closes its log file, unregisters its atexit hook).
+            if completed is not None or sys.exc_info()[0] is not None:
+                experiment.stop()
+        check_interrupted(trainer, "search", out)
+        if not completed:
+            raise RunInterrupted(f"search stopped early; continue it with --resume --out {out}")
+        seconds = time.perf_counter() - start
+        arch = experiment.export_top_models(formatter="dict")[0]
+
+    oneshot = strategy.oneshot_module  # a property
+    ranks = getattr(oneshot, "distributed_report", None)
+    if ranks is None:  # a preset without DistributedArchSync: measure here (a collective, on every rank)
+        arch_params = oneshot.arch_parameters()
+        order = {id(p): i for i, p in enumerate(oneshot.parameters())}
+        ranks = {"world_size": trainer.world_size,
+                 "alpha_max_abs_diff_across_ranks": all_gather_max_abs_diff(
+                     sorted(arch_params, key=lambda p: order[id(p)]))}
+    if scratch is not None:
+        scratch.cleanup()
+    if not rank_zero:
+        return {"command": "search", "rank": trainer.global_rank, **ranks}
+    if ranks["world_size"] > 1:
+        _logger.info("search on %d processes: alpha max |difference| across ranks %.3g",
+                     ranks["world_size"], ranks["alpha_max_abs_diff_across_ranks"])
+
+    save_arch(arch, out / ARCH_FILE)
+    genotype = format_genotype(to_genotype(arch))
+    atomic_write_text(out / GENOTYPE_FILE, genotype + "\n")
+    plot_cells(arch, out / CELLS_PLOT)
+    history = built.alpha_history.history
+    if history:
+        atomic_write_json(out / ALPHAS_FILE, history)
+        plot_alpha_history(history, out / ALPHAS_PLOT)
+    r = recipe.retrain
+    net = build_model(arch, width=r.width, num_cells=r.cells, auxiliary_loss=False, image_size=recipe.image_size)
+    summary = {
+        "command": "search",
+        "recipe": recipe.name,
+        "dataset": recipe.dataset.name,
+        "strategy": recipe.search.strategy,
+        "params": count_parameters(net),
+        "params_note": f"the searched cell in the retrain net ({r.cells} cells, width {r.width}, no auxiliary head)",
+        "search_seconds": round(seconds, 2),
+        "epochs": trainer.current_epoch,
+        "resumed_from": str(built.resume_from) if built.resume_from else None,
+        "arch": ARCH_FILE,
+        "genotype": genotype,
+        "device": device_name(trainer),
+        "precision": str(trainer.precision),
+        **run_facts(recipe),
+        "nni_experiment": experiment.id,
+        "world_size": ranks["world_size"],
+        "alpha_max_abs_diff_across_ranks": ranks["alpha_max_abs_diff_across_ranks"],
+    }
+    atomic_write_json(out / SUMMARY_FILE, summary)
+    return summary

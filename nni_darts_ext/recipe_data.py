@@ -1,0 +1,154 @@
+"""The datasets and retrain loaders of a recipe, each dataset built once.
+
+A recipe's ``dataset`` section names the data (``name``, ``data_dir``, ``image_size``, ``max_samples``); its
+``retrain`` section adds Cutout to the training split. :class:`RecipeData` builds each split a run needs once and
+hands the same object to every stage (search, retrain, a baseline retrain), and :func:`retrain_loaders` turns it
+into the ``(train, val, test)`` loaders of a retrain, with the validation split either the test split (the paper's
+and NNI's tutorial's practice) or a held-out fraction of the training split.
+
+Errors of the data themselves are not translated here: a missing file raises ``FileNotFoundError``, a corrupt
+one :class:`~nni_darts_ext.errors.DatasetError`, CIFAR-10 without a ``data_dir`` ``TypeError``.
+
+Example::
+
+    data = RecipeData(load_recipe("demo"))
+    train_loader, val_loader, test_loader = retrain_loaders(data, batch_size=32, validation=0.1)
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import torch
+from torch.utils.data import Subset
+
+from ._compat import import_nni_quietly
+from .data import get_dataset, search_split
+
+with import_nni_quietly():
+    import nni
+
+__all__ = ["RecipeData", "held_out_fraction", "retrain_loaders", "test_loader"]
+
+
+class RecipeData:
+    """The splits of one recipe's dataset, each built on first use and then shared.
+
+    ``dataset.max_samples``, when set, keeps a seeded random subset (``recipe.seed``) of each split.
+
+    Args:
+        recipe: a :class:`~nni_darts_ext.recipes.Recipe` (its ``dataset`` section and ``seed`` are read).
+
+    Example::
+
+        data = RecipeData(recipe)
+        data.split(train=True) is data.split(train=True)  # True: built once
+    """
+
+    def __init__(self, recipe: Any) -> None:
+        self.recipe = recipe
+        self._splits: dict[tuple[bool, int | None], Any] = {}
+        #: How many datasets were built (each split and Cutout setting once).
+        self.builds = 0
+
+    def split(self, *, train: bool, cutout: int | None = None) -> Any:
+        """The training (``train=True``, optionally with Cutout of side ``cutout``) or test split."""
+        key = (bool(train), cutout)
+        if key not in self._splits:
+            self._splits[key] = self._build(train=bool(train), cutout=cutout)
+            self.builds += 1
+        return self._splits[key]
+
+    def _build(self, *, train: bool, cutout: int | None) -> Any:
+        d = self.recipe.dataset
+        data = get_dataset(d.name, train=train, root=d.data_dir, image_size=d.image_size, cutout=cutout)
+        limit = getattr(d, "max_samples", None)
+        if limit is not None and len(data) > limit:  # a seeded random `limit` images of the split
+            order = torch.randperm(len(data), generator=torch.Generator().manual_seed(self.recipe.seed))
+            data = nni.trace(Subset)(dataset=data, indices=sorted(order[:limit].tolist()))
+        return data
+
+
+def held_out_fraction(validation: Any) -> float | None:
+    """``None`` for ``validation="test"`` (validate on the test split), else the held-out fraction in (0, 1).
+
+    Raises:
+        ValueError: neither ``"test"`` nor a fraction in (0, 1).
+
+    Example::
+
+        >>> held_out_fraction(0.1), held_out_fraction("test")
+        (0.1, None)
+    """
+    if isinstance(validation, str) and validation == "test":
+        return None
+    if isinstance(validation, numbers.Real) and not isinstance(validation, bool) and 0.0 < validation < 1.0:
+        return float(validation)
+    raise ValueError(f"validation must be 'test' or a fraction in (0, 1), got {validation!r}")
+
+
+def retrain_loaders(
+    data: RecipeData,
+    *,
+    batch_size: int,
+    validation: str | float = "test",
+    shuffle_seed: int | None = None,
+) -> tuple[Any, Any, Any]:
+    """``(train, val, test)`` loaders of a retrain: NNI's traced ``DataLoader`` over ``data``'s splits.
+
+    The training split has ``retrain.cutout`` and is shuffled; the test split is not. The validation loader is
+    the test split's (``validation="test"``) or a held-out ``validation`` fraction of the training split (split
+    with ``recipe.seed`` by :func:`~nni_darts_ext.data.search_split`, taken from a copy without Cutout). Every
+    loader yields ``batch_size`` samples per step: under DDP pass the per-device batch.
+
+    Args:
+        data: the recipe's datasets.
+        batch_size: samples per step of each loader, an int >= 1.
+        validation: ``"test"`` or a fraction in (0, 1).
+        shuffle_seed: seeds the training loader's shuffling with its own generator; ``None``: torch's global RNG
+            (a loader that must stay serialisable with ``nni.dump`` takes no generator).
+
+    Raises:
+        ValueError: a bad ``validation`` or ``batch_size``.
+
+    Example::
+
+        train_loader, val_loader, test_loader = retrain_loaders(RecipeData(recipe), batch_size=48, validation=0.1)
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    fraction = held_out_fraction(validation)
+    with import_nni_quietly():
+        from nni.nas.evaluator.pytorch import DataLoader
+
+    recipe = data.recipe
+    train_set = data.split(train=True, cutout=recipe.retrain.cutout)
+    if fraction is None:
+        val_set = data.split(train=False)
+    else:
+        train_indices, val_indices = search_split(train_set, 1.0 - fraction, seed=recipe.seed)
+        subset = nni.trace(Subset)
+        val_set = subset(dataset=data.split(train=True), indices=val_indices)  # without Cutout
+        train_set = subset(dataset=train_set, indices=train_indices)
+    loader = {"batch_size": batch_size, "num_workers": recipe.dataset.num_workers}
+    shuffle = {} if shuffle_seed is None else {"generator": torch.Generator().manual_seed(shuffle_seed)}
+    return (
+        DataLoader(dataset=train_set, shuffle=True, drop_last=False, **loader, **shuffle),
+        DataLoader(dataset=val_set, shuffle=False, **loader),
+        test_loader(data, batch_size=batch_size),
+    )
+
+
+def test_loader(data: RecipeData, *, batch_size: int) -> Any:
+    """NNI's traced ``DataLoader`` over the recipe's test split, in order, ``batch_size`` samples per step.
+
+    Example::
+
+        loader = test_loader(RecipeData(recipe), batch_size=recipe.retrain.batch_size)
+    """
+    with import_nni_quietly():
+        from nni.nas.evaluator.pytorch import DataLoader
+
+    return DataLoader(dataset=data.split(train=False), batch_size=batch_size, shuffle=False,
+                      num_workers=data.recipe.dataset.num_workers)

@@ -90,7 +90,7 @@ def _parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 
 def _default_presets() -> List[str]:
-    from nni_darts_ext.strategies import list_strategies
+    from nni_darts_ext.search import list_strategies
 
     return [STOCK] + list_strategies()
 
@@ -245,7 +245,7 @@ def _single(args: argparse.Namespace) -> int:
     if args.single == STOCK:
         strategy = DARTS(gradient_clip_val=TUTORIAL_GRADIENT_CLIP)
     else:
-        from nni_darts_ext.strategies import darts_strategy
+        from nni_darts_ext.search import darts_strategy
 
         strategy = darts_strategy(args.single, **json.loads(args.strategy_kwargs or "{}"))
 

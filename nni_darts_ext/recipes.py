@@ -123,7 +123,7 @@ class SearchSection:
     partial_channels: int | None = MISSING
     # Architecture-gradient order, 1 or 2; null: the strategy preset's own.
     order: int | None = None
-    # Extra keyword arguments for the strategy preset (nni_darts_ext.strategies.darts_strategy).
+    # Extra keyword arguments for the strategy preset (nni_darts_ext.search.darts_strategy).
     strategy_options: dict[str, Any] = field(default_factory=dict)
     # Epochs between Hessian-eigenvalue health checks of the architecture; 0: off.
     hessian_every: int = 0

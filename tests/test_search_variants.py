@@ -6,6 +6,7 @@ The defining math of each part is tested against hand computations in tests/test
 from __future__ import annotations
 
 import collections
+import json
 
 import pytest
 import torch
@@ -215,3 +216,29 @@ def test_p_darts_grows_the_supernet_and_prunes_between_stages():
     strategy.supernet(torch.randn(2, 3, IMAGE, IMAGE))
     n_edges = sum(len(node) for m in strategy.supernet.modules() if isinstance(m, MixedCell) for node in m.ops)
     assert len(calls) == n_edges and set(calls.values()) == {3}  # pruned candidates are not computed
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("name", VARIANTS)
+def test_cli_search_of_every_variant_from_the_demo_recipe(name, tmp_path, monkeypatch):
+    """``nni-darts search --recipe demo --set search.strategy=NAME search.epochs=2`` exports a valid arch."""
+    from test_cli import TINY_DATA, run
+
+    from nni_darts_ext.arch import load_arch
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "run"
+    code, _, _ = run(["search", "--recipe", "demo", "--out", out, "--threads", "1", "--set",
+                      f"search.strategy={name}", "search.epochs=2", *TINY_DATA])
+    assert code == 0
+    arch = normalize_arch(load_arch(out / "arch.json"))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["strategy"] == name and len(arch) == 32
+
+
+def test_every_variant_recipe_names_its_own_preset():
+    from nni_darts_ext.recipes import list_recipes, load_recipe
+
+    for name in ("p-darts", "drnas", "fair-darts", "gdas"):
+        assert name in list_recipes() and load_recipe(name).search.strategy == name
+    assert load_recipe("p-darts").export.max_skip_connects == 2

@@ -56,7 +56,7 @@ from ..evaluator import darts_evaluator, darts_trainer
 from ..nni_trial import TRIAL_VALIDATION_FRACTION
 from ..recipe_data import RecipeData, retrain_loaders, test_loader
 from ..recipes import Recipe, RecipeError
-from ..strategies import darts_strategy
+from ..search import darts_strategy
 from ..training_module import DartsClassificationModule
 from .options import RunOptions
 from .run_folder import (
@@ -354,7 +354,8 @@ def _strategy(recipe: Recipe) -> Any:
     }
     keys = {"arc_learning_rate": "search.arc_learning_rate", "gradient_clip_val": "search.gradient_clip",
             "warmup_epochs": "search.warmup_epochs"}
-    # NNI fixes the architecture Adam's betas and weight decay (differentiable.py); pass them only when changed.
+    # The architecture Adam's betas and weight decay: passed only when they differ from DARTS' (NNI's, the paper's),
+    # so that a preset with its own (fair-darts' betas, drnas' regulariser in place of weight decay) keeps them.
     if tuple(s.arc_betas) != tuple(ARC_BETAS):
         kwargs["arc_betas"] = tuple(s.arc_betas)
         keys["arc_betas"] = "search.arc_betas"
@@ -364,11 +365,15 @@ def _strategy(recipe: Recipe) -> Any:
     if s.partial_channels is not None:
         kwargs["partial_channels"] = s.partial_channels
         keys["partial_channels"] = "search.partial_channels"
-    order = getattr(s, "order", None)
+    order = s.order
     if order is not None:
         kwargs["order"] = order
         keys["order"] = "search.order"
-    for name, value in dict(getattr(s, "strategy_options", None) or {}).items():
+    max_skip_connects = recipe.export.max_skip_connects
+    if max_skip_connects is not None:
+        kwargs["max_skip_connects"] = max_skip_connects
+        keys["max_skip_connects"] = "export.max_skip_connects"
+    for name, value in dict(s.strategy_options or {}).items():
         kwargs[name] = value
         keys[name] = f"search.strategy_options.{name}"
     try:

@@ -28,6 +28,7 @@ import nni
 import torch
 
 from .._compat import import_nni_quietly
+from ..checkpoint import read_checkpoint
 from .cells import MixedCell
 from .progressive import PDARTS_CIFAR10_STAGES, Stage, prune_ops
 from .schedules import pdarts_skip_dropout
@@ -99,7 +100,18 @@ class ProgressiveDartsSearch(DartsSearch):
             raise ValueError("p-darts grows the supernet between stages: it needs a space built with a num_cells= "
                              "keyword that nni.trace recorded (e.g. nni.nas.hub.pytorch.DARTS)")
         self._stage_setup(0)
+        ckpt = model_space.evaluator.fit_kwargs.get("ckpt_path")
+        if ckpt:  # `nni-darts search --resume`: the checkpoint says which stage it belongs to
+            self._resume_from(str(ckpt), model_space.evaluator)
         return super()._initialize(model_space, engine)
+
+    def _resume_from(self, path: str, evaluator: Any) -> None:
+        """Continue in the stage ``path`` was written in; stage 0 resumes through the evaluator as usual."""
+        record = read_checkpoint(path).get(STAGE_KEY, {})
+        stage = int(record.get("stage", 0))
+        if stage:
+            self._resume_stage, self._resume_ckpt, self._masks = stage, path, record["masks"]
+            evaluator.fit_kwargs.pop("ckpt_path", None)  # not for the stage-0 supernet
 
     def _stage_setup(self, index: int) -> None:
         stage = self.stages[index]
@@ -176,13 +188,9 @@ class ProgressiveDartsSearch(DartsSearch):
     def load_state_dict(self, state_dict: dict) -> None:
         """Resume in the stage the checkpoint was written in (its masks come back with the weights)."""
         path = state_dict.get("ckpt_path")
-        if path:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-            stage = checkpoint.get(STAGE_KEY, {}).get("stage", 0)
-            if stage:
-                self._resume_stage = stage
-                self._resume_ckpt = path
-                self._masks = checkpoint[STAGE_KEY]["masks"]
+        if path and self._mutated_model_space is not None:
+            self._resume_from(str(path), self._mutated_model_space.evaluator)
+            if self._resume_stage:
                 return
         super().load_state_dict(state_dict)
 

@@ -17,11 +17,16 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
-from nni_darts_ext.search_health import HEALTH_FILE, HEALTH_PLOT, health_warnings, read_health_records
+from nni_darts_ext.search_health import (
+    HEALTH_FILE,
+    HEALTH_PLOT,
+    health_warnings,
+    read_health_records,
+)
 
-__all__ = ["InspectError", "inspect_run", "format_report"]
+__all__ = ["InspectError", "format_report", "inspect_run"]
 
 # The output layout of ``nni-darts search`` (pipeline.run_search).
 _CONFIG = "config.yaml"
@@ -36,7 +41,7 @@ class InspectError(ValueError):
     """The folder is missing, not a folder, or not an ``nni-darts search`` output; the message is one line."""
 
 
-def _read_config(path: Path, notes: list[str]) -> Optional[dict[str, Any]]:
+def _read_config(path: Path, notes: list[str]) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     import yaml
@@ -51,7 +56,7 @@ def _read_config(path: Path, notes: list[str]) -> Optional[dict[str, Any]]:
     return data
 
 
-def _read_summary(path: Path, notes: list[str]) -> Optional[dict[str, Any]]:
+def _read_summary(path: Path, notes: list[str]) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
@@ -81,7 +86,7 @@ def _row(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def inspect_run(directory: "str | os.PathLike[str]") -> dict[str, Any]:
+def inspect_run(directory: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a search's output folder and return its report as a JSON-ready dict.
 
     Keys: ``dir``, ``status`` (``'finished'`` with a summary, else ``'incomplete'``: still running or stopped),
@@ -156,8 +161,8 @@ def format_report(report: dict[str, Any]) -> str:
     planned = report.get("epochs_planned")
     lines = [
         f"search {report['dir']}: {status}",
-        f"recipe {report.get('recipe') or '?'}, preset {report.get('preset') or '?'}, "
-        f"dataset {report.get('dataset') or '?'}",
+        (f"recipe {report.get('recipe') or '?'}, preset {report.get('preset') or '?'}, "
+         f"dataset {report.get('dataset') or '?'}"),
         f"epochs done: {report['epochs_done']}" + (f" of {planned}" if planned is not None else ""),
     ]
     if report.get("early_stop"):

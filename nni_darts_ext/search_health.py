@@ -29,10 +29,9 @@ import logging
 import math
 import numbers
 import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, NamedTuple, Optional, Sequence
-
-import torch
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from nni_darts_ext.arch import ArchError, format_genotype, normalize_arch, to_genotype
 from nni_darts_ext.constants import (
@@ -47,20 +46,23 @@ from nni_darts_ext.constants import (
 )
 from nni_darts_ext.io import atomic_open, atomic_write_json
 
+if TYPE_CHECKING:  # torch is imported where it is used: reading records (nni-darts inspect) does not need it
+    import torch
+
 __all__ = [
     "HEALTH_FILE",
     "HEALTH_PLOT",
     "RECORD_KEYS",
+    "DartsEarlyStopping",
     "EigenEstimate",
-    "hessian_power_iteration",
+    "append_health_record",
     "dominant_hessian_eigenvalue",
     "health_record",
-    "DartsEarlyStopping",
     "health_warnings",
+    "hessian_power_iteration",
+    "plot_health",
     "read_health_records",
     "write_health_records",
-    "append_health_record",
-    "plot_health",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -136,6 +138,8 @@ def hessian_power_iteration(
         estimate = hessian_power_iteration(lambda: criterion(net(x), y), net.arch_parameters())
         estimate.value, estimate.iterations
     """
+    import torch
+
     _check_iterations(iterations, tol)
     params = list(params)
     if not params or not all(isinstance(p, torch.Tensor) for p in params):
@@ -155,7 +159,7 @@ def hessian_power_iteration(
         v = [torch.randn(p.shape, generator=generator, dtype=torch.float64).to(p.device, p.dtype) for p in params]
         norm = torch.sqrt(_dot(v, v))
         v = [x / norm for x in v]
-        previous: Optional[float] = None
+        previous: float | None = None
         value = 0.0
         for step in range(1, iterations + 1):
             products = torch.autograd.grad(
@@ -198,14 +202,14 @@ def dominant_hessian_eigenvalue(
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _darts_arch(arch: Mapping[str, Any]) -> Optional[dict[str, Any]]:
+def _darts_arch(arch: Mapping[str, Any]) -> dict[str, Any] | None:
     try:
         return normalize_arch(dict(arch))
     except (ArchError, TypeError):
         return None
 
 
-def _genotype_text(arch: Mapping[str, Any], darts: Optional[dict[str, Any]]) -> str:
+def _genotype_text(arch: Mapping[str, Any], darts: dict[str, Any] | None) -> str:
     if darts is not None:
         return format_genotype(to_genotype(darts))
     return json.dumps(dict(arch), sort_keys=True, default=str)
@@ -217,7 +221,7 @@ def _edges(darts: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
             for key, op in darts.items() if "/op_" in key}
 
 
-def _changed_edges(arch: Mapping[str, Any], darts: Optional[dict], previous: Optional[Mapping[str, Any]]) -> Optional[int]:
+def _changed_edges(arch: Mapping[str, Any], darts: dict | None, previous: Mapping[str, Any] | None) -> int | None:
     if previous is None:
         return None
     previous_darts = _darts_arch(previous)
@@ -228,7 +232,7 @@ def _changed_edges(arch: Mapping[str, Any], darts: Optional[dict], previous: Opt
     return sum(arch.get(key) != previous.get(key) for key in keys)
 
 
-def _skip_count(darts: Optional[dict[str, Any]], cell: str) -> int:
+def _skip_count(darts: dict[str, Any] | None, cell: str) -> int:
     if darts is None:
         return 0
     return sum(op == _SKIP_OP for key, op in darts.items() if key.startswith(f"{cell}/op_"))
@@ -237,7 +241,7 @@ def _skip_count(darts: Optional[dict[str, Any]], cell: str) -> int:
 def _probabilities(weights: Any) -> list[float]:
     if isinstance(weights, Mapping):
         weights = list(weights.values())
-    if isinstance(weights, torch.Tensor):
+    if hasattr(weights, "detach"):  # a tensor
         return [float(w) for w in weights.detach().reshape(-1).cpu().tolist()]
     return [float(w) for w in weights]
 
@@ -249,10 +253,10 @@ def _entropy(probs: list[float]) -> float:
 def health_record(
     epoch: int,
     arch: Mapping[str, Any],
-    previous_arch: Optional[Mapping[str, Any]],
+    previous_arch: Mapping[str, Any] | None,
     probs: Mapping[str, Any],
     *,
-    hessian_eigenvalue: Optional[float] = None,
+    hessian_eigenvalue: float | None = None,
 ) -> dict[str, Any]:
     """The health record of one epoch (keys :data:`RECORD_KEYS`, plus ``arch``).
 
@@ -343,7 +347,7 @@ class DartsEarlyStopping:
         self.window = _check_int("window", window, 1)
         self.delta = _check_int("delta", delta, 1)
         self.start_epoch = _check_int("start_epoch", start_epoch, 0)
-        if isinstance(factor, bool) or not isinstance(factor, numbers.Real) or not (factor > 0 and math.isfinite(factor)):
+        if isinstance(factor, bool) or not isinstance(factor, numbers.Real) or not (0 < factor < math.inf):
             raise ValueError(f"factor must be a finite number > 0, got {factor!r}")
         self.factor = float(factor)
         self.epochs: list[int] = []
@@ -351,8 +355,8 @@ class DartsEarlyStopping:
         #: ``(centre epoch, local average)`` per evaluation once ``ceil(window / 2)`` eigenvalues are in.
         self.local_averages: list[tuple[int, float]] = []
         self.stopped = False
-        self.stop_epoch: Optional[int] = None
-        self.go_back_epoch: Optional[int] = None
+        self.stop_epoch: int | None = None
+        self.go_back_epoch: int | None = None
 
     def update(self, epoch: int, eigenvalue: float, *, final: bool = False) -> bool:
         """Add the eigenvalue of ``epoch``; True when the rule fires now (never on the ``final`` epoch).
@@ -423,7 +427,7 @@ def health_warnings(
     return warnings
 
 
-def read_health_records(path: "str | os.PathLike[str]") -> list[dict[str, Any]]:
+def read_health_records(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """The records in ``path`` (a JSON list); ``[]`` when the file is missing.
 
     Raises:
@@ -445,12 +449,12 @@ def read_health_records(path: "str | os.PathLike[str]") -> list[dict[str, Any]]:
     return data
 
 
-def write_health_records(path: "str | os.PathLike[str]", records: Sequence[Mapping[str, Any]]) -> None:
+def write_health_records(path: str | os.PathLike[str], records: Sequence[Mapping[str, Any]]) -> None:
     """Write ``records`` as a JSON list to ``path`` atomically (a kill mid-write keeps the previous file)."""
     atomic_write_json(path, [dict(r) for r in records])
 
 
-def append_health_record(path: "str | os.PathLike[str]", record: Mapping[str, Any]) -> list[dict[str, Any]]:
+def append_health_record(path: str | os.PathLike[str], record: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Append ``record`` to the list in ``path`` (atomically), replacing records of the same or later epochs.
 
     Returns the list written. Records of later epochs are dropped so that a resumed search rewrites them.
@@ -465,7 +469,7 @@ def append_health_record(path: "str | os.PathLike[str]", record: Mapping[str, An
     return records
 
 
-def plot_health(records: Sequence[Mapping[str, Any]], path: "str | os.PathLike[str] | None" = None):
+def plot_health(records: Sequence[Mapping[str, Any]], path: str | os.PathLike[str] | None = None):
     """Draw eigenvalue, mean entropy and skip counts over the epochs (three panels, matplotlib Agg).
 
     Writes ``path`` (PNG, atomically) and returns it; without a path returns the Figure.

@@ -21,8 +21,9 @@ import copy
 import logging
 import numbers
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Union
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -44,7 +45,7 @@ from nni_darts_ext.search_health import (
     write_health_records,
 )
 
-__all__ = ["SearchHealthMonitor", "EARLY_STOP_RULES"]
+__all__ = ["EARLY_STOP_RULES", "SearchHealthMonitor"]
 
 _logger = logging.getLogger(__name__)
 
@@ -172,16 +173,16 @@ class SearchHealthMonitor(pl.Callback):
 
     def __init__(
         self,
-        out_dir: Union[str, Path],
+        out_dir: str | Path,
         *,
         hessian_every: int = 0,
-        early_stop: Optional[str] = None,
-        rule: Optional[DartsEarlyStopping] = None,
+        early_stop: str | None = None,
+        rule: DartsEarlyStopping | None = None,
         power_iterations: int = HESSIAN_POWER_ITERATIONS,
         power_tol: float = HESSIAN_POWER_TOL,
         max_normal_skips: int = MAX_NORMAL_SKIP_CONNECTS,
         stall_epochs: int = ARCH_STALL_EPOCHS,
-        loss_fn: Optional[Callable[[Any, Any], torch.Tensor]] = None,
+        loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
         log_images: bool = True,
         plot: bool = True,
     ) -> None:
@@ -208,9 +209,9 @@ class SearchHealthMonitor(pl.Callback):
         self.records: list[dict[str, Any]] = []
         self.val_batch: Any = None
         self.stopped_early = False
-        self.go_back_epoch: Optional[int] = None
-        self.stop_epoch: Optional[int] = None
-        self.go_back_arch: Optional[dict[str, Any]] = None
+        self.go_back_epoch: int | None = None
+        self.stop_epoch: int | None = None
+        self.go_back_arch: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------------------------------------ paths
     @property
@@ -226,7 +227,7 @@ class SearchHealthMonitor(pl.Callback):
         if self.val_batch is None and isinstance(batch, dict) and "val" in batch:
             self.val_batch = _to_plain(batch["val"])
 
-    def _due(self, epoch: int, max_epochs: Optional[int]) -> bool:
+    def _due(self, epoch: int, max_epochs: int | None) -> bool:
         if self.hessian_every == 0:
             return False
         return epoch % self.hessian_every == 0 or (max_epochs is not None and epoch == max_epochs - 1)
@@ -281,7 +282,7 @@ class SearchHealthMonitor(pl.Callback):
                         "stopping the search and returning the architecture of epoch %d",
                         self.rule.factor, epoch, go_back)
 
-    def early_stop_summary(self) -> Optional[dict[str, Any]]:
+    def early_stop_summary(self) -> dict[str, Any] | None:
         """What a search's ``summary.json`` records under ``early_stop`` (``None`` when the rule did not fire)."""
         if not self.stopped_early:
             return None

@@ -74,7 +74,8 @@ def test_eigenvalue_matches_the_exact_autograd_hessian_within_1e3():
     y = torch.randint(0, 3, (16,), generator=gen)
     criterion = torch.nn.CrossEntropyLoss()
 
-    exact = torch.autograd.functional.hessian(lambda a: criterion(net(x, a.view(2, 3)), y), net.alpha.detach().reshape(-1))
+    flat_alpha = net.alpha.detach().reshape(-1)
+    exact = torch.autograd.functional.hessian(lambda a: criterion(net(x, a.view(2, 3)), y), flat_alpha)
     eigenvalues = torch.linalg.eigvalsh(exact)
     dominant = eigenvalues[eigenvalues.abs().argmax()].item()
     second = sorted(eigenvalues.abs().tolist())[-2]
@@ -279,7 +280,8 @@ def _tiny_search(out, callbacks, logger, max_epochs):
                   for idx in (range(BATCH), range(BATCH, 2 * BATCH)))
     trainer = pl.Trainer(max_epochs=max_epochs, accelerator="cpu", logger=logger, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                         limit_val_batches=0, callbacks=callbacks, default_root_dir=str(out))
+                         limit_val_batches=0, callbacks=callbacks, default_root_dir=str(out),
+                         log_every_n_steps=1)
     trainer.fit(oneshot, train_dataloaders=strategy.train_dataloader(lambda: train, lambda: val))
     return oneshot, trainer
 

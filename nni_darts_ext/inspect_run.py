@@ -34,6 +34,7 @@ _SUMMARY = "summary.json"
 _CHECKPOINTS = "checkpoints"
 _LAST_CHECKPOINT = "last.ckpt"
 _PLOTS = ("alphas.png", "cells.png", HEALTH_PLOT)
+_TENSORBOARD = "tensorboard"
 _ACCURACY_KEYS = ("val_acc", "train_acc")
 
 
@@ -94,6 +95,7 @@ def inspect_run(directory: str | os.PathLike[str]) -> dict[str, Any]:
     (one row per health record: ``accuracy`` and the metric it is, ``changed_edges``, skip counts,
     ``mean_entropy``, ``hessian_eigenvalue``), ``early_stop`` (``None`` or the summary's/record's note),
     ``warnings``, ``plots`` (file name -> path or ``None``), ``checkpoint`` (last checkpoint or ``None``),
+    ``tensorboard`` (the TensorBoard log folder or ``None``), ``hessian_every`` (from the recipe),
     ``genotype`` (final, else the latest record's) and ``notes`` (unreadable files).
 
     Raises:
@@ -140,6 +142,7 @@ def inspect_run(directory: str | os.PathLike[str]) -> dict[str, Any]:
         "warnings": health_warnings(records),
         "plots": {name: str(path / name) if (path / name).is_file() else None for name in _PLOTS},
         "checkpoint": str(checkpoint) if checkpoint.is_file() else None,
+        "tensorboard": str(path / _TENSORBOARD) if (path / _TENSORBOARD).is_dir() else None,
         "genotype": genotype,
         "notes": notes,
     }
@@ -191,6 +194,8 @@ def format_report(report: dict[str, Any]) -> str:
     missing = [name for name, p in report["plots"].items() if not p]
     lines.append("plots: " + (", ".join(present) if present else "none yet")
                  + (f" (not written yet: {', '.join(missing)})" if present and missing else ""))
+    if report.get("tensorboard"):
+        lines.append(f"tensorboard: {report['tensorboard']} (scalars under search/, cell drawings under Images)")
     lines.append(f"checkpoint: {report['checkpoint'] or 'none'}")
     lines.extend(f"note: {n}" for n in report.get("notes", []))
     return "\n".join(lines)

@@ -52,6 +52,8 @@ _logger = logging.getLogger(__name__)
 #: Values of ``early_stop`` (recipe key ``search.early_stop``); ``None`` is off.
 EARLY_STOP_RULES = ("hessian",)
 _SCALAR_PREFIX = "search/"
+# NNI's differentiable cell logs its sorted weights at INFO on every export (supermodule/differentiable.py).
+_NNI_EXPORT_LOGGER = "nni.nas.oneshot.pytorch.supermodule.differentiable"
 _IMAGE_TAG = "search/cells"
 _SCALAR_KEYS = ("changed_edges", "skip_connects_normal", "skip_connects_reduce", "mean_entropy", "max_weight",
                 "hessian_eigenvalue")
@@ -133,6 +135,17 @@ def _state_preserved(module: torch.nn.Module) -> Iterator[None]:
             sub._computed = computed
 
 
+def _quiet_export(pl_module: Any) -> dict[str, Any]:
+    """``pl_module.export()`` without NNI's INFO lines listing every edge's sorted weights (one per node)."""
+    nni_logger = logging.getLogger(_NNI_EXPORT_LOGGER)
+    level = nni_logger.level
+    nni_logger.setLevel(max(level, logging.WARNING))
+    try:
+        return pl_module.export()
+    finally:
+        nni_logger.setLevel(level)
+
+
 def _figure_to_array(fig: Any) -> Any:
     import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -208,6 +221,7 @@ class SearchHealthMonitor(pl.Callback):
         self.plot = bool(plot)
         self.records: list[dict[str, Any]] = []
         self.val_batch: Any = None
+        self._warned_no_batch = False
         self.stopped_early = False
         self.go_back_epoch: int | None = None
         self.stop_epoch: int | None = None
@@ -247,9 +261,14 @@ class SearchHealthMonitor(pl.Callback):
         epoch = trainer.current_epoch
         max_epochs = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs >= 0 else None
         eigenvalue = iterations = seconds = None
-        if self._due(epoch, max_epochs) and self.val_batch is not None:
-            eigenvalue, iterations, seconds = self.compute_eigenvalue(pl_module)
-        arch = pl_module.export()
+        if self._due(epoch, max_epochs):
+            if self.val_batch is not None:
+                eigenvalue, iterations, seconds = self.compute_eigenvalue(pl_module)
+            elif not self._warned_no_batch:
+                self._warned_no_batch = True
+                _logger.warning("search health: no validation batch seen (batches without a 'val' entry); "
+                                "the Hessian eigenvalue is not computed")
+        arch = _quiet_export(pl_module)
         previous = self.records[-1]["arch"] if self.records else None
         record = health_record(epoch, arch, previous, pl_module.export_probs(), hessian_eigenvalue=eigenvalue)
         record["hessian_iterations"] = iterations

@@ -169,6 +169,8 @@ class SearchHealthMonitor(pl.Callback):
         max_normal_skips, stall_epochs: warning thresholds (:func:`health_warnings`).
         loss_fn: ``loss_fn(pl_module, val_batch) -> loss``; default ``criterion(forward(x), y)`` of the wrapped
             training module.
+        hessian_batch_size: keep only this many samples of the fixed validation batch (memory: the evaluation
+            holds a double-backward graph); ``None`` keeps the whole batch.
         log_images: draw both cells into TensorBoard's image tab each epoch.
         plot: redraw ``health.png`` each epoch.
 
@@ -196,6 +198,7 @@ class SearchHealthMonitor(pl.Callback):
         max_normal_skips: int = MAX_NORMAL_SKIP_CONNECTS,
         stall_epochs: int = ARCH_STALL_EPOCHS,
         loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
+        hessian_batch_size: int | None = None,
         log_images: bool = True,
         plot: bool = True,
     ) -> None:
@@ -217,6 +220,8 @@ class SearchHealthMonitor(pl.Callback):
         self.max_normal_skips = _check_int("max_normal_skips", max_normal_skips, 0)
         self.stall_epochs = _check_int("stall_epochs", stall_epochs, 1)
         self.loss_fn = loss_fn or _default_loss
+        self.hessian_batch_size = None if hessian_batch_size is None else _check_int(
+            "hessian_batch_size", hessian_batch_size, 1)
         self.log_images = bool(log_images)
         self.plot = bool(plot)
         self.records: list[dict[str, Any]] = []
@@ -239,7 +244,10 @@ class SearchHealthMonitor(pl.Callback):
     # ------------------------------------------------------------------------------------------------ hooks
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
         if self.val_batch is None and isinstance(batch, dict) and "val" in batch:
-            self.val_batch = _to_plain(batch["val"])
+            val = batch["val"]
+            if self.hessian_batch_size is not None and isinstance(val, (list, tuple)):
+                val = type(val)(part[: self.hessian_batch_size] for part in val)
+            self.val_batch = _to_plain(val)
 
     def _due(self, epoch: int, max_epochs: int | None) -> bool:
         if self.hessian_every == 0:

@@ -366,9 +366,11 @@ def test_eigenvalue_leaves_the_supernet_as_it_was():
     oneshot.train()
     for p in oneshot.parameters():
         p.grad = torch.full_like(p, 0.5)
-    monitor = SearchHealthMonitor("unused", hessian_every=1, power_iterations=2)
+    monitor = SearchHealthMonitor("unused", hessian_every=1, power_iterations=2, hessian_batch_size=BATCH // 2)
     batch = {"train": None, "val": (torch.randn(BATCH, 3, IMAGE, IMAGE), torch.randint(0, 10, (BATCH,)))}
     monitor.on_train_batch_start(None, oneshot, batch, 0)
+    monitor.on_train_batch_start(None, oneshot, {"val": (batch["val"][0] + 1, batch["val"][1])}, 1)
+    assert torch.equal(monitor.val_batch[0], batch["val"][0][: BATCH // 2])  # the first batch, cut, kept
     before = {k: v.clone() for k, v in oneshot.state_dict().items()}
     assert any("running_mean" in k for k in before)
     rng = torch.get_rng_state()
@@ -405,3 +407,30 @@ def test_inspect_notes_unreadable_files_and_reports_what_it_can(tmp_path):
     assert report["checkpoint"].endswith("last.ckpt")
     assert len(report["notes"]) == 1 and "search_health.json unreadable" in report["notes"][0]
     assert "no search_health.json records yet" in format_report(report)
+
+
+def test_monitor_state_round_trips_and_replays_the_rule():
+    records = [{"epoch": e, "hessian_eigenvalue": (1.0 if e < 15 else 3.0) if e % 2 == 0 else None,
+                "arch": {"e": e}} for e in range(16)]
+    monitor = SearchHealthMonitor("unused", hessian_every=2, early_stop="hessian")
+    monitor.records = records
+    restored = SearchHealthMonitor("unused", hessian_every=2, early_stop="hessian")
+    restored.load_state_dict(monitor.state_dict())
+    assert restored.records == records and not restored.stopped_early
+    assert restored.rule.epochs == list(range(0, 16, 2))
+    fresh = DartsEarlyStopping()
+    for e in range(0, 16, 2):
+        fresh.update(e, records[e]["hessian_eigenvalue"])
+    assert restored.rule.local_averages == fresh.local_averages
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"early_stop": "hessian"}, ValueError, "needs hessian_every"),
+    ({"early_stop": "loss", "hessian_every": 1}, ValueError, "early_stop must be"),
+    ({"hessian_every": -1}, ValueError, "hessian_every"),
+    ({"hessian_batch_size": 0}, ValueError, "hessian_batch_size"),
+    ({"rule": object()}, TypeError, "rule"),
+])
+def test_monitor_argument_checks(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        SearchHealthMonitor("out", **kwargs)

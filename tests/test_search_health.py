@@ -434,3 +434,12 @@ def test_monitor_state_round_trips_and_replays_the_rule():
 def test_monitor_argument_checks(kwargs, error, message):
     with pytest.raises(error, match=message):
         SearchHealthMonitor("out", **kwargs)
+
+
+def test_inspect_reads_records_without_importing_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, nni_darts_ext.inspect_run, nni_darts_ext.search_health; "
+            "sys.exit(1 if 'torch' in sys.modules or 'nni' in sys.modules else 0)")
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

@@ -28,6 +28,15 @@ __all__ = [
     "NATIVE_IMAGE_SIZE",
     "AUX_HEAD_POOLED_SIZE",
     "MAX_ARCH_FILE_BYTES",
+    "HESSIAN_POWER_ITERATIONS",
+    "HESSIAN_POWER_TOL",
+    "DARTS_ES_WINDOW",
+    "DARTS_ES_DELTA",
+    "DARTS_ES_FACTOR",
+    "DARTS_ES_START_EPOCH",
+    "DARTS_ES_HESSIAN_EVERY",
+    "MAX_NORMAL_SKIP_CONNECTS",
+    "ARCH_STALL_EPOCHS",
     "CIFAR10_IMAGE_SIZE",
     "CIFAR10_PADDING",
     "DIGITS_MEAN",
@@ -238,3 +247,29 @@ PDARTS_BATCH_SIZE = 96
 PDARTS_LEARNING_RATE = 0.025
 PDARTS_ARC_LEARNING_RATE = 6e-4
 PDARTS_ARC_GRAD_CLIP = 5.0
+
+# Search health (RobustDARTS: Zela et al., "Understanding and Robustifying Differentiable Architecture Search",
+# ICLR 2020, Sec. 4.3 DARTS-ES; github:automl/RobustDARTS). The official code computes the full Hessian of the
+# validation loss w.r.t. the architecture parameters (src/search/analyze.py compute_Hw) and takes its largest
+# eigenvalue; we estimate the dominant one by power iteration on Hessian-vector products instead: at most this many
+# products (each one double backward through the supernet) ...
+HESSIAN_POWER_ITERATIONS = 20
+# ... stopping earlier once the Rayleigh quotient changes by less than this relative amount between iterations.
+HESSIAN_POWER_TOL = 1e-3
+# DARTS-ES rule (src/utils.py EVLocalAvg.early_stop, defaults of src/search/args.py): the eigenvalues are smoothed by
+# a centred local average over --window 5 evaluations; the search stops when the latest local average exceeds the
+# one --delta 4 evaluations earlier by more than --factor 1.3 (the paper: lambda(i-k) / lambda(i) < 0.75), but only
+# once that earlier average's epoch is at least --es_start_epoch 10; the architecture of that earlier epoch is
+# returned (EVLocalAvg.stop_epoch = local-average epoch - ev_freq * delta; stop_genotype = genotypes[stop_epoch]).
+DARTS_ES_WINDOW = 5
+DARTS_ES_DELTA = 4
+DARTS_ES_FACTOR = 1.3
+DARTS_ES_START_EPOCH = 10
+# Eigenvalue every 2 epochs in the published runs (scripts/DARTS_search.sh --report_freq_hessian 2).
+DARTS_ES_HESSIAN_EVERY = 2
+# Warn when the normal cell holds more than 2 skip connections: P-DARTS (Chen et al., ICCV 2019, Sec. 3.3) keeps
+# M = 2 of them, DARTS+ (Liang et al. 2019, arXiv:1909.06035, Sec. 3.2) stops once the normal cell has 2 or more.
+MAX_NORMAL_SKIP_CONNECTS = 2
+# Warn when the exported architecture has not changed for this many epochs: DARTS+ (Sec. 3.2, criterion 2) stops
+# once the ranking of the learnable operations is stable for "a determined number of epochs (e.g., 10 epochs)".
+ARCH_STALL_EPOCHS = 10

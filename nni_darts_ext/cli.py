@@ -145,6 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--to", required=True, choices=("genotype", "arch"), help="output format")
     convert.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
 
+    inspect = sub.add_parser("inspect", help="report on a search folder, finished or still running (reads files only)")
+    inspect.add_argument("dir", metavar="DIR", help="an `nni-darts search` (or demo) output folder")
+    inspect.add_argument("--json", action="store_true", help="print the report as JSON")
+
     demo = sub.add_parser("demo", help="search, plot and retrain on digits (a few minutes on a CPU)")
     _add_recipe(demo, "default: demo")
     demo.add_argument("--out", default=DEFAULT_DEMO_OUT, metavar="DIR", help=f"run folder ({DEFAULT_DEMO_OUT})")
@@ -354,6 +358,14 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from .inspect_run import format_report, inspect_run
+
+    report = inspect_run(args.dir)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .pipeline.demo import run_demo
 
@@ -379,6 +391,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "evaluate": _cmd_evaluate,
     "plot": _cmd_plot,
     "convert": _cmd_convert,
+    "inspect": _cmd_inspect,
     "demo": _cmd_demo,
 }
 
@@ -413,9 +426,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         torch.set_num_threads(threads)
 
     from .errors import ArchError, RecipeError, RunInterrupted, UsageError
+    from .inspect_run import InspectError
 
-    # Training commands import Lightning anyway; the others (plot, convert, recipes) stay light.
-    bad_input: tuple = (UsageError, RecipeError, ArchError)
+    # Training commands import Lightning anyway; the others (plot, convert, recipes, inspect) stay light.
+    bad_input: tuple = (UsageError, RecipeError, ArchError, InspectError)
     diverged: tuple = ()
     signalled: tuple = ()
     if training:

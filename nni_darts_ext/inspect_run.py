@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from nni_darts_ext.search_health import (
+from nni_darts_ext.health import (
     HEALTH_FILE,
     HEALTH_PLOT,
     health_warnings,

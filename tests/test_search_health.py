@@ -12,7 +12,7 @@ import torch
 
 from nni_darts_ext._compat import import_nni_quietly
 from nni_darts_ext.inspect_run import InspectError, format_report, inspect_run
-from nni_darts_ext.search_health import (
+from nni_darts_ext.health import (
     RECORD_KEYS,
     DartsEarlyStopping,
     append_health_record,
@@ -23,7 +23,7 @@ from nni_darts_ext.search_health import (
     plot_health,
     read_health_records,
 )
-from nni_darts_ext.search_health_callback import SearchHealthMonitor
+from nni_darts_ext.callbacks.search_health import SearchHealthMonitor
 
 WIDTH, CELLS, IMAGE, BATCH = 4, 3, 8, 8
 
@@ -440,6 +440,37 @@ def test_inspect_reads_records_without_importing_torch():
     import subprocess
     import sys
 
-    code = ("import sys, nni_darts_ext.inspect_run, nni_darts_ext.search_health; "
+    code = ("import sys, nni_darts_ext.inspect_run, nni_darts_ext.health; "
             "sys.exit(1 if 'torch' in sys.modules or 'nni' in sys.modules else 0)")
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+@pytest.mark.e2e
+def test_cli_search_writes_health_and_inspect_reports_it(tmp_path, monkeypatch, capsys):
+    """`nni-darts search` writes one record per epoch, health.png and the summary keys; `inspect` reports them."""
+    import json as json_module
+
+    from test_cli import TINY_DATA, TINY_SEARCH, run
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "run"
+    code, _, _ = run(["search", "--recipe", "demo", "--out", out, "--threads", "1", "--set", *TINY_DATA,
+                      *TINY_SEARCH, "search.epochs=2", "search.hessian_every=1"], capsys)
+    assert code == 0
+    records = json_module.loads((out / "search_health.json").read_text())
+    assert [r["epoch"] for r in records] == [0, 1]
+    assert all(r["hessian_eigenvalue"] is not None for r in records)
+    assert (out / "health.png").stat().st_size > 0
+    summary = json_module.loads((out / "summary.json").read_text())
+    assert summary["health"] == "search_health.json" and summary["early_stop"] is None
+
+    code, text, _ = run(["inspect", out], capsys)
+    assert code == 0 and "demo" in text and "first-order" in text
+    code, text, _ = run(["inspect", out, "--json"], capsys)
+    report = json_module.loads(text)
+    assert code == 0 and report["status"] == "finished" and report["epochs_done"] == 2 and len(report["epochs"]) == 2
+
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "notes.txt").write_text("not a run")
+    code, _, err = run(["inspect", tmp_path / "foreign"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1

@@ -15,6 +15,8 @@ Recording a run:
 * :class:`AlphaHistory` (``alpha_history``): the architecture probabilities of a search, per epoch.
 * :class:`EpochLog` (``epoch_log``): one line per epoch with epoch means and the validation accuracy.
 * :class:`NniReportCallback` (``nni_report``): the validation accuracy of each epoch to NNI's tuner.
+* :class:`SearchHealthMonitor` (``search_health``): per-epoch health records of a search, the Hessian eigenvalue
+  and DARTS-ES early stopping.
 
 The checkpoint plugin and readers (:class:`AtomicCheckpointIO`, :func:`read_checkpoint`, ...) live in
 :mod:`nni_darts_ext.checkpoint` and the exceptions in :mod:`nni_darts_ext.errors`; both are re-exported here.
@@ -50,6 +52,7 @@ from .checkpoint_on_signal import CheckpointOnSignal
 from .epoch_log import EpochLog
 from .nni_report import NniReportCallback
 from .non_finite_loss import NonFiniteLossGuard
+from .search_health import SearchHealthMonitor
 
 __all__ = [
     "LAST_CHECKPOINT_NAME",
@@ -61,6 +64,7 @@ __all__ = [
     "CheckpointOnSignal",
     "EpochLog",
     "NniReportCallback",
+    "SearchHealthMonitor",
     "NonFiniteLossError",
     "NonFiniteLossGuard",
     "TrainingInterrupted",

@@ -46,6 +46,7 @@ from ..callbacks import (
     EpochLog,
     NniReportCallback,
     NonFiniteLossGuard,
+    SearchHealthMonitor,
 )
 from ..checkpoint import AtomicCheckpointIO, read_checkpoint, state_dict_mismatch
 from ..constants import ARC_BETAS, ARC_WEIGHT_DECAY, NUM_CLASSES
@@ -112,7 +113,7 @@ class Assembly:
             held-out part of the training split).
         model: the net (retrain, evaluate); module: the LightningModule; trainer: the Lightning trainer.
         evaluator, space, strategy: NNI's evaluator, model space and one-shot strategy (search).
-        epoch_log, alpha_history: the recording callbacks (``alpha_history`` for a search only).
+        epoch_log, alpha_history, health: the recording callbacks (the last two for a search only).
         arch, arch_name: the fixed architecture and where it came from (retrain).
     """
 
@@ -139,6 +140,7 @@ class Assembly:
     strategy: Any = None
     epoch_log: EpochLog | None = None
     alpha_history: AlphaHistory | None = None
+    health: SearchHealthMonitor | None = None
     arch: dict | None = None
     arch_name: str | None = None
 
@@ -422,7 +424,9 @@ def assemble_search(recipe: Recipe, options: RunOptions, *, data: RecipeData | N
     history = AlphaHistory()
     callbacks, epoch_log, logger = _run_callbacks(out, "search", options, learning_rate=s.learning_rate,
                                                   resume_from=resume_from)
-    callbacks.append(history)
+    # Per-epoch health records, TensorBoard scalars, health.png; the Hessian eigenvalue and DARTS-ES when asked.
+    health = SearchHealthMonitor(out, hessian_every=s.hessian_every, early_stop=s.early_stop)
+    callbacks += [history, health]
     with _trainer_errors():
         evaluator = darts_evaluator(
             train_loader,
@@ -444,7 +448,7 @@ def assemble_search(recipe: Recipe, options: RunOptions, *, data: RecipeData | N
         world_size=devices * options.num_nodes, rank=rank, data=data, batch_size=s.batch_size, out=out,
         resume_from=resume_from, train_loader=train_loader, val_loader=val_loader, module=evaluator.module,
         trainer=evaluator.trainer, evaluator=evaluator, space=space, strategy=strategy, epoch_log=epoch_log,
-        alpha_history=history,
+        alpha_history=history, health=health,
     )
 
 

@@ -25,6 +25,7 @@ from ..arch import (
 from ..checkpoint import allow_checkpoint_globals
 from ..distributed import all_gather_max_abs_diff
 from ..errors import RunInterrupted
+from ..health import HEALTH_FILE, HEALTH_PLOT
 from ..io import atomic_write_json, atomic_write_text
 from ..plotting import plot_alpha_history, plot_cells
 from ..recipe_data import RecipeData
@@ -91,6 +92,11 @@ def run_search(recipe: Recipe, options: RunOptions, *, data: RecipeData | None =
             raise RunInterrupted(f"search stopped early; continue it with --resume --out {out}")
         seconds = time.perf_counter() - start
         arch = experiment.export_top_models(formatter="dict")[0]
+    health = built.health
+    if health is not None and health.stopped_early:  # DARTS-ES: the architecture of the epoch it goes back to
+        arch = health.go_back_arch
+        _logger.info("search stopped early at epoch %d (dominant Hessian eigenvalue grew); architecture of epoch %d",
+                     health.stop_epoch, health.go_back_epoch)
 
     oneshot = strategy.oneshot_module  # a property
     ranks = getattr(oneshot, "distributed_report", None)
@@ -136,6 +142,9 @@ def run_search(recipe: Recipe, options: RunOptions, *, data: RecipeData | None =
         "nni_experiment": experiment.id,
         "world_size": ranks["world_size"],
         "alpha_max_abs_diff_across_ranks": ranks["alpha_max_abs_diff_across_ranks"],
+        "health": HEALTH_FILE,
+        "health_plot": HEALTH_PLOT,
+        "early_stop": health.early_stop_summary() if health is not None else None,
     }
     atomic_write_json(out / SUMMARY_FILE, summary)
     return summary

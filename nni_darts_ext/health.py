@@ -12,7 +12,7 @@ before such a collapse and stopped the search early on it (DARTS-ES). This modul
 - :class:`DartsEarlyStopping`: the DARTS-ES rule, fed one eigenvalue per evaluation.
 - :func:`health_warnings`, :func:`plot_health`, :func:`read_health_records`, :func:`write_health_records`.
 
-The Lightning side is :class:`nni_darts_ext.search_health_callback.SearchHealthMonitor`.
+The Lightning side is :class:`nni_darts_ext.callbacks.search_health.SearchHealthMonitor`.
 
 Example::
 

@@ -1,4 +1,4 @@
-"""Lightning callback that records the health of a one-shot DARTS search each epoch (see :mod:`.search_health`).
+"""Lightning callback that records the health of a one-shot DARTS search each epoch (see :mod:`nni_darts_ext.health`).
 
 :class:`SearchHealthMonitor` works on the one-shot module NNI's strategies (and ours) train, the ``pl_module``
 with ``arch_parameters()``, ``export()``, ``export_probs()`` and the wrapped ``training_module``. Each training
@@ -34,7 +34,7 @@ from nni_darts_ext.constants import (
     HESSIAN_POWER_TOL,
     MAX_NORMAL_SKIP_CONNECTS,
 )
-from nni_darts_ext.search_health import (
+from nni_darts_ext.health import (
     HEALTH_FILE,
     HEALTH_PLOT,
     DartsEarlyStopping,

@@ -12,9 +12,11 @@ uninterrupted one. Three pieces make the resume exact (bit-identical on CPU with
   augmentation in the dataset's transforms) is drawn from generators seeded by ``(seed, epoch, batch)``, so it
   never consumes the training step's global RNG and is the same on resume.
 * :class:`ExactResume`: a callback that stores the global RNG states (torch, CUDA, numpy, ``random``; per rank
-  under DDP) in each checkpoint and restores them when training resumes, and records in the checkpoint how many
+  under DDP) in each checkpoint and restores them when training resumes, records in the checkpoint how many
   batches the *training step* consumed (Lightning's fetcher has already fetched one batch ahead when a checkpoint
-  is written at a batch end).
+  is written at a batch end), and lists every optimizer's parameters in module order, so that restored optimizer
+  states land on the right parameters (NNI's architecture optimizer gets its alphas from a set, in another order
+  in every process).
 
 Works with a ``CombinedLoader`` of several loaders (NNI's one-shot ``{'train': ..., 'val': ...}``): each stateful
 loader is put back at the batch the combined iteration reached. Under DDP Lightning replaces the sampler with its
@@ -293,6 +295,18 @@ class ExactResume(pl.Callback):
                 cycled = 0 < length <= consumed and length < _longest(combined)
                 position = consumed % length if cycled else consumed
                 states[index] = {"epoch": loader.epoch, "batches": position}
+
+    def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        # Lightning restores optimizer states by parameter position. NNI's arch_parameters() goes through a set, so
+        # its architecture optimizer lists the alphas in another order in every process: restored moments would
+        # land on the wrong alphas. Put every optimizer's parameters in module order (before the restore, while the
+        # optimizers hold no state; elementwise optimizers do not depend on the order otherwise).
+        position = {id(param): index for index, param in enumerate(pl_module.parameters())}
+        for optimizer in trainer.optimizers:
+            if optimizer.state:
+                continue
+            for group in optimizer.param_groups:
+                group["params"] = sorted(group["params"], key=lambda param: position.get(id(param), len(position)))
 
     def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         pending, self._pending = self._pending, None

@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 KIB = 1024
@@ -50,7 +50,7 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * KIB / MIB  # Linux reports KiB
 
 
-def _growth(series: list[float], settle: int) -> Optional[float]:
+def _growth(series: list[float], settle: int) -> float | None:
     if len(series) <= settle:
         return None
     base = series[settle - 1] if settle > 0 else series[0]
@@ -152,7 +152,7 @@ def run(epochs: int, settle: int, train_batches: int, checkpoint_every_steps: in
     }
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help="epochs of the search and of the retrain")
     parser.add_argument("--settle", type=int, default=DEFAULT_SETTLE, help="growth is measured after this epoch")

@@ -34,8 +34,9 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Union
 
 import pytorch_lightning as pl
 import torch
@@ -50,7 +51,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 _CATCHABLE = (signal.SIGTERM, signal.SIGINT)
 
 
-def _all_ranks_max(trainer: "pl.Trainer", values: list[int]) -> list[int]:
+def _all_ranks_max(trainer: pl.Trainer, values: list[int]) -> list[int]:
     if trainer.world_size <= 1 or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return values
     tensor = torch.tensor(values, dtype=torch.int64, device=trainer.strategy.root_device)
@@ -90,7 +91,7 @@ class DistributedSignalStop(pl.Callback):
             raise ValueError(f"signals must be a non-empty subset of SIGTERM and SIGINT, got {signals}")
         self.path = Path(dirpath) / LAST_CHECKPOINT_NAME
         self.signals = signals
-        self._received: Optional[int] = None
+        self._received: int | None = None
         self._previous: dict[int, Any] = {}
 
     # ------------------------------------------------------------------------------------------------ handlers
@@ -113,7 +114,7 @@ class DistributedSignalStop(pl.Callback):
         self._previous = {}
 
     # --------------------------------------------------------------------------------------------------- hooks
-    def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # After Lightning's own SIGTERM handler (registered when the trainer starts), so ours wins while training.
         self._received = None
         if threading.current_thread() is not threading.main_thread():
@@ -121,7 +122,7 @@ class DistributedSignalStop(pl.Callback):
             return
         self._install_handlers()
 
-    def on_train_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any, batch: Any,
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         received, non_finite = _all_ranks_max(
             trainer, [self._received or 0, 0 if _batch_loss_finite(outputs) else 1])
@@ -138,14 +139,14 @@ class DistributedSignalStop(pl.Callback):
         self._restore_handlers()
         raise TrainingInterrupted(received, self.path, trainer.current_epoch, trainer.global_step)
 
-    def on_train_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._received is not None and self._previous:
             _logger.warning("%s received after the last training step: training finished normally",
                             signal.Signals(self._received).name)
         self._restore_handlers()
 
-    def on_exception(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", exception: BaseException) -> None:
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._restore_handlers()
 
-    def teardown(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._restore_handlers()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-__all__ = ["parse_duration", "SECONDS_PER_UNIT"]
+__all__ = ["SECONDS_PER_UNIT", "parse_duration"]
 
 #: Seconds in one of each accepted unit.
 SECONDS_PER_UNIT = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}

@@ -37,14 +37,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
-from typing import Any, Iterator, Optional, Sized
+from collections.abc import Iterator, Sized
+from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-__all__ = ["ResumableSampler", "ResumableDataLoader", "ExactResume", "data_seed"]
+__all__ = ["ExactResume", "ResumableDataLoader", "ResumableSampler", "data_seed"]
 
 _logger = logging.getLogger(__name__)
 
@@ -167,7 +168,7 @@ class _SkipFirst:
         return len(self.base)
 
 
-def _sampler_with_epoch(loader: DataLoader) -> Optional[Any]:
+def _sampler_with_epoch(loader: DataLoader) -> Any | None:
     for candidate in (loader.sampler, getattr(loader.batch_sampler, "sampler", None)):
         if candidate is not None and hasattr(candidate, "set_epoch"):
             return candidate
@@ -192,7 +193,7 @@ class ResumableDataLoader(DataLoader):
         loader = ResumableDataLoader(train_set, batch_size=64, shuffle=True, seed=0)
     """
 
-    def __init__(self, dataset: Any, batch_size: Optional[int] = 1, shuffle: Optional[bool] = None, *,
+    def __init__(self, dataset: Any, batch_size: int | None = 1, shuffle: bool | None = None, *,
                  seed: int = 0, sampler: Any = None, **kwargs: Any):
         self.seed = _check_int("seed", seed, 0)
         if sampler is None and kwargs.get("batch_sampler") is None:
@@ -246,7 +247,7 @@ class ResumableDataLoader(DataLoader):
         _logger.debug("data loader resumes at batch %d of epoch %d", batches, epoch)
 
 
-def _combined_loader_state(checkpoint: dict[str, Any]) -> Optional[list]:
+def _combined_loader_state(checkpoint: dict[str, Any]) -> list | None:
     try:
         return checkpoint["loops"]["fit_loop"]["state_dict"]["combined_loader"]
     except (KeyError, TypeError):
@@ -266,7 +267,7 @@ class ExactResume(pl.Callback):
     """
 
     def __init__(self) -> None:
-        self._pending: Optional[list[dict[str, Any]]] = None
+        self._pending: list[dict[str, Any]] | None = None
 
     def state_dict(self) -> dict[str, Any]:
         states = _collect_rng_states()
@@ -279,7 +280,7 @@ class ExactResume(pl.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._pending = list(state_dict.get("rng_states", [])) or None
 
-    def on_save_checkpoint(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule",
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
         states = _combined_loader_state(checkpoint)
         combined = trainer.fit_loop._combined_loader
@@ -296,7 +297,7 @@ class ExactResume(pl.Callback):
                 position = consumed % length if cycled else consumed
                 states[index] = {"epoch": loader.epoch, "batches": position}
 
-    def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Lightning restores optimizer states by parameter position. NNI's arch_parameters() goes through a set, so
         # its architecture optimizer lists the alphas in another order in every process: restored moments would
         # land on the wrong alphas. Put every optimizer's parameters in module order (before the restore, while the
@@ -308,7 +309,7 @@ class ExactResume(pl.Callback):
             for group in optimizer.param_groups:
                 group["params"] = sorted(group["params"], key=lambda param: position.get(id(param), len(position)))
 
-    def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         pending, self._pending = self._pending, None
         if not pending or trainer.ckpt_path is None:
             return

@@ -33,8 +33,9 @@ import os
 import socket
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Union
 
 __all__ = ["LOCK_FILE_NAME", "RunLock", "RunLockedError", "read_lock_record"]
 
@@ -51,7 +52,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 class RunLockedError(RuntimeError):
     """The output folder is in use by another live run. ``str(error)`` is one line; attributes ``pid``, ``host``."""
 
-    def __init__(self, message: str, *, pid: Optional[int], host: Optional[str]):
+    def __init__(self, message: str, *, pid: int | None, host: str | None):
         super().__init__(message)
         self.pid = pid
         self.host = host
@@ -110,7 +111,7 @@ class RunLock:
             lock.release()
     """
 
-    def __init__(self, out_dir: PathLike, *, command: Optional[Sequence[str]] = None):
+    def __init__(self, out_dir: PathLike, *, command: Sequence[str] | None = None):
         if not isinstance(out_dir, (str, os.PathLike)):
             raise TypeError(f"out_dir must be a str or os.PathLike, got {type(out_dir).__name__}")
         if not os.fspath(out_dir):
@@ -120,7 +121,7 @@ class RunLock:
         self.out_dir = Path(out_dir)
         self.path = self.out_dir / LOCK_FILE_NAME
         self.command = " ".join(command if command is not None else [Path(sys.argv[0]).name, *sys.argv[1:]])
-        self._fd: Optional[int] = None
+        self._fd: int | None = None
 
     @property
     def held(self) -> bool:
@@ -155,7 +156,7 @@ class RunLock:
         except FileNotFoundError:
             return False
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         """Take the lock, or raise :class:`RunLockedError`; a stale lock (holder dead) is taken over."""
         if self._fd is not None:
             raise RuntimeError(f"{self.path}: already held by this RunLock")
@@ -227,8 +228,8 @@ class RunLock:
         finally:
             os.close(fd)
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         return self.acquire()
 
-    def __exit__(self, *exc_info: Any) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.release()

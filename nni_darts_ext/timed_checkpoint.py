@@ -25,8 +25,9 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Union
+from typing import Any, Union
 
 import pytorch_lightning as pl
 
@@ -78,11 +79,11 @@ class TimedCheckpoint(pl.Callback):
     def state_key(self) -> str:
         return f"{type(self).__name__}[{self.path.name}]"
 
-    def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._last = self._clock()
         self.saves = 0
 
-    def on_train_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any, batch: Any,
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         due = self._clock() - self._last >= self.every_seconds
         if trainer.world_size > 1:

@@ -14,7 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from nni_darts_ext.run_lock import LOCK_FILE_NAME, RunLock, RunLockedError, read_lock_record
+from nni_darts_ext.run_lock import (
+    LOCK_FILE_NAME,
+    RunLock,
+    RunLockedError,
+    read_lock_record,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 

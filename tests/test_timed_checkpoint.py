@@ -12,7 +12,12 @@ from torch.utils.data import Dataset
 
 from nni_darts_ext.callbacks import AtomicCheckpointIO, read_checkpoint
 from nni_darts_ext.durations import parse_duration
-from nni_darts_ext.resumable_data import ExactResume, ResumableDataLoader, ResumableSampler, data_seed
+from nni_darts_ext.resumable_data import (
+    ExactResume,
+    ResumableDataLoader,
+    ResumableSampler,
+    data_seed,
+)
 from nni_darts_ext.timed_checkpoint import TimedCheckpoint
 
 FEATURES, CLASSES, HIDDEN = 6, 3, 16
@@ -125,7 +130,7 @@ def test_resume_without_exact_resume_pieces_differs(tmp_path):
     """The check has teeth: a plain shuffled DataLoader resumed mid-epoch does not reproduce the run."""
     torch.manual_seed(0)
     data = NoisyData(40, 1)
-    plain = lambda: torch.utils.data.DataLoader(data, batch_size=4, shuffle=True)  # noqa: E731
+    plain = lambda: torch.utils.data.DataLoader(data, batch_size=4, shuffle=True)
 
     def fit(callbacks, ckpt_path=None):
         torch.manual_seed(0)

@@ -4,8 +4,8 @@ of the uninterrupted search. Tiny: width 4, 3 cells, 8x8 digits."""
 
 from __future__ import annotations
 
-import pytorch_lightning as pl
 import pytest
+import pytorch_lightning as pl
 import torch
 
 import nni_darts_ext as nde

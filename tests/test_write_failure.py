@@ -16,7 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from nni_darts_ext.io import EXIT_OUTPUT_WRITE_FAILED, OutputWriteError, atomic_write_text
+from nni_darts_ext.io import (
+    EXIT_OUTPUT_WRITE_FAILED,
+    OutputWriteError,
+    atomic_write_text,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 LIMIT_BYTES = 64 * 1024  # the file-size limit of the child; the good files are far smaller, the new ones bigger

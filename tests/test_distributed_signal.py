@@ -33,6 +33,7 @@ def _worker(out: Path, mode: str) -> None:  # pragma: no cover - runs in the DDP
     from nni_darts_ext.callbacks import AtomicCheckpointIO
     from nni_darts_ext.distributed_signal import DistributedSignalStop
     from nni_darts_ext.resumable_data import ExactResume, ResumableDataLoader
+    from nni_darts_ext.timed_checkpoint import TimedCheckpoint
 
     torch.set_num_threads(1)
 
@@ -70,7 +71,8 @@ def _worker(out: Path, mode: str) -> None:  # pragma: no cover - runs in the DDP
     trainer = pl.Trainer(max_epochs=EPOCHS, accelerator="cpu", devices=WORLD_SIZE, strategy="ddp", logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          plugins=[AtomicCheckpointIO()], default_root_dir=str(out),
-                         callbacks=[Record(), ExactResume(), DistributedSignalStop(out / "ckpt")])
+                         callbacks=[Record(), ExactResume(), DistributedSignalStop(out / "ckpt"),
+                                    TimedCheckpoint(3600, out / "timed")])  # its per-batch broadcast, never due
     ckpt = str(out / "ckpt" / "last.ckpt") if mode == "resume" else None
     trainer.fit(Net(), ResumableDataLoader(data, batch_size=BATCH, shuffle=True, seed=1), ckpt_path=ckpt)
 

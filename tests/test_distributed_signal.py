@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -112,6 +113,52 @@ def test_sigterm_on_one_rank_stops_all_saves_once_and_resumes(tmp_path):
         assert got["global_step"] == expected["global_step"] == STEPS
         for name, value in expected["params"].items():
             assert torch.equal(value, got["params"][name]), (rank, name)
+
+
+
+def test_one_process_sigint_saves_and_exits_130(tmp_path):
+    """Without DDP the callback is CheckpointOnSignal: a real SIGINT mid-epoch -> last.ckpt after that step, 130."""
+    import pytorch_lightning as pl
+    from torch import nn
+
+    from nni_darts_ext.callbacks import AtomicCheckpointIO, TrainingInterrupted
+    from nni_darts_ext.distributed_signal import DistributedSignalStop
+
+    class Net(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = nn.Linear(6, 3)
+
+        def training_step(self, batch, batch_idx):
+            return nn.functional.cross_entropy(self.layer(batch[0]), batch[1])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    class Interrupt(pl.Callback):
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.global_step == 3:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    data = torch.utils.data.TensorDataset(torch.randn(40, 6), torch.randint(0, 3, (40,)))
+    previous = signal.getsignal(signal.SIGINT)
+    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, plugins=[AtomicCheckpointIO()],
+                         callbacks=[Interrupt(), DistributedSignalStop(tmp_path)])
+    with pytest.raises(TrainingInterrupted) as info:
+        trainer.fit(Net(), torch.utils.data.DataLoader(data, batch_size=4))
+    assert info.value.code == 130 and info.value.global_step == 3
+    assert torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"] == 3
+    assert signal.getsignal(signal.SIGINT) == previous  # handlers given back
+
+
+def test_argument_checks(tmp_path):
+    from nni_darts_ext.distributed_signal import DistributedSignalStop
+
+    with pytest.raises(ValueError, match="signals"):
+        DistributedSignalStop(tmp_path, signals=[signal.SIGHUP])
+    with pytest.raises(TypeError, match="dirpath"):
+        DistributedSignalStop("")
 
 
 if __name__ == "__main__":  # pragma: no cover - the per-rank script

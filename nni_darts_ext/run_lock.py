@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Union
 
-__all__ = ["LOCK_FILE_NAME", "RunLock", "RunLockedError", "read_lock_record"]
+__all__ = ["LOCK_FILE_NAME", "RANK_VARIABLES", "RunLock", "RunLockedError", "holds_run_lock", "read_lock_record"]
 
 _logger = logging.getLogger(__name__)
 
@@ -47,6 +47,25 @@ _ACQUIRE_ATTEMPTS = 5  # races lost to a concurrent take-over before giving up (
 _MAX_RECORD_BYTES = 64 * 1024
 
 PathLike = Union[str, "os.PathLike[str]"]
+
+
+#: Environment variables that launchers set to a process's rank: Lightning's DDP launcher re-runs the command for
+#: ranks 1.. with ``LOCAL_RANK``/``NODE_RANK``; ``torchrun`` sets ``RANK``; ``srun`` sets ``SLURM_PROCID``.
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
+
+
+def holds_run_lock(environ: Optional[dict[str, str]] = None) -> bool:
+    """Whether this process is the one of a run that takes the folder's lock (the first process of the first node).
+
+    The other processes of a multi-process run (DDP ranks re-running the same command) must not take it: they would
+    be refused by their own rank 0.
+
+    Example::
+
+        lock = RunLock(out) if holds_run_lock() else contextlib.nullcontext()
+    """
+    environ = os.environ if environ is None else environ
+    return all(environ.get(name, "0") in ("", "0") for name in RANK_VARIABLES)
 
 
 class RunLockedError(RuntimeError):

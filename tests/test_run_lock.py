@@ -94,3 +94,12 @@ def test_argument_checks():
         RunLock(3)
     with pytest.raises(ValueError, match="out_dir"):
         RunLock("")
+
+
+def test_only_the_first_process_of_a_run_takes_the_lock():
+    assert holds_run_lock({})
+    assert holds_run_lock({"LOCAL_RANK": "0", "NODE_RANK": "0", "SLURM_PROCID": "0"})
+    assert not holds_run_lock({"LOCAL_RANK": "1"})  # Lightning's DDP launcher re-running the command for rank 1
+    assert not holds_run_lock({"RANK": "3"})
+    assert not holds_run_lock({"SLURM_PROCID": "2"})
+    assert not holds_run_lock({"LOCAL_RANK": "0", "NODE_RANK": "1"})

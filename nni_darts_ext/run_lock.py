@@ -54,7 +54,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
 
 
-def holds_run_lock(environ: Optional[dict[str, str]] = None) -> bool:
+def holds_run_lock(environ: dict[str, str] | None = None) -> bool:
     """Whether this process is the one of a run that takes the folder's lock (the first process of the first node).
 
     The other processes of a multi-process run (DDP ranks re-running the same command) must not take it: they would

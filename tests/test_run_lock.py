@@ -18,6 +18,7 @@ from nni_darts_ext.run_lock import (
     LOCK_FILE_NAME,
     RunLock,
     RunLockedError,
+    holds_run_lock,
     read_lock_record,
 )
 

@@ -19,6 +19,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import signal
@@ -66,18 +67,26 @@ class OutputWriteError(OSError):
 
 
 def _errno_name(number: Optional[int]) -> str:
-    import errno
-
     return errno.errorcode.get(number or 0, "unknown")
 
 
+#: The errors of a file write (the folder, the temporary file, the rename); others (a network error while a
+#: download streams into the file) pass through unchanged.
+_WRITE_ERRNOS = frozenset(
+    getattr(errno, name) for name in (
+        "ENOSPC", "EDQUOT", "EFBIG", "EIO", "EROFS", "EACCES", "EPERM", "ENOTDIR", "EISDIR", "EEXIST", "ENOENT",
+        "ENAMETOOLONG", "EXDEV", "ESTALE", "EMFILE", "ENFILE", "EINVAL",
+    ) if hasattr(errno, name)
+)
+
+
 def _os_error_in(exc: BaseException) -> Optional[OSError]:
-    """The ``OSError`` behind ``exc``: itself, or one in its cause/context chain (``torch.save`` re-raises a failed
-    ``write`` as ``RuntimeError`` with the ``OSError`` as context)."""
+    """The file-write ``OSError`` behind ``exc``: itself, or one in its cause/context chain (``torch.save``
+    re-raises a failed ``write`` as ``RuntimeError`` with the ``OSError`` as context)."""
     seen: set[int] = set()
     current: Optional[BaseException] = exc
     while current is not None and id(current) not in seen:
-        if isinstance(current, OSError) and current.errno is not None:
+        if isinstance(current, OSError) and current.errno in _WRITE_ERRNOS:
             return current
         seen.add(id(current))
         current = current.__cause__ or current.__context__

@@ -19,6 +19,7 @@ import torch
 from nni_darts_ext.io import (
     EXIT_OUTPUT_WRITE_FAILED,
     OutputWriteError,
+    atomic_open,
     atomic_write_text,
 )
 
@@ -94,3 +95,13 @@ def test_unwritable_folder_is_reported(tmp_path):
     blocker.write_text("x")
     with pytest.raises(OutputWriteError, match=r"cannot write .*file/summary.json: File exists \(errno \d+, EEXIST\)"):
         atomic_write_text(blocker / "summary.json", "{}")
+
+
+def test_a_network_error_inside_the_block_is_not_reported_as_a_write_error(tmp_path):
+    target = tmp_path / "weights.pt"
+    atomic_write_text(target, "good")
+    with pytest.raises(ConnectionResetError):
+        with atomic_open(target) as handle:
+            handle.write(b"partial")
+            raise ConnectionResetError(errno.ECONNRESET, "Connection reset by peer")
+    assert target.read_text() == "good" and sorted(p.name for p in tmp_path.iterdir()) == ["weights.pt"]

@@ -95,6 +95,9 @@ def _add_common(parser: argparse.ArgumentParser, *, resume: bool = True) -> None
     if resume:
         group.add_argument("--resume", action="store_true",
                            help="continue an interrupted run from DIR/checkpoints/last.ckpt")
+        group.add_argument("--checkpoint-every", metavar="DURATION",
+                           help="also save last.ckpt mid-epoch every DURATION of wall time (e.g. 10m, 90s, 1h30m): "
+                                "a kill then loses at most that long")
     group.add_argument("--quiet", action="store_true", help="only errors and the final result")
 
 
@@ -239,7 +242,20 @@ def _options(args: argparse.Namespace, out: Optional[str]) -> Any:
         sync_batchnorm=getattr(args, "sync_batchnorm", False),
         resume=getattr(args, "resume", False),
         progress_bar=not args.quiet and sys.stderr.isatty(),
+        checkpoint_every=_duration("--checkpoint-every", getattr(args, "checkpoint_every", None)),
     )
+
+
+def _duration(flag: str, text: Optional[str]) -> Optional[float]:
+    from .durations import parse_duration
+    from .errors import UsageError
+
+    if text is None:
+        return None
+    try:
+        return parse_duration(text)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"{flag} {text}: {exc}") from None
 
 
 def _cmd_recipes(args: argparse.Namespace) -> int:
@@ -400,8 +416,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run ``nni-darts`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code.
 
     Exit codes: 0 success; 1 the run diverged (non-finite loss: the last good checkpoint is kept, continue with
-    ``--resume --set ...``); 2 bad input (one line on stderr, nothing written); 130 / 143 stopped by SIGINT / SIGTERM
-    (``DIR/checkpoints/last.ckpt`` holds the last finished step: ``--resume``).
+    ``--resume --set ...``); 2 bad input or an output folder in use by another run (one line on stderr, nothing
+    written); 74 an output could not be written (disk full, file-size limit, I/O error: the previous file is kept
+    whole, ``--resume`` once space is back); 130 / 143 stopped by SIGINT / SIGTERM (``DIR/checkpoints/last.ckpt``
+    holds the last finished step: ``--resume``).
 
     Example::
 
@@ -427,9 +445,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     from .errors import ArchError, RecipeError, RunInterrupted, UsageError
     from .inspect_run import InspectError
+    from .io import EXIT_OUTPUT_WRITE_FAILED, OutputWriteError, ignore_file_size_signal
+    from .run_lock import RunLockedError
 
     # Training commands import Lightning anyway; the others (plot, convert, recipes, inspect) stay light.
-    bad_input: tuple = (UsageError, RecipeError, ArchError, InspectError)
+    bad_input: tuple = (UsageError, RecipeError, ArchError, InspectError, RunLockedError)
     diverged: tuple = ()
     signalled: tuple = ()
     if training:
@@ -440,7 +460,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if training:
             _silence_nni()
+            ignore_file_size_signal()  # past a file-size limit a write fails with EFBIG (exit 74), not SIGXFSZ
         return _COMMANDS[args.command](args)
+    except OutputWriteError as exc:  # disk full, file-size limit, I/O error: the previous file is kept whole
+        print(f"{PROG} {args.command}: error: {_one_line(exc)}; free space and continue with --resume", file=sys.stderr)
+        return EXIT_OUTPUT_WRITE_FAILED
     except bad_input as exc:
         print(f"{PROG} {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE

@@ -141,7 +141,8 @@ def search_dataloaders(
 ) -> tuple[Any, Any]:
     """Two shuffled loaders over the :func:`search_split` halves of ``dataset``, for NNI's one-shot strategies.
 
-    Each loader is NNI's traced ``nni.nas.evaluator.pytorch.DataLoader`` over a traced
+    Each loader is a traced :class:`~nni_darts_ext.resumable_data.ResumableDataLoader` (its order depends on
+    ``(seed, epoch)`` alone, so a resumed search replays it exactly) over a traced
     ``torch.utils.data.Subset`` with ``shuffle=True, drop_last=False``, so ``nni.dump(loader)`` works when
     ``dataset`` is traced too (all datasets of this module are). A Subset with ``shuffle`` rather than a
     ``SubsetRandomSampler`` (the NNI tutorial's way) lets Lightning's DDP swap in a ``DistributedSampler`` over
@@ -170,20 +171,20 @@ def search_dataloaders(
         raise TypeError(f"search_dataloaders sets {', '.join(fixed)} itself; do not pass them")
     train_indices, val_indices = search_split(dataset, train_fraction, seed)
 
-    with import_nni_quietly():
-        from nni.nas.evaluator.pytorch import DataLoader  # imports Lightning: only when needed
+    from .resumable_data import ResumableDataLoader  # imports Lightning: only when needed
 
     traced_subset = nni.trace(Subset)
     loaders = tuple(
-        DataLoader(
+        nni.trace(ResumableDataLoader)(
             dataset=traced_subset(dataset=dataset, indices=indices),
             batch_size=batch_size,
             shuffle=True,
+            seed=seed + half,  # each half's order depends on (seed, epoch) alone: an exact resume replays it
             drop_last=False,
             num_workers=num_workers,
             **loader_kwargs,
         )
-        for indices in (train_indices, val_indices)
+        for half, indices in enumerate((train_indices, val_indices))
     )
     return loaders[0], loaders[1]
 

@@ -29,6 +29,8 @@ from .data import get_dataset, search_split
 with import_nni_quietly():
     import nni
 
+from .resumable_data import ResumableDataLoader
+
 __all__ = ["RecipeData", "held_out_fraction", "retrain_loaders", "test_loader"]
 
 
@@ -106,7 +108,7 @@ def retrain_loaders(
         data: the recipe's datasets.
         batch_size: samples per step of each loader, an int >= 1.
         validation: ``"test"`` or a fraction in (0, 1).
-        shuffle_seed: seeds the training loader's shuffling with its own generator; ``None``: torch's global RNG
+        shuffle_seed: seeds the training loader's order (with the epoch); ``None``: the recipe's seed
             (a loader that must stay serialisable with ``nni.dump`` takes no generator).
 
     Raises:
@@ -132,9 +134,10 @@ def retrain_loaders(
         val_set = subset(dataset=data.split(train=True), indices=val_indices)  # without Cutout
         train_set = subset(dataset=train_set, indices=train_indices)
     loader = {"batch_size": batch_size, "num_workers": recipe.dataset.num_workers}
-    shuffle = {} if shuffle_seed is None else {"generator": torch.Generator().manual_seed(shuffle_seed)}
+    # The training order depends on (seed, epoch) alone, so an exact resume replays it.
+    seed = recipe.seed if shuffle_seed is None else shuffle_seed
     return (
-        DataLoader(dataset=train_set, shuffle=True, drop_last=False, **loader, **shuffle),
+        nni.trace(ResumableDataLoader)(dataset=train_set, shuffle=True, drop_last=False, seed=seed, **loader),
         DataLoader(dataset=val_set, shuffle=False, **loader),
         test_loader(data, batch_size=batch_size),
     )

@@ -219,9 +219,12 @@ class ResumableDataLoader(DataLoader):
         with _isolated_rng(data_seed(self.seed, epoch, -2)):  # the iterator draws worker seeds: not from training
             iterator = super().__iter__()
         self._skip_batches = 0
-        return self._batches(iterator, start, epoch)
+        return self._batches(iterator, start)
 
-    def _batches(self, iterator: Iterator[Any], start: int, epoch: int) -> Iterator[Any]:
+    def _batches(self, iterator: Iterator[Any], start: int) -> Iterator[Any]:
+        # The epoch is read at the first batch, not when the iterator is made: on a resume Lightning makes the
+        # iterator before it sets the sampler's epoch (the sampler itself also draws its order at the first batch).
+        epoch = self.epoch
         self._batches_yielded = start
         position = start
         while True:
@@ -295,7 +298,10 @@ class ExactResume(pl.Callback):
                 # A shorter loader cycled by CombinedLoader("max_size_cycle") restarts after `length` batches.
                 cycled = 0 < length <= consumed and length < _longest(combined)
                 position = consumed % length if cycled else consumed
-                states[index] = {"epoch": loader.epoch, "batches": position}
+                if length and position >= length:  # saved at the epoch's end: the resume starts the next epoch
+                    states[index] = {"epoch": loader.epoch + 1, "batches": 0}
+                else:
+                    states[index] = {"epoch": loader.epoch, "batches": position}
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Lightning restores optimizer states by parameter position. NNI's arch_parameters() goes through a set, so

@@ -83,7 +83,7 @@ def test_search_dataloaders_halves_and_batches():
     for loader, indices in ((train_loader, train_idx), (val_loader, val_idx)):
         assert isinstance(loader.dataset, Subset) and loader.dataset.indices == indices
         assert loader.drop_last is False
-        assert isinstance(loader.sampler, torch.utils.data.RandomSampler)  # shuffle=True, DDP can replace it
+        assert loader.shuffle is True  # DDP replaces the sampler with a DistributedSampler (shuffled)
         batches = list(loader)
         assert [len(b[1]) for b in batches] == [4, 4, 2]
         assert batches[0][0].shape == (4, 3, 8, 8)

@@ -32,9 +32,9 @@ def _worker(out: Path, mode: str) -> None:  # pragma: no cover - runs in the DDP
     from torch import nn
 
     from nni_darts_ext.callbacks import AtomicCheckpointIO
-    from nni_darts_ext.distributed_signal import DistributedSignalStop
+    from nni_darts_ext.callbacks.distributed_signal import DistributedSignalStop
     from nni_darts_ext.resumable_data import ExactResume, ResumableDataLoader
-    from nni_darts_ext.timed_checkpoint import TimedCheckpoint
+    from nni_darts_ext.callbacks.timed_checkpoint import TimedCheckpoint
 
     torch.set_num_threads(1)
 
@@ -122,7 +122,7 @@ def test_one_process_sigint_saves_and_exits_130(tmp_path):
     from torch import nn
 
     from nni_darts_ext.callbacks import AtomicCheckpointIO, TrainingInterrupted
-    from nni_darts_ext.distributed_signal import DistributedSignalStop
+    from nni_darts_ext.callbacks.distributed_signal import DistributedSignalStop
 
     class Net(pl.LightningModule):
         def __init__(self):
@@ -153,7 +153,7 @@ def test_one_process_sigint_saves_and_exits_130(tmp_path):
 
 
 def test_argument_checks(tmp_path):
-    from nni_darts_ext.distributed_signal import DistributedSignalStop
+    from nni_darts_ext.callbacks.distributed_signal import DistributedSignalStop
 
     with pytest.raises(ValueError, match="signals"):
         DistributedSignalStop(tmp_path, signals=[signal.SIGHUP])

@@ -115,31 +115,25 @@ def test_search_and_retrain_share_one_dataset_build(tmp_path):
     assert retrained.module.hparams.learning_rate == recipe.retrain.learning_rate
 
 
-def test_assembled_search_passes_order_and_strategy_options_to_the_preset(tmp_path, monkeypatch):
-    """Recipe fields search.order / search.strategy_options (when the recipe has them) reach darts_strategy."""
+def test_assembled_search_passes_order_strategy_options_and_export_limit_to_the_preset(tmp_path, monkeypatch):
+    """search.order, search.strategy_options and export.max_skip_connects reach darts_strategy and the strategy."""
     from nni_darts_ext.pipeline import assemble
+    from nni_darts_ext.recipes import apply_overrides
 
     seen = {}
     real = assemble.darts_strategy
 
     def recording(name, **overrides):
         seen.update(overrides, name=name)
-        return real(name, **{k: v for k, v in overrides.items() if k not in ("order", "channels_last")})
-
-    class SearchWithOptions:
-        def __init__(self, section):
-            self._section, self.order, self.strategy_options = section, 1, {"channels_last": False}
-
-        def __getattr__(self, name):
-            return getattr(self._section, name)
+        return real(name, **overrides)
 
     monkeypatch.setattr(assemble, "darts_strategy", recording)
-    plain = _recipe()
-    search = SearchWithOptions(plain.search)
-    recipe = SimpleNamespace(search=search, seed=plain.seed, dataset=plain.dataset, retrain=plain.retrain)
-    assemble_search(recipe, RunOptions(out=tmp_path / "s", accelerator="cpu"))
-    assert seen["name"] == search.strategy and seen["order"] == 1 and seen["channels_last"] is False
-    assert seen["arc_learning_rate"] == search.arc_learning_rate
+    recipe = apply_overrides(_recipe(), {"search.order": 2, "search.strategy_options": {"channels_last": False},
+                                         "export.max_skip_connects": 1})
+    built = assemble_search(recipe, RunOptions(out=tmp_path / "s", accelerator="cpu"))
+    assert seen["name"] == recipe.search.strategy and seen["order"] == 2 and seen["channels_last"] is False
+    assert seen["arc_learning_rate"] == recipe.search.arc_learning_rate and seen["max_skip_connects"] == 1
+    assert (built.strategy.order, built.strategy.channels_last, built.strategy.max_skip_connects) == (2, False, 1)
 
 
 def test_assembled_evaluate_builds_only_the_test_split(tmp_path):

@@ -18,7 +18,7 @@ from nni_darts_ext.resumable_data import (
     ResumableSampler,
     data_seed,
 )
-from nni_darts_ext.timed_checkpoint import TimedCheckpoint
+from nni_darts_ext.callbacks.timed_checkpoint import TimedCheckpoint
 
 FEATURES, CLASSES, HIDDEN = 6, 3, 16
 EPOCHS = 3

@@ -5,6 +5,8 @@ Keeping a long DARTS run from being lost (a crash, a signal or a diverging loss 
 * :class:`NonFiniteLossGuard` (``non_finite_loss``): stop at the first NaN/inf training loss, before any
   checkpoint of the bad state, naming the epoch and batch.
 * :class:`CheckpointOnSignal` (``checkpoint_on_signal``): SIGINT/SIGTERM finish the step, save ``last.ckpt``, stop.
+* :class:`DistributedSignalStop` (``distributed_signal``): the same under DDP: every rank stops at the same step.
+* :class:`TimedCheckpoint` (``timed_checkpoint``): ``last.ckpt`` mid-epoch every so many seconds.
 * :class:`ApplySettingsOnResume` (``apply_settings_on_resume``): a resumed run uses the current optimizer and
   schedule settings (a lower learning rate after a divergence, more epochs), not the checkpoint's.
 * :class:`CheckResumeCheckpoint` (``check_resume_checkpoint``): a corrupt or mismatched checkpoint becomes a
@@ -49,10 +51,12 @@ from .alpha_history import AlphaHistory
 from .apply_settings_on_resume import ApplySettingsOnResume
 from .check_resume_checkpoint import CheckResumeCheckpoint
 from .checkpoint_on_signal import CheckpointOnSignal
+from .distributed_signal import DistributedSignalStop
 from .epoch_log import EpochLog
 from .nni_report import NniReportCallback
 from .non_finite_loss import NonFiniteLossGuard
 from .search_health import SearchHealthMonitor
+from .timed_checkpoint import TimedCheckpoint
 
 __all__ = [
     "LAST_CHECKPOINT_NAME",
@@ -65,6 +69,8 @@ __all__ = [
     "EpochLog",
     "NniReportCallback",
     "SearchHealthMonitor",
+    "TimedCheckpoint",
+    "DistributedSignalStop",
     "NonFiniteLossError",
     "NonFiniteLossGuard",
     "TrainingInterrupted",

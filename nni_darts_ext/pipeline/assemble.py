@@ -42,11 +42,13 @@ from ..callbacks import (
     AlphaHistory,
     ApplySettingsOnResume,
     CheckpointOnSignal,
+    DistributedSignalStop,
     CheckResumeCheckpoint,
     EpochLog,
     NniReportCallback,
     NonFiniteLossGuard,
     SearchHealthMonitor,
+    TimedCheckpoint,
 )
 from ..checkpoint import AtomicCheckpointIO, read_checkpoint, state_dict_mismatch
 from ..constants import ARC_BETAS, ARC_WEIGHT_DECAY, NUM_CLASSES
@@ -57,6 +59,7 @@ from ..evaluator import darts_evaluator, darts_trainer
 from ..nni_trial import TRIAL_VALIDATION_FRACTION
 from ..recipe_data import RecipeData, retrain_loaders, test_loader
 from ..recipes import Recipe, RecipeError
+from ..resumable_data import ExactResume
 from ..search import darts_strategy
 from ..training_module import DartsClassificationModule
 from .options import RunOptions
@@ -316,10 +319,14 @@ def _run_callbacks(
     hint = (f"rerun the command with --resume and changed settings, e.g. --set {stage}.learning_rate="
             f"{learning_rate / 2:g} or a smaller {stage}.gradient_clip")
     epoch_log = EpochLog(stage, validation=validation, log_lines=not options.progress_bar)
+    world_size = (options.devices or 1) * options.num_nodes
+    # SIGINT/SIGTERM: finish the step, save last.ckpt, stop; under DDP every rank stops at the same step.
+    on_signal = DistributedSignalStop(out / CHECKPOINT_DIR) if world_size > 1 else CheckpointOnSignal(out / CHECKPOINT_DIR)
     callbacks: list = [
         CheckResumeCheckpoint(resume_from),  # a checkpoint of another net: one line naming keys and shapes
-        NonFiniteLossGuard(resume_hint=hint),  # before CheckpointOnSignal: a non-finite step is never saved
-        CheckpointOnSignal(out / CHECKPOINT_DIR),
+        NonFiniteLossGuard(resume_hint=hint),  # first: a non-finite step is never saved (by any callback below)
+        on_signal,
+        ExactResume(),  # random states and the data position in every checkpoint: a resume continues exactly
         ApplySettingsOnResume(),
         epoch_log,
         # save_top_k=1 with no monitor keeps the latest epoch file; save_last adds last.ckpt for --resume, always
@@ -328,6 +335,8 @@ def _run_callbacks(
         ModelCheckpoint(dirpath=out / CHECKPOINT_DIR, every_n_epochs=1, save_top_k=1, save_last=True,
                         enable_version_counter=False, save_on_train_epoch_end=True),
     ]
+    if options.checkpoint_every is not None:  # last.ckpt mid-epoch too: a SIGKILL loses at most that long
+        callbacks.append(TimedCheckpoint(options.checkpoint_every, out / CHECKPOINT_DIR))
     logger = TensorBoardLogger(save_dir=str(out), name=TENSORBOARD_DIR, version=stage, default_hp_metric=False)
     return callbacks, epoch_log, logger
 

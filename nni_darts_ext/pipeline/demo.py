@@ -32,8 +32,9 @@ from .run_folder import (
     LAST_CHECKPOINT,
     MODEL_FILE,
     SUMMARY_FILE,
+    refuse_if_in_use,
 )
-from .runtime import run_facts
+from .runtime import holding_run_lock, run_facts
 from .search import run_search
 
 __all__ = ["run_demo"]
@@ -60,50 +61,52 @@ def run_demo(recipe: Recipe, options: RunOptions, *, baseline: str | None = None
     out = Path(options.out).expanduser()
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: exists and is not a folder")
+    refuse_if_in_use(out)
     if not options.resume and any((out / name).exists() for name in (SUMMARY_FILE, *_STAGES)):
         raise UsageError(f"--out {out}: already holds a demo; pass --resume to continue it or choose another folder")
     check_device(options.accelerator, options.devices, search=True)
     data = RecipeData(recipe)
     data_errors(lambda: data.split(train=True))
-    say = report or (lambda line: None)
-    start = time.perf_counter()
+    with holding_run_lock(out, options):
+        say = report or (lambda line: None)
+        start = time.perf_counter()
 
-    def stage(name: str, run: Callable[[RunOptions], dict[str, Any]]) -> dict[str, Any]:
-        folder = out / name
-        done = folder / SUMMARY_FILE
-        if options.resume and done.is_file():
-            return json.loads(done.read_text(encoding="utf-8"))
-        resume = options.resume and (folder / CHECKPOINT_DIR / LAST_CHECKPOINT).is_file()
-        return run(dataclasses.replace(options, out=folder, resume=resume))
+        def stage(name: str, run: Callable[[RunOptions], dict[str, Any]]) -> dict[str, Any]:
+            folder = out / name
+            done = folder / SUMMARY_FILE
+            if options.resume and done.is_file():
+                return json.loads(done.read_text(encoding="utf-8"))
+            resume = options.resume and (folder / CHECKPOINT_DIR / LAST_CHECKPOINT).is_file()
+            return run(dataclasses.replace(options, out=folder, resume=resume, lock=False))  # the demo holds the lock
 
-    searched = stage("search", lambda o: run_search(recipe, o, data=data))
-    say(f"search: {searched['search_seconds']:.1f} s, genotype {searched['genotype']}")
-    retrained = stage("retrain", lambda o: run_retrain(recipe, out / "search" / ARCH_FILE, o, data=data))
-    say(f"retrain: {retrained['retrain_seconds']:.1f} s, test accuracy {retrained['test_accuracy']:.4f}")
-    summary: dict[str, Any] = {
-        "command": "demo",
-        "recipe": recipe.name,
-        "dataset": recipe.dataset.name,
-        "test_accuracy": retrained["test_accuracy"],
-        "params": retrained["params"],
-        "search_seconds": searched["search_seconds"],
-        "retrain_seconds": retrained["retrain_seconds"],
-        "arch": f"search/{ARCH_FILE}",
-        "genotype": searched["genotype"],
-        "cells_plot": f"search/{CELLS_PLOT}",
-        "alphas_plot": f"search/{ALPHAS_PLOT}",
-        "weights": f"retrain/{MODEL_FILE}",
-        "device": retrained["device"],
-        **run_facts(recipe),
-    }
-    if baseline == "random":
-        arch = random_arch(recipe.seed)
-        random_run = stage("random", lambda o: run_retrain(recipe, arch, o, data=data))
-        summary["random_arch_test_accuracy"] = random_run["test_accuracy"]
-        summary["random_arch"] = f"random/{ARCH_FILE}"
-        summary["random_arch_params"] = random_run["params"]
-        summary["random_retrain_seconds"] = random_run["retrain_seconds"]
-        say(f"random cell: {random_run['retrain_seconds']:.1f} s, test accuracy {random_run['test_accuracy']:.4f}")
-    summary["total_seconds"] = round(time.perf_counter() - start, 2)
-    atomic_write_json(out / SUMMARY_FILE, summary)
-    return summary
+        searched = stage("search", lambda o: run_search(recipe, o, data=data))
+        say(f"search: {searched['search_seconds']:.1f} s, genotype {searched['genotype']}")
+        retrained = stage("retrain", lambda o: run_retrain(recipe, out / "search" / ARCH_FILE, o, data=data))
+        say(f"retrain: {retrained['retrain_seconds']:.1f} s, test accuracy {retrained['test_accuracy']:.4f}")
+        summary: dict[str, Any] = {
+            "command": "demo",
+            "recipe": recipe.name,
+            "dataset": recipe.dataset.name,
+            "test_accuracy": retrained["test_accuracy"],
+            "params": retrained["params"],
+            "search_seconds": searched["search_seconds"],
+            "retrain_seconds": retrained["retrain_seconds"],
+            "arch": f"search/{ARCH_FILE}",
+            "genotype": searched["genotype"],
+            "cells_plot": f"search/{CELLS_PLOT}",
+            "alphas_plot": f"search/{ALPHAS_PLOT}",
+            "weights": f"retrain/{MODEL_FILE}",
+            "device": retrained["device"],
+            **run_facts(recipe),
+        }
+        if baseline == "random":
+            arch = random_arch(recipe.seed)
+            random_run = stage("random", lambda o: run_retrain(recipe, arch, o, data=data))
+            summary["random_arch_test_accuracy"] = random_run["test_accuracy"]
+            summary["random_arch"] = f"random/{ARCH_FILE}"
+            summary["random_arch_params"] = random_run["params"]
+            summary["random_retrain_seconds"] = random_run["retrain_seconds"]
+            say(f"random cell: {random_run['retrain_seconds']:.1f} s, test accuracy {random_run['test_accuracy']:.4f}")
+        summary["total_seconds"] = round(time.perf_counter() - start, 2)
+        atomic_write_json(out / SUMMARY_FILE, summary)
+        return summary

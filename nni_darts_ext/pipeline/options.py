@@ -36,6 +36,9 @@ class RunOptions:
             and only rank 0 writes files.
         num_nodes: machines (Lightning ``num_nodes``); the world size is ``devices * num_nodes``.
         sync_batchnorm: convert BatchNorm layers to SyncBatchNorm (retrain under DDP).
+        checkpoint_every: also save ``last.ckpt`` mid-epoch every so many seconds of wall time (``None``: at
+            epoch ends only); a SIGKILL then loses at most that long.
+        lock: hold the output folder's run lock while writing (``False`` inside a demo, which holds its own).
 
     Example::
 
@@ -53,3 +56,5 @@ class RunOptions:
     strategy: str | None = None
     num_nodes: int = 1
     sync_batchnorm: bool = False
+    checkpoint_every: float | None = None
+    lock: bool = True

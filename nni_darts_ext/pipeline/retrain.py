@@ -21,7 +21,7 @@ from ..recipes import Recipe
 from .assemble import TEST_VALIDATION_NOTE, VALIDATION_ON_TEST, assemble_retrain
 from .options import RunOptions
 from .run_folder import ARCH_FILE, MODEL_FILE, SUMMARY_FILE, write_config
-from .runtime import check_interrupted, device_name, interruptible, quiet_nni, run_facts
+from .runtime import check_interrupted, device_name, holding_run_lock, interruptible, quiet_nni, run_facts
 
 __all__ = ["measure_test", "run_retrain"]
 
@@ -55,6 +55,11 @@ def run_retrain(recipe: Recipe, arch: Any, options: RunOptions, *, data: RecipeD
         summary["test_accuracy"]
     """
     built = assemble_retrain(recipe, arch, options, data=data)
+    with holding_run_lock(built.out, options):
+        return _retrain(built, recipe, options)
+
+
+def _retrain(built: Any, recipe: Recipe, options: RunOptions) -> dict[str, Any]:
     out, trainer, module, ckpt = built.out, built.trainer, built.module, built.resume_from
     r = recipe.retrain
     _logger.info("retrain: global batch %d = %d per device x %d process(es); learning rate %g for the global batch",

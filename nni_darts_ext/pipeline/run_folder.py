@@ -15,6 +15,7 @@ from pathlib import Path
 from ..errors import UsageError
 from ..io import atomic_write_text
 from ..recipes import Recipe, RecipeError, load_recipe
+from ..run_lock import LOCK_FILE_NAME, RunLock
 
 __all__ = [
     "ALPHAS_FILE",
@@ -68,6 +69,7 @@ def check_out_dir(out: PathLike | None, resume: bool) -> tuple[Path, Path | None
     out = Path(out).expanduser()
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: exists and is not a folder")
+    refuse_if_in_use(out)
     last = out / CHECKPOINT_DIR / LAST_CHECKPOINT
     if resume:
         if not last.is_file():
@@ -79,6 +81,15 @@ def check_out_dir(out: PathLike | None, resume: bool) -> tuple[Path, Path | None
             f"--out {out}: already holds a run ({existing[0]}); pass --resume to continue it or choose another folder"
         )
     return out, None
+
+
+def refuse_if_in_use(out: Path) -> None:
+    """Raise :class:`~nni_darts_ext.run_lock.RunLockedError` (pid and host) at once if a live run holds ``out``.
+
+    Only looks when a lock file exists (it writes nothing otherwise); a stale lock is taken over and released.
+    """
+    if (out / LOCK_FILE_NAME).exists():
+        RunLock(out).acquire().release()
 
 
 def check_out_dir_on_rank(out: PathLike | None, resume: bool, rank: int) -> tuple[Path, Path | None]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,8 @@ import torch
 from pytorch_lightning.trainer.states import TrainerStatus
 
 from ..errors import RunInterrupted, TrainingInterrupted
+from ..run_lock import RunLock, holds_run_lock
+from .options import RunOptions
 
 __all__ = ["check_interrupted", "device_name", "interruptible", "quiet_nni", "run_facts", "seed_everything"]
 
@@ -108,3 +111,20 @@ def run_facts(recipe: Any) -> dict[str, Any]:
         summary = {"command": "retrain", **run_facts(recipe)}
     """
     return {"seed": recipe.seed, "torch_threads": torch.get_num_threads(), "torch_version": torch.__version__}
+
+
+@contextlib.contextmanager
+def holding_run_lock(out: Path, options: RunOptions) -> Iterator[None]:
+    """Hold ``out``'s run lock (:class:`~nni_darts_ext.run_lock.RunLock`) while a run writes there.
+
+    Only the first process of a run takes it (DDP ranks re-run the same command), and not the stages of a demo,
+    whose folder is locked as a whole.
+
+    Raises:
+        RunLockedError: another live run holds the folder (one line: its pid and host).
+    """
+    if not options.lock or not holds_run_lock():
+        yield
+        return
+    with RunLock(out, command=sys.argv):
+        yield

@@ -41,7 +41,7 @@ from .run_folder import (
     SUMMARY_FILE,
     write_config,
 )
-from .runtime import check_interrupted, device_name, interruptible, quiet_nni, run_facts
+from .runtime import check_interrupted, device_name, holding_run_lock, interruptible, quiet_nni, run_facts
 
 with import_nni_quietly():
     from nni.nas.experiment import NasExperiment
@@ -65,6 +65,11 @@ def run_search(recipe: Recipe, options: RunOptions, *, data: RecipeData | None =
         summary["arch"]   # 'arch.json'
     """
     built = assemble_search(recipe, options, data=data)
+    with holding_run_lock(built.out, options):
+        return _search(built, recipe, options)
+
+
+def _search(built: Any, recipe: Recipe, options: RunOptions) -> dict[str, Any]:
     out, trainer, strategy = built.out, built.trainer, built.strategy
 
     # Everything checked: from here on files are written (by rank 0 only; the other ranks' NNI experiment

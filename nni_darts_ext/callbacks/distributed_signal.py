@@ -41,7 +41,8 @@ from typing import Any, Union
 import pytorch_lightning as pl
 import torch
 
-from .callbacks import LAST_CHECKPOINT_NAME, TrainingInterrupted
+from ..checkpoint import LAST_CHECKPOINT_NAME
+from ..errors import TrainingInterrupted
 
 __all__ = ["DistributedSignalStop"]
 

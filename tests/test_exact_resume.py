@@ -1,0 +1,124 @@
+"""Exact resume through the CLI: a run killed with SIGKILL and rerun with ``--resume`` ends bit-identical (CPU) to
+the run that was never interrupted: the same architecture parameters, network weights, optimizer states and
+``arch.json``. Killed after the first epoch's checkpoint (the kill lands in epoch 2), and killed right after a
+mid-epoch checkpoint (``--checkpoint-every``); searches with deterministic and with sampled mixings, and a retrain
+with cutout and drop path."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from nni_darts_ext.checkpoint import read_checkpoint
+from nni_darts_ext.cli import main
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["dataset.image_size=8", "dataset.max_samples=64", "search.width=4", "search.cells=3", "search.epochs=3",
+        "search.batch_size=16", "search.arc_learning_rate=0.05", "retrain.width=4", "retrain.cells=3",
+        "retrain.epochs=3", "retrain.batch_size=16", "retrain.cutout=4", "retrain.drop_path_prob=0.2",
+        "retrain.auxiliary_weight=0.4"]
+BATCHES = 2  # 64 images, half for each search split, batch 16; the retrain's 64 in 4 batches
+WAIT_S = 600
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    home = tmp_path_factory.mktemp("home")
+    return dict(os.environ, HOME=str(home), NNI_HOME=str(home / ".nni"), OMP_NUM_THREADS="1",
+                PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+
+
+def _argv(command, out, name, *extra):
+    argv = [command, "--out", out, "--recipe", "demo", "--quiet", "--threads", "1", *extra, "--set", *TINY,
+            f"search.strategy={name}"]
+    return [str(a) for a in argv]
+
+
+def _killed(argv, env, last: Path, *, mid_epoch_steps: int | None = None) -> dict:
+    """Run ``argv`` in a subprocess and SIGKILL it once ``last`` holds a checkpoint to resume from.
+
+    ``mid_epoch_steps``: wait for one whose global step is not a multiple of it (a mid-epoch save); the process is
+    stopped (SIGSTOP) while the file is read, so the checkpoint read is the one the resume starts from.
+    """
+    process = subprocess.Popen([sys.executable, "-m", "nni_darts_ext", *argv], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + WAIT_S
+    try:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise AssertionError(f"the run ended before it was killed:\n{process.stderr.read()}")
+            if last.is_file():
+                process.send_signal(signal.SIGSTOP)
+                checkpoint = read_checkpoint(last)
+                if mid_epoch_steps is None or checkpoint["global_step"] % mid_epoch_steps:
+                    process.send_signal(signal.SIGKILL)
+                    process.communicate(timeout=60)
+                    return checkpoint
+                process.send_signal(signal.SIGCONT)
+            time.sleep(0.02)
+        raise AssertionError(f"no checkpoint to kill at within {WAIT_S} s")
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate(timeout=60)
+
+
+def _assert_identical(a: Path, b: Path) -> None:
+    left, right = read_checkpoint(a / "checkpoints" / "last.ckpt"), read_checkpoint(b / "checkpoints" / "last.ckpt")
+    assert left["global_step"] == right["global_step"]
+    assert list(left["state_dict"]) == list(right["state_dict"])
+    for key, value in left["state_dict"].items():
+        assert torch.equal(value, right["state_dict"][key]), key
+    for opt_left, opt_right in zip(left["optimizer_states"], right["optimizer_states"], strict=True):
+        for index, state in opt_left["state"].items():
+            for name, value in state.items():
+                other = opt_right["state"][index][name]
+                assert torch.equal(torch.as_tensor(value), torch.as_tensor(other)), (index, name)
+    assert (a / "arch.json").read_bytes() == (b / "arch.json").read_bytes()
+
+
+@pytest.mark.parametrize("name", ["first-order", "pc-darts", "drnas", "gdas", "second-order"])
+def test_search_killed_in_its_second_epoch_resumes_bit_identical(name, tmp_path, env):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert main(_argv("search", straight, name)) == 0
+    at_kill = _killed(_argv("search", killed, name), env, killed / "checkpoints" / "last.ckpt")
+    assert at_kill["global_step"] < 3 * BATCHES * 2  # the kill came before the end
+    assert main(_argv("search", killed, name, "--resume")) == 0
+    _assert_identical(straight, killed)
+
+
+def test_search_killed_after_a_mid_epoch_checkpoint_resumes_bit_identical(tmp_path, env):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    more = ["dataset.max_samples=256", "search.batch_size=8"]  # 16 batches per epoch: room for mid-epoch saves
+
+    def argv(out, *extra):
+        return _argv("search", out, "drnas", *extra) + more
+
+    assert main(argv(straight)) == 0
+    at_kill = _killed(argv(killed, "--checkpoint-every", "1s"), env, killed / "checkpoints" / "last.ckpt",
+                      mid_epoch_steps=16 * 2)
+    assert at_kill["global_step"] % 32  # a mid-epoch checkpoint
+    assert main(argv(killed, "--resume")) == 0
+    _assert_identical(straight, killed)
+
+
+def test_retrain_killed_in_its_second_epoch_resumes_bit_identical(tmp_path, env):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+
+    def argv(out, *extra):
+        return _argv("retrain", out, "first-order", "--arch", "darts-v2", *extra)
+
+    assert main(argv(straight)) == 0
+    at_kill = _killed(argv(killed), env, killed / "checkpoints" / "last.ckpt")
+    assert at_kill["epoch"] < 2
+    assert main(argv(killed, "--resume")) == 0
+    _assert_identical(straight, killed)

@@ -120,6 +120,7 @@ class DartsClassificationModule(ClassificationModule):
         self.val_accuracy = torchmetrics.Accuracy("multiclass", num_classes=num_classes)
         self.test_accuracy = torchmetrics.Accuracy("multiclass", num_classes=num_classes)
         self._final_drop_path_prob: Optional[float] = None
+        self._warned_no_drop_path = False
 
     # ----------------------------------------------------------------------------------------------- steps
     def _split_output(self, output: Any) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -211,13 +212,24 @@ class DartsClassificationModule(ClassificationModule):
         """The linear ramp ``p0 * epoch / max_epochs``."""
         return self.final_drop_path_prob() * min(epoch, self.max_epochs) / self.max_epochs
 
+    def on_train_start(self) -> None:
+        # A run resumed mid-epoch starts without on_train_epoch_start: set this epoch's probability here too.
+        self._apply_drop_path_prob()
+
     def on_train_epoch_start(self) -> None:
+        probability = self._apply_drop_path_prob()
+        if probability is not None:
+            self.log("drop_path_prob", probability)
+
+    def _apply_drop_path_prob(self) -> Optional[float]:
+        """Set the net's drop-path probability for the current epoch; ``None`` when the net has no setter."""
         p0 = self.final_drop_path_prob()
         setter = getattr(self.model, "set_drop_path_prob", None)
         if setter is None:
-            if p0 > 0:
+            if p0 > 0 and not self._warned_no_drop_path:
+                self._warned_no_drop_path = True
                 _logger.warning("drop_path_prob=%s ignored: %s has no set_drop_path_prob()", p0, type(self.model).__name__)
-            return
+            return None
         probability = self.drop_path_prob_at(self.trainer.current_epoch)
         setter(probability)
-        self.log("drop_path_prob", probability)
+        return probability

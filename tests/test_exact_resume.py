@@ -43,11 +43,12 @@ def _argv(command, out, name, *extra):
     return [str(a) for a in argv]
 
 
-def _killed(argv, env, last: Path, *, mid_epoch_steps: int | None = None) -> dict:
+def _killed(argv, env, last: Path, *, mid_epoch_steps: int | None = None, after_step: int = 0) -> dict:
     """Run ``argv`` in a subprocess and SIGKILL it once ``last`` holds a checkpoint to resume from.
 
     ``mid_epoch_steps``: wait for one whose global step is not a multiple of it (a mid-epoch save); the process is
     stopped (SIGSTOP) while the file is read, so the checkpoint read is the one the resume starts from.
+    ``after_step``: and a global step above it.
     """
     process = subprocess.Popen([sys.executable, "-m", "nni_darts_ext", *argv], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -59,7 +60,8 @@ def _killed(argv, env, last: Path, *, mid_epoch_steps: int | None = None) -> dic
             if last.is_file():
                 process.send_signal(signal.SIGSTOP)
                 checkpoint = read_checkpoint(last)
-                if mid_epoch_steps is None or checkpoint["global_step"] % mid_epoch_steps:
+                step = checkpoint["global_step"]
+                if (mid_epoch_steps is None or step % mid_epoch_steps) and step > after_step:
                     process.send_signal(signal.SIGKILL)
                     process.communicate(timeout=60)
                     return checkpoint
@@ -120,5 +122,21 @@ def test_retrain_killed_in_its_second_epoch_resumes_bit_identical(tmp_path, env)
     assert main(argv(straight)) == 0
     at_kill = _killed(argv(killed), env, killed / "checkpoints" / "last.ckpt")
     assert at_kill["epoch"] < 2
+    assert main(argv(killed, "--resume")) == 0
+    _assert_identical(straight, killed)
+
+
+def test_retrain_killed_after_a_mid_epoch_checkpoint_resumes_bit_identical(tmp_path, env):
+    """Mid-epoch: Lightning skips on_train_epoch_start on such a resume; drop path must still be this epoch's."""
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    more = ["dataset.max_samples=256", "retrain.batch_size=8"]  # 32 batches per epoch
+
+    def argv(out, *extra):
+        return _argv("retrain", out, "first-order", "--arch", "darts-v2", *extra) + more
+
+    assert main(argv(straight)) == 0
+    at_kill = _killed(argv(killed, "--checkpoint-every", "1s"), env, killed / "checkpoints" / "last.ckpt",
+                      mid_epoch_steps=32, after_step=32)
+    assert at_kill["global_step"] % 32 and at_kill["global_step"] > 32  # inside epoch 2, drop path > 0
     assert main(argv(killed, "--resume")) == 0
     _assert_identical(straight, killed)

@@ -169,6 +169,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         "peak_rss_mb": _peak_rss_mb(),
         "threads": torch.get_num_threads(),
         "device_name": torch.cuda.get_device_name() if cuda else "cpu",
+        # False: no native bf16 on this CPU (oneDNN emulates it, far slower than fp32).
+        "cpu_native_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
         "load_average_at_end": list(load) if load else None,
         "torch": torch.__version__,
     }

@@ -12,19 +12,31 @@ step on the ``train`` half, real optimizers).
 1e-4, the tutorial's ``Classification`` evaluator). Every preset gets the same training module, seed and random
 CIFAR-shaped batches, so the ratios compare strategies only.
 
+A preset may carry overrides for ``darts_strategy(name, **overrides)`` after colons, values read as Python
+literals: ``--presets nni-stock,first-order,pc-darts:order=2:partial_channels=8``.
+
+``--precision`` (Lightning's ``Trainer(precision=...)`` values) and ``--compile`` (each supernet cell compiled by
+:func:`nni_darts_ext.compile.compile_cells`) apply to our presets only; ``nni-stock`` always runs as NNI's tutorial
+does (fp32, eager).
+
 Reported per preset: median steady-state step time (after ``--warmup`` steps), images per second (both halves
-of the step: ``2 * batch`` images), peak memory (CPU: peak RSS of the process; CUDA: ``max_memory_allocated``)
-and start-up time (process launch to the start of the first step: interpreter, imports, supernet, trainer).
+of the step: ``2 * batch`` images), peak memory (CPU: peak RSS of the process; CUDA: ``max_memory_allocated``),
+start-up time (process launch to the start of the first step: interpreter, imports, supernet, trainer), the
+FLOPs of one step (``flops``: ``torch.utils.flop_counter.FlopCounterMode`` over one extra, untimed, eager step)
+and ``matmul_fraction``: the step's achieved FLOP/s over the same process's large square matmul rate in the
+step's precision (``matmul_flops_per_second``, best of a few ``--matmul-size`` products).
 
 Example::
 
     python benchmarks/search_step.py --width 16 --cells 8 --batch 64 --steps 3 --warmup 1 --json runs/bench.json
     python benchmarks/search_step.py --device cuda --batch 256 --steps 20 --warmup 5
+    python benchmarks/search_step.py --presets nni-stock,first-order,pc-darts --precision bf16-mixed --compile
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import logging
 import os
@@ -38,7 +50,15 @@ from typing import Any, Dict, List, Optional
 
 STOCK = "nni-stock"
 # Step time counts the whole Lightning loop between consecutive batch ends (data fetch, hooks, logging included).
-RESULT_KEYS = ("name", "step_seconds", "images_per_second", "peak_memory_mb", "startup_seconds")
+RESULT_KEYS = ("name", "step_seconds", "images_per_second", "peak_memory_mb", "startup_seconds", "flops",
+               "matmul_fraction")
+# Lightning 2.x Trainer(precision=...) values (lightning/fabric/connector.py _PRECISION_INPUT).
+PRECISIONS = ("64-true", "64", "32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16", "16-true", "bf16-true",
+              "transformer-engine", "transformer-engine-float16")
+FP32 = "32-true"
+# Square matmul size for the reference FLOP rate (the issue's 4096x4096 fp32 / bf16 products).
+MATMUL_SIZE = 4096
+MATMUL_REPEATS = 3
 # NNI 3.0 DARTS tutorial (examples/tutorials/darts.py): Classification(learning_rate=1e-3, weight_decay=1e-4),
 # DartsStrategy(gradient_clip_val=5.), DartsSpace(16, 8, 'cifar'), batch 64.
 TUTORIAL_LEARNING_RATE = 1e-3
@@ -60,7 +80,14 @@ def _parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=3, help="timed steps after warm-up")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     parser.add_argument("--presets", default=None,
-                        help=f"comma-separated names; default: {STOCK} and every registered preset")
+                        help=f"comma-separated names, each optionally with ':key=value' overrides (Python literals), "
+                             f"e.g. 'pc-darts:order=2'; default: {STOCK} and every registered preset")
+    parser.add_argument("--precision", default=FP32, choices=PRECISIONS,
+                        help="Lightning Trainer precision of our presets (nni-stock stays fp32)")
+    parser.add_argument("--compile", action="store_true",
+                        help="compile each supernet cell of our presets with torch.compile (nni-stock stays eager)")
+    parser.add_argument("--matmul-size", type=int, default=MATMUL_SIZE,
+                        help="size of the square matmul giving the reference FLOP rate")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
@@ -73,7 +100,7 @@ def _parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--result-file", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--launch-time", type=float, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    for name in ("width", "cells", "batch", "image_size", "steps"):
+    for name in ("width", "cells", "batch", "image_size", "steps", "matmul_size"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.warmup < 0:
@@ -86,13 +113,51 @@ def _parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                 raise ValueError("not a JSON object")
         except ValueError as exc:
             parser.error(f"--strategy-kwargs must be a JSON object: {exc}")
+    if args.presets is not None:
+        try:
+            args.preset_specs = [parse_preset(p) for p in args.presets.split(",") if p.strip()]
+        except ValueError as exc:
+            parser.error(f"--presets: {exc}")
+        if not args.preset_specs:
+            parser.error("--presets is empty")
     return args
 
 
-def _default_presets() -> List[str]:
-    from nni_darts_ext.search import list_strategies
+def parse_preset(spec: str) -> tuple:
+    """``'pc-darts:order=2:partial_channels=8'`` -> ``('pc-darts', {'order': 2, 'partial_channels': 8})``.
 
-    return [STOCK] + list_strategies()
+    Values are Python literals (``ast.literal_eval``); a value that is not one is kept as a string.
+
+    Raises:
+        ValueError: empty name, an item without ``=``, an empty or non-identifier key, or a key given twice.
+
+    Example::
+
+        >>> parse_preset("first-order:order=2")
+        ('first-order', {'order': 2})
+    """
+    name, *items = [part.strip() for part in spec.strip().split(":")]
+    if not name:
+        raise ValueError(f"preset name missing in {spec.strip()!r}")
+    overrides: Dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise ValueError(f"override {item!r} of {name!r} is not key=value")
+        if key in overrides:
+            raise ValueError(f"override {key!r} of {name!r} given twice")
+        try:
+            overrides[key] = ast.literal_eval(text.strip())
+        except (ValueError, SyntaxError):
+            overrides[key] = text.strip()
+    return name, overrides
+
+
+def _default_presets() -> List[str]:
+    from nni_darts_ext import list_strategies
+
+    return [STOCK] + list(list_strategies())
 
 
 def _config(args: argparse.Namespace) -> Dict[str, Any]:
@@ -102,6 +167,7 @@ def _config(args: argparse.Namespace) -> Dict[str, Any]:
         "steps": args.steps, "warmup": args.warmup, "device": args.device, "threads": args.threads,
         "seed": args.seed, "images_per_step": 2 * args.batch, "cpu_count": os.cpu_count(),
         "strategy_kwargs": json.loads(args.strategy_kwargs) if args.strategy_kwargs else {},
+        "precision": args.precision, "compile": args.compile, "matmul_size": args.matmul_size,
         "load_average_at_start": list(load) if load else None, "python": sys.version.split()[0],
     }
 
@@ -110,7 +176,10 @@ def _child_command(args: argparse.Namespace, name: str, result_file: str) -> Lis
     cmd = [sys.executable, os.path.abspath(__file__), "--single", name, "--result-file", result_file,
            "--width", str(args.width), "--cells", str(args.cells), "--batch", str(args.batch),
            "--image-size", str(args.image_size), "--steps", str(args.steps), "--warmup", str(args.warmup),
-           "--device", args.device, "--seed", str(args.seed)]
+           "--device", args.device, "--seed", str(args.seed), "--precision", args.precision,
+           "--matmul-size", str(args.matmul_size)]
+    if args.compile:
+        cmd.append("--compile")
     if args.threads is not None:
         cmd += ["--threads", str(args.threads)]
     if args.strategy_kwargs:
@@ -152,17 +221,22 @@ def format_table(results: List[Dict[str, Any]]) -> str:
         print(format_table([{"name": "nni-stock", "step_seconds": 1.0, ...}]))
     """
     base = next((r for r in results if r["name"] == STOCK and r.get("step_seconds")), None)
-    rows = ["| preset | step (s) | images/s | vs stock | peak memory (MB) | vs stock | startup (s) | CPU s/step |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    rows = ["| preset | step (s) | images/s | vs stock | peak memory (MB) | vs stock | startup (s) | CPU s/step "
+            "| GFLOP/step | matmul fraction |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         if r.get("error"):
-            rows.append(f"| {r['name']} | failed: {r['error'][:80]} | | | | | | |")
+            rows.append(f"| {r['name']} | failed: {r['error'][:80]} | | | | | | | | |")
             continue
+        flops = r.get("flops")
+        fraction = r.get("matmul_fraction")
         rows.append(
             f"| {r['name']} | {r['step_seconds']:.3f} | {r['images_per_second']:.1f} | "
             f"{_ratio(r['images_per_second'], base and base['images_per_second'])} | "
             f"{r['peak_memory_mb']:.0f} | {_ratio(r['peak_memory_mb'], base and base['peak_memory_mb'])} | "
-            f"{r['startup_seconds']:.1f} | {r.get('step_cpu_seconds', float('nan')):.3f} |"
+            f"{r['startup_seconds']:.1f} | {r.get('step_cpu_seconds', float('nan')):.3f} | "
+            f"{'-' if flops is None else f'{flops / 1e9:.2f}'} | "
+            f"{'-' if fraction is None else f'{fraction:.1%}'} |"
         )
     return "\n".join(rows)
 
@@ -173,6 +247,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         return _single(args)
     if args.presets:
         presets = [p.strip() for p in args.presets.split(",") if p.strip()]
+        known = set(_default_presets())
+        unknown = [name for name, _ in args.preset_specs if name not in known]
+        if unknown:
+            print(f"search_step.py: error: unknown preset(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}",
+                  file=sys.stderr)
+            return 2
     else:
         presets = _default_presets()
     config = _config(args)
@@ -188,7 +268,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(format_table(results))
     print(f"\n{args.device}, threads={results[0].get('threads', args.threads) if results else args.threads}, "
           f"width {args.width}, {args.cells} cells, batch {args.batch}x2, {args.image_size}px, "
-          f"median of {args.steps} steps after {args.warmup} warm-up; load average "
+          f"median of {args.steps} steps after {args.warmup} warm-up; precision {args.precision}"
+          f"{', compiled cells' if args.compile else ''} (our presets); load average "
           f"{config['load_average_at_start']} -> {config['load_average_at_end']}")
     if args.json_path:
         Path(args.json_path).parent.mkdir(parents=True, exist_ok=True)
@@ -242,22 +323,32 @@ def _single(args: argparse.Namespace) -> int:
         # Same for every preset (the DARTS and PC-DARTS reference scripts both set it).
         torch.backends.cudnn.benchmark = True
 
-    if args.single == STOCK:
+    ours = args.single != STOCK
+    if not ours:
         strategy = DARTS(gradient_clip_val=TUTORIAL_GRADIENT_CLIP)
     else:
-        from nni_darts_ext.search import darts_strategy
+        from nni_darts_ext import darts_strategy
 
-        strategy = darts_strategy(args.single, **json.loads(args.strategy_kwargs or "{}"))
+        name, overrides = parse_preset(args.single)
+        strategy = darts_strategy(name, **{**json.loads(args.strategy_kwargs or "{}"), **overrides})
+    precision = args.precision if ours else FP32
+    compiled = bool(args.compile and ours)
 
     torch.manual_seed(args.seed)
     space = DartsSpace(width=args.width, num_cells=args.cells, dataset="cifar")
     supernet = strategy.mutate_model(space)
+    compiled_cells = 0
+    if compiled:
+        from nni_darts_ext.compile import compile_cells
+
+        compiled_cells = compile_cells(supernet, device=args.device)
     module = ClassificationModule(learning_rate=TUTORIAL_LEARNING_RATE, weight_decay=TUTORIAL_WEIGHT_DECAY,
                                   num_classes=NUM_CLASSES, export_onnx=False)
     module.set_model(supernet)
     oneshot = strategy.configure_oneshot_module(module)
 
-    total = args.warmup + args.steps
+    # One more step than timed: the last one runs eagerly under the FLOP counter (after peak memory is read).
+    total = args.warmup + args.steps + 1
     gen = torch.Generator().manual_seed(args.seed)
     shape = (total * args.batch, IMAGE_CHANNELS, args.image_size, args.image_size)
     data = {half: torch.utils.data.TensorDataset(torch.randn(shape, generator=gen),
@@ -266,8 +357,8 @@ def _single(args: argparse.Namespace) -> int:
     loaders = {half: torch.utils.data.DataLoader(ds, batch_size=args.batch, shuffle=False) for half, ds in data.items()}
     train_loader = strategy.train_dataloader(lambda: loaders["train"], lambda: loaders["val"])
 
-    timer = _StepTimer(cuda)
-    trainer = pl.Trainer(
+    timer = _StepTimer(cuda, flop_step=total - 1)
+    trainer = pl.Trainer(precision=precision,
         # One epoch over exactly `total` batches (max_steps counts optimizer steps: two per batch here).
         accelerator="gpu" if cuda else "cpu", devices=1, max_epochs=1,
         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
@@ -277,12 +368,14 @@ def _single(args: argparse.Namespace) -> int:
     if len(timer.ends) != total:
         raise RuntimeError(f"expected {total} steps, the trainer ran {len(timer.ends)}")
 
-    bounds = [timer.first_start] + timer.ends
-    durations = [bounds[i + 1] - bounds[i] for i in range(total)]
+    timed = total - 1
+    bounds = [timer.first_start] + timer.ends[:timed]
+    durations = [bounds[i + 1] - bounds[i] for i in range(timed)]
     step = statistics.median(durations[args.warmup:])
-    cpu_bounds = [timer.first_start_cpu] + timer.cpu_ends
-    cpu = [cpu_bounds[i + 1] - cpu_bounds[i] for i in range(total)]
-    peak = torch.cuda.max_memory_allocated() / MB if cuda else _peak_rss_mb()
+    cpu_bounds = [timer.first_start_cpu] + timer.cpu_ends[:timed]
+    cpu = [cpu_bounds[i + 1] - cpu_bounds[i] for i in range(timed)]
+    peak = timer.peak_memory_mb
+    matmul_rate = matmul_flops_per_second(args.matmul_size, precision_dtype(precision), args.device)
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     result = {
         "name": args.single,
@@ -293,9 +386,18 @@ def _single(args: argparse.Namespace) -> int:
         "step_seconds_all": durations,
         # CPU time of the process per step (all threads): steadier than wall time on a shared machine.
         "step_cpu_seconds": statistics.median(cpu[args.warmup:]),
+        "flops": timer.flops,
+        "flops_per_second": timer.flops / step,
+        "matmul_flops_per_second": matmul_rate,
+        "matmul_fraction": timer.flops / step / matmul_rate,
+        "precision": precision,
+        "compiled": compiled,
+        "compiled_cells": compiled_cells,
         "peak_rss_mb": _peak_rss_mb(),
         "threads": torch.get_num_threads(),
         "device_name": torch.cuda.get_device_name() if cuda else "cpu",
+        # False: no native bf16 on this CPU (oneDNN emulates it, far slower than fp32).
+        "cpu_native_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
         "strategy": type(strategy).__name__,
         "load_average_at_end": list(load) if load else None,
         "torch": torch.__version__,
@@ -309,15 +411,68 @@ def _single(args: argparse.Namespace) -> int:
     return 0
 
 
+def precision_dtype(precision: str) -> Any:
+    """The compute dtype of a Lightning precision value (``'bf16-mixed'`` -> ``torch.bfloat16``).
+
+    Example::
+
+        >>> str(precision_dtype("bf16-mixed"))
+        'torch.bfloat16'
+    """
+    import torch
+
+    if precision.startswith("bf16"):
+        return torch.bfloat16
+    if precision.startswith("16") or precision.endswith("float16"):
+        return torch.float16
+    if precision.startswith("64"):
+        return torch.float64
+    return torch.float32
+
+
+def matmul_flops_per_second(size: int, dtype: Any, device: str, repeats: int = MATMUL_REPEATS) -> float:
+    """Best FLOP/s of ``repeats`` ``size x size`` matmuls in ``dtype`` on ``device`` (``2 * size**3`` FLOPs each).
+
+    Example::
+
+        rate = matmul_flops_per_second(1024, torch.float32, "cpu")
+    """
+    import torch
+
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    cuda = device == "cuda"
+    torch.matmul(a, b)  # warm-up (library initialisation, CUDA context)
+    best = float("inf")
+    for _ in range(repeats):
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        torch.matmul(a, b)
+        if cuda:
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * size ** 3 / best
+
+
 def _make_timer_class() -> type:
     import pytorch_lightning as pl
     import torch
 
     class StepTimer(pl.Callback):
-        """Wall-clock stamps of the first batch start and of every batch end (synchronised on CUDA)."""
+        """Wall-clock stamps of the first batch start and of every batch end (synchronised on CUDA).
 
-        def __init__(self, cuda: bool):
+        Batch ``flop_step`` (the last, untimed) runs eagerly (``torch.compiler.set_stance("force_eager")``) under
+        ``FlopCounterMode``; peak memory is read just before it.
+        """
+
+        def __init__(self, cuda: bool, flop_step: int):
             self.cuda = cuda
+            self.flop_step = flop_step
+            self.flops = 0
+            self.peak_memory_mb = 0.0
+            self._counter: Any = None
+            self._stance: Any = None
             self.first_start: float = 0.0
             self.first_start_wall: float = 0.0
             self.first_start_cpu: float = 0.0
@@ -334,16 +489,29 @@ def _make_timer_class() -> type:
                 self.first_start = self._now()
                 self.first_start_wall = time.time()
                 self.first_start_cpu = time.process_time()
+            if batch_idx == self.flop_step:
+                from torch.utils.flop_counter import FlopCounterMode
+
+                self.peak_memory_mb = torch.cuda.max_memory_allocated() / MB if self.cuda else _peak_rss_mb()
+                self._stance = torch.compiler.set_stance("force_eager")
+                self._stance.__enter__()
+                self._counter = FlopCounterMode(display=False)
+                self._counter.__enter__()
 
         def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
             self.ends.append(self._now())
             self.cpu_ends.append(time.process_time())
+            if self._counter is not None:
+                self._counter.__exit__(None, None, None)
+                self._stance.__exit__(None, None, None)
+                self.flops = int(self._counter.get_total_flops())
+                self._counter = self._stance = None
 
     return StepTimer
 
 
-def _StepTimer(cuda: bool) -> Any:  # noqa: N802 - built lazily so the parent never imports Lightning
-    return _make_timer_class()(cuda)
+def _StepTimer(cuda: bool, flop_step: int) -> Any:  # noqa: N802 - built lazily: the parent never imports Lightning
+    return _make_timer_class()(cuda, flop_step)
 
 
 if __name__ == "__main__":

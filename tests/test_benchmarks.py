@@ -1,18 +1,21 @@
-"""Smoke test of benchmarks/search_step.py at a tiny size: one real run per preset process, JSON and table."""
+"""Smoke tests of benchmarks/search_step.py, retrain_step.py and gpu.sh at tiny sizes: real runs, JSON, table."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "search_step.py"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+SCRIPT = BENCHMARKS / "search_step.py"
+RETRAIN = BENCHMARKS / "retrain_step.py"
 TINY = ["--width", "8", "--cells", "3", "--batch", "4", "--image-size", "16", "--steps", "2", "--warmup", "1",
-        "--threads", "1"]
+        "--threads", "1", "--matmul-size", "64"]
 
 
 def _load_script():
@@ -25,23 +28,32 @@ def _load_script():
 @pytest.mark.e2e
 def test_search_step_harness_writes_the_documented_json(tmp_path):
     out = tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, str(SCRIPT), *TINY, "--presets", "nni-stock,pc-darts", "--json", str(out)],
+    proc = subprocess.run([sys.executable, str(SCRIPT), *TINY, "--presets", "nni-stock,pc-darts:partial_channels=2",
+                           "--precision", "bf16-mixed", "--json", str(out)],
                           capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(out.read_text())
     assert set(report) == {"config", "results"}
     config = report["config"]
     assert (config["width"], config["cells"], config["batch"], config["steps"], config["threads"]) == (8, 3, 4, 2, 1)
-    assert [r["name"] for r in report["results"]] == ["nni-stock", "pc-darts"]
+    assert config["precision"] == "bf16-mixed" and config["compile"] is False
+    assert [r["name"] for r in report["results"]] == ["nni-stock", "pc-darts:partial_channels=2"]
+    # nni-stock always runs as the tutorial does; the precision applies to our presets only.
+    assert [r["precision"] for r in report["results"]] == ["32-true", "bf16-mixed"]
     for r in report["results"]:
         assert {"name", "step_seconds", "images_per_second", "peak_memory_mb", "startup_seconds"} <= set(r)
         assert r["step_seconds"] > 0 and r["peak_memory_mb"] > 0 and r["startup_seconds"] > 0
         assert r["images_per_second"] == pytest.approx(2 * 4 / r["step_seconds"])
         assert len(r["step_seconds_all"]) == 3 and r["threads"] == 1
+        assert r["flops"] > 0 and r["matmul_flops_per_second"] > 0
+        assert r["matmul_fraction"] == pytest.approx(r["flops"] / r["step_seconds"] / r["matmul_flops_per_second"])
+    # Partial channels (1/2 of the channels through the ops) cost fewer FLOPs than the stock full cell.
+    assert report["results"][1]["flops"] < report["results"][0]["flops"]
     assert [r["strategy"] for r in report["results"]] == ["DARTS", "DartsSearch"]
     # The markdown table, with the stock row as the 1.00x reference.
     assert "| preset | step (s) | images/s | vs stock |" in proc.stdout
     assert "| nni-stock |" in proc.stdout and "| 1.00x |" in proc.stdout
+    assert "| GFLOP/step | matmul fraction |" in proc.stdout
 
 
 def test_format_table_and_failures():
@@ -50,17 +62,76 @@ def test_format_table_and_failures():
         {"name": "nni-stock", "step_seconds": 2.0, "images_per_second": 64.0, "peak_memory_mb": 1000.0,
          "startup_seconds": 10.0, "step_cpu_seconds": 3.0},
         {"name": "pc-darts", "step_seconds": 0.5, "images_per_second": 256.0, "peak_memory_mb": 300.0,
-         "startup_seconds": 11.0, "step_cpu_seconds": 0.7},
+         "startup_seconds": 11.0, "step_cpu_seconds": 0.7, "flops": 2.5e9, "matmul_fraction": 0.125},
         {"name": "broken", "step_seconds": None, "images_per_second": None, "peak_memory_mb": None,
          "startup_seconds": None, "error": "exit code 1: boom"},
     ]
     table = bench.format_table(results)
-    assert "| pc-darts | 0.500 | 256.0 | 4.00x | 300 | 0.30x | 11.0 | 0.700 |" in table
+    assert "| pc-darts | 0.500 | 256.0 | 4.00x | 300 | 0.30x | 11.0 | 0.700 | 2.50 | 12.5% |" in table
+    assert "| nni-stock | 2.000 | 64.0 | 1.00x | 1000 | 1.00x | 10.0 | 3.000 | - | - |" in table
     assert "| broken | failed: exit code 1: boom |" in table
 
 
+def test_parse_preset_reads_overrides_as_python_literals():
+    bench = _load_script()
+    assert bench.parse_preset("pc-darts") == ("pc-darts", {})
+    assert bench.parse_preset(" first-order:order=2 ") == ("first-order", {"order": 2})
+    assert bench.parse_preset("pc-darts:order=2:edge_normalization=False:partial_channels=8") == (
+        "pc-darts", {"order": 2, "edge_normalization": False, "partial_channels": 8})
+    assert bench.parse_preset("gdas:tau=(10.0, 0.1):mode=hard") == ("gdas", {"tau": (10.0, 0.1), "mode": "hard"})
+    for bad in ("pc-darts:order", ":order=2", "pc-darts:order=1:order=2", "pc-darts:2x=1"):
+        with pytest.raises(ValueError):
+            bench.parse_preset(bad)
+
+
+def test_precision_dtype_and_matmul_rate():
+    import torch
+
+    bench = _load_script()
+    assert bench.precision_dtype("bf16-mixed") is torch.bfloat16 and bench.precision_dtype("32-true") is torch.float32
+    assert bench.precision_dtype("16-mixed") is torch.float16 and bench.precision_dtype("64-true") is torch.float64
+    assert bench.matmul_flops_per_second(32, torch.float32, "cpu", repeats=2) > 0
+
+
+def test_unknown_preset_is_one_line_and_exit_2(capsys):
+    bench = _load_script()
+    assert bench.main(["--presets", "nni-stock,no-such-preset"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no-such-preset" in err[0]
+
+
+def test_retrain_step_reports_flops_and_fraction_in_bf16(tmp_path):
+    out = tmp_path / "retrain.json"
+    proc = subprocess.run([sys.executable, str(RETRAIN), "--width", "4", "--cells", "3", "--batch", "2",
+                           "--image-size", "8", "--steps", "1", "--warmup", "1", "--threads", "1",
+                           "--matmul-size", "64", "--precision", "bf16-mixed", "--json", str(out)],
+                          capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(out.read_text())
+    assert (r["arch"], r["width"], r["cells"], r["batch"], r["precision"], r["compile"]) == (
+        "DARTS_V2", 4, 3, 2, "bf16-mixed", False)
+    assert r["step_seconds"] > 0 and r["images_per_second"] == pytest.approx(2 / r["step_seconds"])
+    assert r["flops"] > 0 and r["peak_memory_mb"] > 0 and len(r["step_seconds_all"]) == 2
+    assert r["matmul_fraction"] == pytest.approx(r["flops"] / r["step_seconds"] / r["matmul_flops_per_second"])
+    assert "GFLOP/step" in proc.stdout
+
+
+@pytest.mark.slow
+def test_gpu_script_cpu_rehearsal(tmp_path):
+    env = {**os.environ, "BENCH_DEVICE": "cpu", "BENCH_TINY": "1", "BATCHES": "2", "OUT_DIR": str(tmp_path),
+           "PYTHON": sys.executable, "BUDGET_S": "850"}
+    proc = subprocess.run(["bash", str(BENCHMARKS / "gpu.sh")], capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+    search = json.loads((tmp_path / "search_b2_bf16-mixed.json").read_text())
+    assert [r["name"] for r in search["results"]] == ["nni-stock", "first-order"]
+    retrain = [json.loads((tmp_path / f"retrain_b2_{p}.json").read_text()) for p in ("fp32", "bf16-mixed")]
+    assert [r["precision"] for r in retrain] == ["32-true", "bf16-mixed"]
+    assert all(r["flops"] > 0 for r in retrain)
+
+
 @pytest.mark.parametrize("argv", [["--steps", "0"], ["--threads", "0"], ["--strategy-kwargs", "[1]"],
-                                  ["--device", "tpu"]])
+                                  ["--device", "tpu"], ["--precision", "fp8"], ["--presets", "pc-darts:order"],
+                                  ["--matmul-size", "0"]])
 def test_bad_arguments_exit_with_code_2(argv):
     bench = _load_script()
     with pytest.raises(SystemExit) as info:

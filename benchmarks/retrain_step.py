@@ -37,7 +37,7 @@ from search_step import (  # noqa: E402 - the sibling benchmark script
     matmul_flops_per_second, precision_dtype,
 )
 
-ARCH = "DARTS_V2"
+ARCH = "darts-v2"
 # DARTS evaluation recipe (quark0/darts cnn/train.py): --batch_size 96, --drop_path_prob 0.2, --auxiliary_weight
 # 0.4, --cutout_length 16, --grad_clip 5, --epochs 600; network --init_channels 36 --layers 20.
 RETRAIN_BATCH = 96
@@ -49,7 +49,7 @@ def _parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     from nni_darts_ext.constants import DARTS_NUM_CELLS, DARTS_WIDTH
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--arch", default=ARCH, help="a named arch (DARTS_V1, DARTS_V2) or an arch file")
+    parser.add_argument("--arch", default=ARCH, help="a named arch (darts-v1, darts-v2) or an arch file")
     parser.add_argument("--width", type=int, default=DARTS_WIDTH)
     parser.add_argument("--cells", type=int, default=DARTS_NUM_CELLS)
     parser.add_argument("--batch", type=int, default=RETRAIN_BATCH)
@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         if not torch.cuda.is_available():
             raise SystemExit("--device cuda but torch.cuda.is_available() is False")
         torch.backends.cudnn.benchmark = True
-    arch = args.arch if args.arch in NAMED_ARCHS else load_arch(args.arch)
+    arch = NAMED_ARCHS[args.arch] if args.arch in NAMED_ARCHS else load_arch(args.arch)
     torch.manual_seed(args.seed)
     net = build_model(arch, width=args.width, num_cells=args.cells, auxiliary_loss=True,
                       drop_path_prob=RETRAIN_DROP_PATH_PROB, image_size=args.image_size)

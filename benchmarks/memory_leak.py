@@ -79,8 +79,8 @@ def run(epochs: int, settle: int, train_batches: int, checkpoint_every_steps: in
     import nni_darts_ext as nde
     from nni_darts_ext._compat import import_nni_quietly
     from nni_darts_ext.callbacks import AtomicCheckpointIO
-    from nni_darts_ext.resumable_data import ExactResume, ResumableDataLoader
     from nni_darts_ext.callbacks.timed_checkpoint import TimedCheckpoint
+    from nni_darts_ext.resumable_data import ExactResume, ResumableDataLoader
 
     with import_nni_quietly():
         from nni.nas.experiment import NasExperiment

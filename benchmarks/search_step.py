@@ -4,7 +4,8 @@ Each preset runs in a fresh subprocess (this script re-invoked with ``--single N
 mix and start-up cost is measured from a cold interpreter. What runs is the real strategy code, wired the way
 ``OneShotStrategy.mutate_evaluator`` does it: ``strategy.mutate_model(space)``,
 ``strategy.configure_oneshot_module(module)``, ``strategy.train_dataloader(...)`` and a Lightning ``Trainer`` for one
-epoch of ``warmup + steps`` batches; one step is the one-shot module's ``training_step`` (architecture step on the ``val`` half, weight
+epoch of ``warmup + steps`` batches; one step is the one-shot module's ``training_step`` (architecture step on the
+``val`` half, weight
 step on the ``train`` half, real optimizers).
 
 ``nni-stock`` is the NNI 3.0 DARTS tutorial's setup: ``DARTS(width, cells, 'cifar')`` space,
@@ -46,7 +47,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 STOCK = "nni-stock"
 # Step time counts the whole Lightning loop between consecutive batch ends (data fetch, hooks, logging included).
@@ -71,7 +72,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 # --------------------------------------------------------------------------------------------------- parent side
-def _parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--width", type=int, default=16, help="initial channels of the DARTS space (tutorial: 16)")
     parser.add_argument("--cells", type=int, default=8, help="number of cells (tutorial: 8)")
@@ -139,7 +140,7 @@ def parse_preset(spec: str) -> tuple:
     name, *items = [part.strip() for part in spec.strip().split(":")]
     if not name:
         raise ValueError(f"preset name missing in {spec.strip()!r}")
-    overrides: Dict[str, Any] = {}
+    overrides: dict[str, Any] = {}
     for item in items:
         key, sep, text = item.partition("=")
         key = key.strip()
@@ -154,13 +155,13 @@ def parse_preset(spec: str) -> tuple:
     return name, overrides
 
 
-def _default_presets() -> List[str]:
+def _default_presets() -> list[str]:
     from nni_darts_ext import list_strategies
 
     return [STOCK] + list(list_strategies())
 
 
-def _config(args: argparse.Namespace) -> Dict[str, Any]:
+def _config(args: argparse.Namespace) -> dict[str, Any]:
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     return {
         "width": args.width, "cells": args.cells, "batch": args.batch, "image_size": args.image_size,
@@ -172,7 +173,7 @@ def _config(args: argparse.Namespace) -> Dict[str, Any]:
     }
 
 
-def _child_command(args: argparse.Namespace, name: str, result_file: str) -> List[str]:
+def _child_command(args: argparse.Namespace, name: str, result_file: str) -> list[str]:
     cmd = [sys.executable, os.path.abspath(__file__), "--single", name, "--result-file", result_file,
            "--width", str(args.width), "--cells", str(args.cells), "--batch", str(args.batch),
            "--image-size", str(args.image_size), "--steps", str(args.steps), "--warmup", str(args.warmup),
@@ -187,7 +188,7 @@ def _child_command(args: argparse.Namespace, name: str, result_file: str) -> Lis
     return cmd
 
 
-def _run_child(args: argparse.Namespace, name: str) -> Dict[str, Any]:
+def _run_child(args: argparse.Namespace, name: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="search_step_") as tmp:
         result_file = os.path.join(tmp, "result.json")
         cmd = _child_command(args, name, result_file)
@@ -207,13 +208,13 @@ def _run_child(args: argparse.Namespace, name: str) -> Dict[str, Any]:
             return json.load(f)
 
 
-def _ratio(value: Optional[float], base: Optional[float]) -> str:
+def _ratio(value: float | None, base: float | None) -> str:
     if value is None or not base:
         return "-"
     return f"{value / base:.2f}x"
 
 
-def format_table(results: List[Dict[str, Any]]) -> str:
+def format_table(results: list[dict[str, Any]]) -> str:
     """Markdown table of the results, with ratios against ``nni-stock`` when it is present.
 
     Example::
@@ -241,7 +242,7 @@ def format_table(results: List[Dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     if args.single is not None:
         return _single(args)
@@ -476,8 +477,8 @@ def _make_timer_class() -> type:
             self.first_start: float = 0.0
             self.first_start_wall: float = 0.0
             self.first_start_cpu: float = 0.0
-            self.ends: List[float] = []
-            self.cpu_ends: List[float] = []
+            self.ends: list[float] = []
+            self.cpu_ends: list[float] = []
 
         def _now(self) -> float:
             if self.cuda:

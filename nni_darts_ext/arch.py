@@ -31,8 +31,9 @@ import random
 import re
 import warnings
 from collections import namedtuple
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from nni_darts_ext._compat import import_nni_quietly
 from nni_darts_ext.constants import (
@@ -379,7 +380,7 @@ def _parse_genotype_text(text: str) -> Genotype:
             f"genotype text: Genotype takes {len(Genotype._fields)} fields, got {len(call.args)} positional arguments"
         )
     fields: dict[str, Any] = {}
-    for field, arg in zip(Genotype._fields, call.args):
+    for field, arg in zip(Genotype._fields, call.args, strict=False):
         fields[field] = _literal(arg, field)
     for keyword in call.keywords:
         if keyword.arg not in Genotype._fields:
@@ -407,7 +408,7 @@ def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
-def save_arch(arch: Any, path: "str | os.PathLike[str]") -> None:
+def save_arch(arch: Any, path: str | os.PathLike[str]) -> None:
     """Validate ``arch`` (either format, or a Genotype) and write it atomically as NNI-form JSON.
 
     Example::
@@ -417,7 +418,7 @@ def save_arch(arch: Any, path: "str | os.PathLike[str]") -> None:
     atomic_write_json(path, _coerce_arch(arch))
 
 
-def load_arch(path: "str | os.PathLike[str]") -> dict[str, Any]:
+def load_arch(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read an arch file: a JSON arch dict (either input format) or genotype text; returns the normalized arch.
 
     JSON is parsed with duplicate keys rejected; genotype text with :func:`ast.parse` (never ``eval``).
@@ -523,7 +524,7 @@ def random_arch(seed: int) -> dict[str, Any]:
     for cell in CELL_TYPES:
         for node in _NODES:
             inputs = rng.sample(range(node), len(_EDGES))
-            for edge, source in zip(_EDGES, inputs):
+            for edge, source in zip(_EDGES, inputs, strict=False):
                 arch[f"{cell}/op_{node}_{edge}"] = rng.choice(PRIMITIVES)
                 arch[f"{cell}/input_{node}_{edge}"] = [source]
     return normalize_arch(arch)

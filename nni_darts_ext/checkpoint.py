@@ -259,7 +259,9 @@ def read_state_dict(path: PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{path}: cannot be read as PyTorch weights ({_first_line(exc)})") from None
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]
-    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in data.items()):
+    tensors = isinstance(data, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                             for k, v in data.items())
+    if not tensors:
         raise CheckpointError(f"{path}: not a state dict (expected a mapping of names to tensors)")
     return data
 

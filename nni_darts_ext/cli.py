@@ -19,8 +19,9 @@ import json
 import logging
 import sys
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, NoReturn, Optional, Sequence
+from typing import Any, NoReturn
 
 __all__ = ["main", "build_parser"]
 
@@ -125,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="arch file (JSON either format, or genotype text), a search folder, or darts-v1/darts-v2")
     retrain.add_argument("--out", required=True, metavar="DIR", help="run folder")
     retrain.add_argument("--nni", action="store_true",
-                         help="run as an NNI trial: hyperparameters from NNI's tuner, validation accuracy reported each "
+                         help="run as an NNI trial: hyperparameters from NNI's tuner, validation accuracy reported "
+                         "each "
                          "epoch (held-out 10%% of the training split), test accuracy as the final result")
     _add_common(retrain)
 
@@ -205,7 +207,7 @@ def _silence_nni() -> None:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _recipe(args: argparse.Namespace, default: str, *, resume_dir: Optional[Path] = None) -> Any:
+def _recipe(args: argparse.Namespace, default: str, *, resume_dir: Path | None = None) -> Any:
     from .pipeline.run_folder import CONFIG_FILE
     from .recipes import load_recipe
 
@@ -229,7 +231,7 @@ def _positive(flag: str, value: int) -> int:
     return value
 
 
-def _options(args: argparse.Namespace, out: Optional[str]) -> Any:
+def _options(args: argparse.Namespace, out: str | None) -> Any:
     from .pipeline.options import RunOptions
 
     return RunOptions(
@@ -246,7 +248,7 @@ def _options(args: argparse.Namespace, out: Optional[str]) -> Any:
     )
 
 
-def _duration(flag: str, text: Optional[str]) -> Optional[float]:
+def _duration(flag: str, text: str | None) -> float | None:
     from .durations import parse_duration
     from .errors import UsageError
 
@@ -296,7 +298,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
         return 0
     out = Path(args.out)
     print(summary["genotype"])
-    print(f"search ({recipe.name}, {summary['strategy']}): {summary['epochs']} epochs in {summary['search_seconds']:.1f} s "
+    print(f"search ({recipe.name}, {summary['strategy']}): {summary['epochs']} epochs in "
+          f"{summary['search_seconds']:.1f} s "
           f"on {summary['device']}; wrote {out / 'arch.json'}, genotype.txt, cells.png, alphas.png, summary.json")
     return 0
 
@@ -412,7 +415,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Run ``nni-darts`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code.
 
     Exit codes: 0 success; 1 the run diverged (non-finite loss: the last good checkpoint is kept, continue with

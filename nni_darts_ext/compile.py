@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import logging
 import shutil
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -53,7 +54,7 @@ def _check_mode(mode: Any) -> None:
         raise ValueError(f"mode must be one of {COMPILE_MODES}, got {mode!r}")
 
 
-def compile_mode_for(device: "torch.device | str | None", mode: Optional[str] = None) -> Optional[str]:
+def compile_mode_for(device: torch.device | str | None, mode: str | None = None) -> str | None:
     """The compile mode to use on ``device``: ``mode`` when given, else ``"reduce-overhead"`` on CUDA, else None.
 
     Example::
@@ -71,7 +72,7 @@ def compile_mode_for(device: "torch.device | str | None", mode: Optional[str] = 
     return None
 
 
-def compile_unavailable_reason(device: "torch.device | str | None" = None) -> Optional[str]:
+def compile_unavailable_reason(device: torch.device | str | None = None) -> str | None:
     """Why ``torch.compile`` cannot run here (None when it can): no dynamo, or no C++ compiler for CPU inductor.
 
     Example::
@@ -122,8 +123,8 @@ class _CompiledCallWithFallback:
             return module._call_impl(*args, **kwargs)
 
 
-def compile_module(module: nn.Module, *, mode: Optional[str] = None, fullgraph: bool = False,
-                   dynamic: Optional[bool] = None, device: "torch.device | str | None" = None,
+def compile_module(module: nn.Module, *, mode: str | None = None, fullgraph: bool = False,
+                   dynamic: bool | None = None, device: torch.device | str | None = None,
                    warn: bool = True) -> nn.Module:
     """Compile ``module`` in place with ``torch.compile`` and return it; fall back to eager with one warning.
 
@@ -176,9 +177,9 @@ def _is_mixed_cell(module: nn.Module) -> bool:
     return any(cls.__name__.endswith("MixedCell") for cls in type(module).__mro__)
 
 
-def compile_cells(supernet: nn.Module, *, is_cell: Optional[Callable[[nn.Module], bool]] = None,
-                  mode: Optional[str] = None, fullgraph: bool = False, dynamic: Optional[bool] = None,
-                  device: "torch.device | str | None" = None) -> int:
+def compile_cells(supernet: nn.Module, *, is_cell: Callable[[nn.Module], bool] | None = None,
+                  mode: str | None = None, fullgraph: bool = False, dynamic: bool | None = None,
+                  device: torch.device | str | None = None) -> int:
     """Compile each cell of a one-shot supernet in place (each cell's forward); returns how many were compiled.
 
     Cells are the modules for which ``is_cell`` is true; by default every module whose class (or a base class)
@@ -243,8 +244,8 @@ class CompileModel(_callback_base()):
         trainer.fit(DartsClassificationModule(...), train_loader)
     """
 
-    def __init__(self, enabled: bool = True, *, mode: Optional[str] = None, fullgraph: bool = False,
-                 dynamic: Optional[bool] = None, cells_only: bool = False):
+    def __init__(self, enabled: bool = True, *, mode: str | None = None, fullgraph: bool = False,
+                 dynamic: bool | None = None, cells_only: bool = False):
         _check_bool("enabled", enabled)
         _check_bool("fullgraph", fullgraph)
         _check_bool("cells_only", cells_only)

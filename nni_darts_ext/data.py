@@ -23,9 +23,10 @@ import math
 import numbers
 import os
 import pickle
+from collections.abc import Callable, Sequence, Sized
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Callable, Sequence, Sized
+from typing import Any
 
 import numpy as np
 import torch

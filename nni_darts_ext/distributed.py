@@ -30,7 +30,8 @@ from __future__ import annotations
 import logging
 import os
 from collections import defaultdict
-from typing import Any, Dict, Iterable, List
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -115,7 +116,7 @@ def launched_rank() -> int:
     return 0
 
 
-def _check_tensors(name: str, tensors: Any) -> List[torch.Tensor]:
+def _check_tensors(name: str, tensors: Any) -> list[torch.Tensor]:
     if isinstance(tensors, torch.Tensor):
         raise TypeError(f"{name} must be an iterable of tensors, not a single tensor")
     tensors = list(tensors)
@@ -141,7 +142,7 @@ def all_reduce_gradients(params: Iterable[torch.Tensor]) -> None:
     params = _check_tensors("params", params)
     if not is_distributed() or not params:
         return
-    groups: Dict[Any, List[torch.Tensor]] = defaultdict(list)
+    groups: dict[Any, list[torch.Tensor]] = defaultdict(list)
     for p in params:
         groups[(p.device, p.dtype)].append(p)
     n = dist.get_world_size()
@@ -222,7 +223,7 @@ class DistributedArchSync:
             pass
     """
 
-    distributed_report: Dict[str, Any]
+    distributed_report: dict[str, Any]
 
     def configure_architecture_optimizers(self) -> Any:
         optimizer = super().configure_architecture_optimizers()  # type: ignore[misc]
@@ -254,7 +255,7 @@ class DistributedArchSync:
                          self.distributed_report["weight_max_abs_diff_across_ranks"])
         return super().on_train_end()  # type: ignore[misc]
 
-    def consistency_report(self) -> Dict[str, Any]:
+    def consistency_report(self) -> dict[str, Any]:
         """All-gather the architecture and weight parameters; a collective: call it on every rank.
 
         Example::
@@ -278,7 +279,7 @@ def _param_order(module: Any) -> Any:
     return lambda p: order.get(id(p), len(order))
 
 
-def arch_gradient_sync_hook(params: List[torch.Tensor]) -> Any:
+def arch_gradient_sync_hook(params: list[torch.Tensor]) -> Any:
     """An optimizer step pre-hook that averages ``params``' gradients over ranks (a no-op with one process).
 
     Example::

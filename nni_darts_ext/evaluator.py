@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 import os
 import sys
-from typing import Any, Optional, Union
+from typing import Any
 
 from ._compat import import_nni_quietly, resolve_gpus
 from .training_module import DartsClassificationModule
@@ -64,8 +64,8 @@ def darts_evaluator(
     val_dataloaders: Any = None,
     *,
     datamodule: Any = None,
-    fit_kwargs: Optional[dict] = None,
-    validation: Union[str, float] = "test",
+    fit_kwargs: dict | None = None,
+    validation: str | float = "test",
     **kwargs: Any,
 ) -> Lightning:
     """An NNI ``Lightning`` evaluator training with :class:`DartsClassificationModule`.
@@ -152,7 +152,7 @@ def _recipe_arguments(recipe: Any) -> dict[str, Any]:
     }
 
 
-def recipe_dataloaders(recipe: Any, validation: Union[str, float] = "test") -> tuple[Any, Any, Any]:
+def recipe_dataloaders(recipe: Any, validation: str | float = "test") -> tuple[Any, Any, Any]:
     """``(train, val, test)`` loaders of a recipe's retrain, as :func:`darts_evaluator` builds them from a recipe.
 
     NNI's traced ``DataLoader`` over :func:`~nni_darts_ext.data.get_dataset`: the training split with

@@ -107,7 +107,7 @@ def _check_iterations(iterations: Any, tol: Any) -> None:
 
 
 def _dot(xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor]) -> torch.Tensor:
-    return sum((x * y).sum() for x, y in zip(xs, ys))
+    return sum((x * y).sum() for x, y in zip(xs, ys, strict=False))
 
 
 def hessian_power_iteration(
@@ -166,7 +166,7 @@ def hessian_power_iteration(
                 [g for _, g in linked], params, grad_outputs=[v[i] for i, _ in linked],
                 retain_graph=True, allow_unused=True,
             )
-            hv = [torch.zeros_like(p) if h is None else h.detach() for p, h in zip(params, products)]
+            hv = [torch.zeros_like(p) if h is None else h.detach() for p, h in zip(params, products, strict=False)]
             value = float(_dot(v, hv))
             norm = torch.sqrt(_dot(hv, hv))
             if float(norm) == 0.0:
@@ -488,14 +488,14 @@ def plot_health(records: Sequence[Mapping[str, Any]], path: str | os.PathLike[st
     epochs = [r["epoch"] for r in records]
     computed = [(r["epoch"], r["hessian_eigenvalue"]) for r in records if r.get("hessian_eigenvalue") is not None]
     if computed:
-        axes[0].plot(*zip(*computed), marker="o")
+        axes[0].plot(*zip(*computed, strict=False), marker="o")
     else:
         axes[0].text(0.5, 0.5, "not computed (search.hessian_every = 0)", ha="center", va="center",
                      transform=axes[0].transAxes)
     axes[0].set_ylabel("dominant eigenvalue")
     entropy = [(r["epoch"], r["mean_entropy"]) for r in records if r.get("mean_entropy") is not None]
     if entropy:
-        axes[1].plot(*zip(*entropy), marker="o", color="tab:green")
+        axes[1].plot(*zip(*entropy, strict=False), marker="o", color="tab:green")
     axes[1].set_ylabel("mean entropy (nats)")
     for cell, color in (("normal", "tab:red"), ("reduce", "tab:purple")):
         axes[2].plot(epochs, [r.get(f"skip_connects_{cell}", 0) for r in records], marker="o", color=color,

@@ -25,8 +25,9 @@ import os
 import signal
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator, Optional, Union
+from typing import Any, BinaryIO, Union
 
 __all__ = [
     "EXIT_OUTPUT_WRITE_FAILED",
@@ -66,7 +67,7 @@ class OutputWriteError(OSError):
         )
 
 
-def _errno_name(number: Optional[int]) -> str:
+def _errno_name(number: int | None) -> str:
     return errno.errorcode.get(number or 0, "unknown")
 
 
@@ -80,11 +81,11 @@ _WRITE_ERRNOS = frozenset(
 )
 
 
-def _os_error_in(exc: BaseException) -> Optional[OSError]:
+def _os_error_in(exc: BaseException) -> OSError | None:
     """The file-write ``OSError`` behind ``exc``: itself, or one in its cause/context chain (``torch.save``
     re-raises a failed ``write`` as ``RuntimeError`` with the ``OSError`` as context)."""
     seen: set[int] = set()
-    current: Optional[BaseException] = exc
+    current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         if isinstance(current, OSError) and current.errno in _WRITE_ERRNOS:
             return current
@@ -120,7 +121,7 @@ def atomic_open(path: PathLike) -> Iterator[BinaryIO]:
     """
     path = Path(path)
     ignore_file_size_signal()
-    tmp: Optional[str] = None
+    tmp: str | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

@@ -43,7 +43,8 @@ import logging
 import math
 import numbers
 import os
-from typing import Any, Callable, Mapping, Optional
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
@@ -148,7 +149,7 @@ def is_nni_trial() -> bool:
     return isinstance(nni.get_current_parameter(), Mapping)
 
 
-def trial_overrides(parameters: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+def trial_overrides(parameters: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The tuner's hyperparameters as validated recipe overrides ``{"retrain.learning_rate": 0.01, ...}``.
 
     Without ``parameters``, asks NNI: ``nni.get_next_parameter()`` once per process (a second call returns the
@@ -188,7 +189,7 @@ def trial_overrides(parameters: Optional[Mapping[str, Any]] = None) -> dict[str,
     return overrides
 
 
-def apply_trial_overrides(recipe: Any, parameters: Optional[Mapping[str, Any]] = None) -> Any:
+def apply_trial_overrides(recipe: Any, parameters: Mapping[str, Any] | None = None) -> Any:
     """``recipe`` with the tuner's hyperparameters (:func:`trial_overrides`) applied and validated.
 
     The overrides go through :func:`~nni_darts_ext.recipes.apply_overrides`, the path of the CLI's ``--set``, so

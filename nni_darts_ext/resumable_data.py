@@ -1,7 +1,8 @@
 """Exact mid-epoch resume: a run resumed from a mid-epoch checkpoint continues at the next batch, in the same order.
 
 Lightning 2.6 saves its loop progress in every checkpoint (epoch, batches done in the epoch) and, when it resumes
-mid-epoch, loads the ``state_dict`` of every training data loader that has one (``FitLoop._load_combined_loader_states``)
+mid-epoch, loads the ``state_dict`` of every training data loader that has one
+(``FitLoop._load_combined_loader_states``)
 right before it creates the data iterator. It does not skip batches itself, and a plain ``DataLoader(shuffle=True)``
 draws its permutation from the global RNG at each epoch start, so a resumed run sees other batches than the
 uninterrupted one. Three pieces make the resume exact (bit-identical on CPU with ``num_workers=0``):

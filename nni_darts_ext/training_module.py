@@ -9,7 +9,7 @@ one-shot wrapper calls its ``training_step`` under manual optimisation, and of a
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional
+from typing import Any
 
 import nni
 import torch
@@ -80,7 +80,7 @@ class DartsClassificationModule(ClassificationModule):
         max_epochs: int = RETRAIN_DEFAULTS["max_epochs"],
         momentum: float = RETRAIN_DEFAULTS["momentum"],
         eta_min: float = RETRAIN_DEFAULTS["eta_min"],
-        drop_path_prob: Optional[float] = None,
+        drop_path_prob: float | None = None,
         num_classes: int = NUM_CLASSES,
     ):
         for name, value in [
@@ -119,11 +119,11 @@ class DartsClassificationModule(ClassificationModule):
         # Epoch-level accuracy for evaluation, one metric object per stage (the training one is NNI's 'acc').
         self.val_accuracy = torchmetrics.Accuracy("multiclass", num_classes=num_classes)
         self.test_accuracy = torchmetrics.Accuracy("multiclass", num_classes=num_classes)
-        self._final_drop_path_prob: Optional[float] = None
+        self._final_drop_path_prob: float | None = None
         self._warned_no_drop_path = False
 
     # ----------------------------------------------------------------------------------------------- steps
-    def _split_output(self, output: Any) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def _split_output(self, output: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
         if isinstance(output, (tuple, list)):
             logits, aux_logits = output
             return logits, aux_logits
@@ -221,14 +221,15 @@ class DartsClassificationModule(ClassificationModule):
         if probability is not None:
             self.log("drop_path_prob", probability)
 
-    def _apply_drop_path_prob(self) -> Optional[float]:
+    def _apply_drop_path_prob(self) -> float | None:
         """Set the net's drop-path probability for the current epoch; ``None`` when the net has no setter."""
         p0 = self.final_drop_path_prob()
         setter = getattr(self.model, "set_drop_path_prob", None)
         if setter is None:
             if p0 > 0 and not self._warned_no_drop_path:
                 self._warned_no_drop_path = True
-                _logger.warning("drop_path_prob=%s ignored: %s has no set_drop_path_prob()", p0, type(self.model).__name__)
+                _logger.warning("drop_path_prob=%s ignored: %s has no set_drop_path_prob()", p0,
+                                type(self.model).__name__)
             return None
         probability = self.drop_path_prob_at(self.trainer.current_epoch)
         setter(probability)

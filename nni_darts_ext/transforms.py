@@ -17,7 +17,8 @@ Example::
 from __future__ import annotations
 
 import numbers
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import PIL.Image
 import torch

@@ -17,10 +17,10 @@ from torch.utils.data import DataLoader, TensorDataset
 from nni_darts_ext.callbacks import (
     LAST_CHECKPOINT_NAME,
     ApplySettingsOnResume,
-    CheckpointError,
-    CheckResumeCheckpoint,
     AtomicCheckpointIO,
+    CheckpointError,
     CheckpointOnSignal,
+    CheckResumeCheckpoint,
     NonFiniteLossError,
     NonFiniteLossGuard,
     TrainingInterrupted,

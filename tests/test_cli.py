@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from nni_darts_ext.pipeline import pretrained
-from nni_darts_ext.recipe_data import RecipeData
 from nni_darts_ext.arch import build_model, count_parameters, load_arch, normalize_arch
 from nni_darts_ext.cli import main
+from nni_darts_ext.pipeline import pretrained
+from nni_darts_ext.recipe_data import RecipeData
 
 pytestmark = pytest.mark.e2e  # runs searches, retrains or the CLI
 

@@ -155,8 +155,9 @@ def test_ddp_search_same_architecture_on_every_rank(ddp_run, preset):
 
 @pytest.mark.e2e
 def test_ddp_retrain_then_single_process_evaluate(ddp_run):
-    import nni_darts_ext as nde
     from nni.nas.evaluator.pytorch import DataLoader
+
+    import nni_darts_ext as nde
 
     ranks = _ranks(ddp_run, "retrain")
     assert all(r["samplers"] == ["DistributedSampler"] for r in ranks)

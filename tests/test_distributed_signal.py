@@ -33,8 +33,8 @@ def _worker(out: Path, mode: str) -> None:  # pragma: no cover - runs in the DDP
 
     from nni_darts_ext.callbacks import AtomicCheckpointIO
     from nni_darts_ext.callbacks.distributed_signal import DistributedSignalStop
-    from nni_darts_ext.resumable_data import ExactResume, ResumableDataLoader
     from nni_darts_ext.callbacks.timed_checkpoint import TimedCheckpoint
+    from nni_darts_ext.resumable_data import ExactResume, ResumableDataLoader
 
     torch.set_num_threads(1)
 

@@ -22,7 +22,7 @@ from nni_darts_ext.training_module import DartsClassificationModule
 with import_nni_quietly():
     import nni
     import pytorch_lightning as pl
-    from nni.nas.evaluator.pytorch import ClassificationModule, DataLoader, Lightning
+    from nni.nas.evaluator.pytorch import ClassificationModule, Lightning
     from nni.nas.hub.pytorch import DARTS as DartsSpace
     from nni.nas.oneshot.pytorch.supermodule.differentiable import DifferentiableMixedCell
     from nni.nas.strategy import DARTS
@@ -138,7 +138,7 @@ def test_pc_cell_shapes_normal_and_reduction():
     assert shapes["reduce"][0][1] == (BATCH, 4 * 2 * WIDTH, IMAGE // 2, IMAGE // 2)
     assert shapes["reduce"][1][1] == (BATCH, 4 * 4 * WIDTH, IMAGE // 4, IMAGE // 4)
     # Candidate ops are built at C / K: the first conv of sep_conv_3x3 on edge 0 -> node 2.
-    for cell, width in zip(cells, (WIDTH, 2 * WIDTH, 4 * WIDTH)):
+    for cell, width in zip(cells, (WIDTH, 2 * WIDTH, 4 * WIDTH), strict=False):
         sep = cell.ops[0][0]["sep_conv_3x3"]
         convs = [m for m in sep.modules() if isinstance(m, nn.Conv2d)]
         assert convs[0].in_channels == convs[-1].out_channels == width // K
@@ -345,16 +345,16 @@ def test_lean_cell_equals_nni_cell_forward_backward_and_export(channels_last):
     torch.testing.assert_close(out_lean, out_stock, rtol=1e-6, atol=1e-6 if not channels_last else 1e-5)
     out_stock.square().sum().backward()
     out_lean.square().sum().backward()
-    for (name, a), (_, b) in zip(stock.named_parameters(), lean.named_parameters()):
+    for (name, a), (_, b) in zip(stock.named_parameters(), lean.named_parameters(), strict=False):
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-5, msg=name)
     inputs = _captured_cell_inputs(stock, x)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    for cs, cl, args in zip(_cells(stock), _cells(lean), inputs):
+    for cs, cl, args in zip(_cells(stock), _cells(lean), inputs, strict=False):
         expected = cs(args)[1]
         got = cl([t.contiguous(memory_format=fmt) for t in args])[1]
         torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6 if not channels_last else 1e-5)
     exported_stock, exported_lean = {}, {}
-    for cs, cl in zip(_cells(stock), _cells(lean)):
+    for cs, cl in zip(_cells(stock), _cells(lean), strict=False):
         exported_stock.update(cs.export(exported_stock))
         exported_lean.update(cl.export(exported_lean))
     assert exported_lean == exported_stock
@@ -390,7 +390,7 @@ def test_first_order_steps_equal_nni_darts_steps(channels_last):
     lean, initial_lean = _fit(darts_strategy("first-order", channels_last=channels_last))
     for name, value in initial.items():
         assert torch.equal(initial_lean[name], value), name  # same start
-    for (name, a), (_, b) in zip(stock.named_parameters(), lean.named_parameters()):
+    for (name, a), (_, b) in zip(stock.named_parameters(), lean.named_parameters(), strict=False):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=name)
     lean_state = lean.state_dict()  # persistent buffers (the cells' op masks are saved only once pruned)
     for name, a in stock.state_dict().items():
@@ -399,7 +399,7 @@ def test_first_order_steps_equal_nni_darts_steps(channels_last):
     changed = {n for n, p in stock.named_parameters() if not torch.equal(p.detach(), initial[n])}
     assert any("_arch_alpha" in n for n in changed) and any("_arch_alpha" not in n for n in changed)
     exported_stock, exported_lean = {}, {}
-    for cs, cl in zip(_cells(stock), _cells(lean)):
+    for cs, cl in zip(_cells(stock), _cells(lean), strict=False):
         exported_stock.update(cs.export(exported_stock))
         exported_lean.update(cl.export(exported_lean))
     assert exported_lean == exported_stock

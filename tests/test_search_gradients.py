@@ -179,13 +179,13 @@ def _reference(model, record, *, lrs, momentum=0.0, weight_decay=0.0, lr_of=None
 
     grads = torch.autograd.grad(loss(params, trn), list(weights.values()), create_graph=True)
     unrolled = dict(alphas)
-    for (name, w), g in zip(weights.items(), grads):
+    for (name, w), g in zip(weights.items(), grads, strict=False):
         buf = record["momentum_copy"].get(name)
         step = g + weight_decay * w + (momentum * buf if buf is not None else 0.0)
         unrolled[name] = w - (lr_of(name) if lr_of else lrs[0]) * step
     exact = torch.autograd.grad(loss(unrolled, val), list(alphas.values()))
     first = torch.autograd.grad(loss(params, val), list(alphas.values()))
-    return ({n: g for n, g in zip(alphas, exact)}, {n: g for n, g in zip(alphas, first)})
+    return ({n: g for n, g in zip(alphas, exact, strict=False)}, {n: g for n, g in zip(alphas, first, strict=False)})
 
 
 def _flat(grads):
@@ -343,7 +343,7 @@ def test_lightning_checkpoint_holds_alphas_and_both_optimizers_and_resumes(tmp_p
     resumed, trainer2 = _search(darts_strategy("second-order"), TinyModule(momentum=0.9), n_batches=2, max_epochs=2,
                                 callbacks=[restored], ckpt_path=str(tmp_path / "last.ckpt"), seed=1)
     assert torch.equal(restored.alpha, ckpt["state_dict"][alpha_keys[0]])
-    for state, saved in zip(restored.restored, ckpt["optimizer_states"]):
+    for state, saved in zip(restored.restored, ckpt["optimizer_states"], strict=False):
         assert state["param_groups"] == saved["param_groups"]
         assert state["state"].keys() == saved["state"].keys()
         for key, values in state["state"].items():
@@ -358,7 +358,6 @@ def test_real_search_on_digits_exports_a_valid_darts_arch(nni_experiment_dir):
     from sklearn.datasets import load_digits
 
     from nni_darts_ext.arch import normalize_arch
-
     from nni_darts_ext.evaluator import darts_evaluator
 
     with import_nni_quietly():

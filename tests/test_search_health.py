@@ -11,7 +11,7 @@ import pytorch_lightning as pl
 import torch
 
 from nni_darts_ext._compat import import_nni_quietly
-from nni_darts_ext.inspect_run import InspectError, format_report, inspect_run
+from nni_darts_ext.callbacks.search_health import SearchHealthMonitor
 from nni_darts_ext.health import (
     RECORD_KEYS,
     DartsEarlyStopping,
@@ -23,7 +23,7 @@ from nni_darts_ext.health import (
     plot_health,
     read_health_records,
 )
-from nni_darts_ext.callbacks.search_health import SearchHealthMonitor
+from nni_darts_ext.inspect_run import InspectError, format_report, inspect_run
 
 WIDTH, CELLS, IMAGE, BATCH = 4, 3, 8, 8
 
@@ -63,7 +63,7 @@ class _TinyMixedNet(torch.nn.Module):
         alpha = self.alpha if alpha is None else alpha
         for edge in range(2):
             weights = torch.softmax(alpha[edge], dim=-1)
-            x = torch.tanh(sum(w * x @ op for w, op in zip(weights, self.ops[edge])))
+            x = torch.tanh(sum(w * x @ op for w, op in zip(weights, self.ops[edge], strict=False)))
         return x @ self.head
 
 
@@ -182,7 +182,7 @@ def test_health_record_on_a_foreign_arch_falls_back_to_json_text():
 
 def _records(skips, changed):
     return [{"epoch": e, "skip_connects_normal": s, "skip_connects_reduce": 0, "changed_edges": c,
-             "mean_entropy": 1.0, "hessian_eigenvalue": None} for e, (s, c) in enumerate(zip(skips, changed))]
+             "mean_entropy": 1.0, "hessian_eigenvalue": None} for e, (s, c) in enumerate(zip(skips, changed, strict=False))]
 
 
 def test_health_warnings():

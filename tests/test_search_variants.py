@@ -169,7 +169,7 @@ class _ArchAfterStep(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         now = pl_module.op_alphas()
-        self.mismatches += [i for i, (a, b) in enumerate(zip(now, self.after_arch)) if not torch.equal(a, b)]
+        self.mismatches += [i for i, (a, b) in enumerate(zip(now, self.after_arch, strict=False)) if not torch.equal(a, b)]
 
 
 @pytest.mark.parametrize("name", ["sdarts-rs", "sdarts-adv"])

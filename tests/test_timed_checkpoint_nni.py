@@ -11,8 +11,8 @@ import torch
 import nni_darts_ext as nde
 from nni_darts_ext._compat import import_nni_quietly
 from nni_darts_ext.callbacks import AtomicCheckpointIO
-from nni_darts_ext.resumable_data import ExactResume, ResumableDataLoader
 from nni_darts_ext.callbacks.timed_checkpoint import TimedCheckpoint
+from nni_darts_ext.resumable_data import ExactResume, ResumableDataLoader
 
 with import_nni_quietly():
     import nni

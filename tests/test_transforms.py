@@ -282,7 +282,7 @@ def test_test_pipeline_is_totensor_normalize():
 def test_train_pipeline_order_and_cutout():
     tf = cifar10_transforms(train=True)
     kinds = [T.RandomCrop, T.RandomHorizontalFlip, T.ToTensor, T.Normalize, Cutout]
-    assert len(tf.transforms) == len(kinds) and all(isinstance(t, k) for t, k in zip(tf.transforms, kinds))
+    assert len(tf.transforms) == len(kinds) and all(isinstance(t, k) for t, k in zip(tf.transforms, kinds, strict=False))
     assert tf.transforms[0].padding == 4 and tf.transforms[-1].length == 16
     assert isinstance(cifar10_transforms(True, cutout=None).transforms[-1], T.Normalize)
     loaded = nni.load(nni.dump(tf))

@@ -249,7 +249,7 @@ def test_random_perturbation_is_softmax_plus_bounded_uniform_noise_and_restores_
     perturbation = RandomAlphaPerturbation(generator=torch.Generator().manual_seed(7))
     perturbation.perturb(alphas, lambda: torch.tensor(0.0), epoch=10, max_epochs=50)
     replay = torch.Generator().manual_seed(7)
-    for alpha, logit in zip(alphas, logits):
+    for alpha, logit in zip(alphas, logits, strict=False):
         noise = torch.rand(logit.shape, generator=replay) * 2 * eps - eps
         assert (noise.abs() <= eps).all()
         expected = torch.softmax(logit, -1) + noise
@@ -258,13 +258,13 @@ def test_random_perturbation_is_softmax_plus_bounded_uniform_noise_and_restores_
         assert ((alpha >= 0) & (alpha <= 1)).all()
         assert torch.allclose(alpha.sum(-1), torch.ones(alpha.shape[:-1]), atol=1e-6)
     perturbation.restore(alphas)
-    for alpha, logit in zip(alphas, logits):
+    for alpha, logit in zip(alphas, logits, strict=False):
         assert torch.equal(alpha.detach(), logit)
 
 
 def _edge_loss(alphas, outputs, target):
     """A two-edge 'network': each edge mixes fixed op outputs with the weights in alphas."""
-    prediction = sum((alpha * out).sum() for alpha, out in zip(alphas, outputs))
+    prediction = sum((alpha * out).sum() for alpha, out in zip(alphas, outputs, strict=False))
     return (prediction - target) ** 2
 
 
@@ -415,8 +415,8 @@ def test_gdas_computes_one_op_per_edge_and_every_alpha_gets_a_gradient():
     x = torch.tensor(2.0)
     out = sum(
         w * op(x)
-        for edge_w, edge_ops in zip(weights, ops)
-        for w, op in zip(edge_w, edge_ops)
+        for edge_w, edge_ops in zip(weights, ops, strict=False)
+        for w, op in zip(edge_w, edge_ops, strict=False)
         if w != 0
     )
     assert [sum(op.calls for op in edge_ops) for edge_ops in ops] == [1, 1, 1]

@@ -76,10 +76,11 @@ class ApplySettingsOnResume(Callback):
         if self._fresh_optimizers is None or self._fresh_schedulers is None:
             return
         lr_changed: dict[int, list[tuple[float, float]]] = {}  # id(optimizer) -> per group (old base, new base)
-        for index, (optimizer, fresh_groups) in enumerate(zip(trainer.optimizers, self._fresh_optimizers)):
+        pairs = zip(trainer.optimizers, self._fresh_optimizers, strict=False)
+        for index, (optimizer, fresh_groups) in enumerate(pairs):
             name = f"optimizer {index} ({type(optimizer).__name__})"
             bases = []
-            for group_index, (group, fresh) in enumerate(zip(optimizer.param_groups, fresh_groups)):
+            for group_index, (group, fresh) in enumerate(zip(optimizer.param_groups, fresh_groups, strict=False)):
                 where = name if len(optimizer.param_groups) == 1 else f"{name} group {group_index}"
                 for key, value in fresh.items():
                     if key not in _LR_KEYS and key in group and _changed(group[key], value):
@@ -96,7 +97,8 @@ class ApplySettingsOnResume(Callback):
                 lr_changed[id(optimizer)] = bases
 
         scheduled: set[int] = set()
-        for index, (config, fresh) in enumerate(zip(trainer.lr_scheduler_configs, self._fresh_schedulers)):
+        pairs = zip(trainer.lr_scheduler_configs, self._fresh_schedulers, strict=False)
+        for index, (config, fresh) in enumerate(pairs):
             scheduler = config.scheduler
             optimizer = scheduler.optimizer
             scheduled.add(id(optimizer))
@@ -111,9 +113,9 @@ class ApplySettingsOnResume(Callback):
             if changed:
                 self._reschedule(scheduler, lr_changed.get(id(optimizer)), index)
 
-        for index, optimizer in enumerate(trainer.optimizers):
+        for optimizer in trainer.optimizers:
             if id(optimizer) in lr_changed and id(optimizer) not in scheduled:  # unscheduled: the new rate as is
-                for group, (_, new_base) in zip(optimizer.param_groups, lr_changed[id(optimizer)]):
+                for group, (_, new_base) in zip(optimizer.param_groups, lr_changed[id(optimizer)], strict=False):
                     group["lr"] = new_base
 
     def _reschedule(self, scheduler: Any, bases: list[tuple[float, float]] | None, index: int) -> None:
@@ -122,11 +124,11 @@ class ApplySettingsOnResume(Callback):
             rates = list(closed_form())
         else:
             rates = []
-            for group, (old, new) in zip(scheduler.optimizer.param_groups, bases or []):
+            for group, (old, new) in zip(scheduler.optimizer.param_groups, bases or [], strict=False):
                 rates.append(group["lr"] * new / old if old else new)
             if not rates:
                 return
-        for group, rate in zip(scheduler.optimizer.param_groups, rates):
+        for group, rate in zip(scheduler.optimizer.param_groups, rates, strict=False):
             group["lr"] = rate
         scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
         self._note(f"scheduler {index} ({type(scheduler).__name__}) learning rate now {scheduler._last_lr} "

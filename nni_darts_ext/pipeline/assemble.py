@@ -42,8 +42,8 @@ from ..callbacks import (
     AlphaHistory,
     ApplySettingsOnResume,
     CheckpointOnSignal,
-    DistributedSignalStop,
     CheckResumeCheckpoint,
+    DistributedSignalStop,
     EpochLog,
     NniReportCallback,
     NonFiniteLossGuard,
@@ -321,7 +321,8 @@ def _run_callbacks(
     epoch_log = EpochLog(stage, validation=validation, log_lines=not options.progress_bar)
     world_size = (options.devices or 1) * options.num_nodes
     # SIGINT/SIGTERM: finish the step, save last.ckpt, stop; under DDP every rank stops at the same step.
-    on_signal = DistributedSignalStop(out / CHECKPOINT_DIR) if world_size > 1 else CheckpointOnSignal(out / CHECKPOINT_DIR)
+    signal_callback = DistributedSignalStop if world_size > 1 else CheckpointOnSignal
+    on_signal = signal_callback(out / CHECKPOINT_DIR)
     callbacks: list = [
         CheckResumeCheckpoint(resume_from),  # a checkpoint of another net: one line naming keys and shapes
         NonFiniteLossGuard(resume_hint=hint),  # first: a non-finite step is never saved (by any callback below)

@@ -91,7 +91,8 @@ def run_evaluate(
         if pretrained not in PRETRAINED:
             raise UsageError(f"--pretrained {pretrained}: unknown; available: {', '.join(PRETRAINED)}")
         if recipe.dataset.name != "cifar10":
-            raise UsageError(f"--pretrained {pretrained}: a CIFAR-10 net; the recipe's dataset is {recipe.dataset.name}")
+            raise UsageError(f"--pretrained {pretrained}: a CIFAR-10 net; the recipe's dataset is "
+                             f"{recipe.dataset.name}")
         arch_dict, arch_name = resolve_arch(pretrained)
         data_errors(lambda: data.split(train=False))  # data first: no download when the data are missing anyway
         weights_path = fetch_pretrained(pretrained)

@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import copy
 import logging
-from typing import Any, Dict, List, Optional, Sequence, Tuple, cast
+from collections.abc import Sequence
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
@@ -75,11 +76,11 @@ class MixedCell(DifferentiableMixedCell):
         cell = MixedCell.mutate(space.cells[0], "cells.0", memo, {"softmax": SoftmaxMixing()}, partial_channels=4)
     """
 
-    _arch_parameter_names: List[str] = ["_arch_alpha", "_arch_beta"]
+    _arch_parameter_names: list[str] = ["_arch_alpha", "_arch_beta"]
 
     def __init__(self, op_factory: Any, num_nodes: int, num_ops_per_node: int, num_predecessors: int,
-                 preprocessor: Any, postprocessor: Any, concat_dim: int, memo: Dict[str, Any],
-                 mutate_kwargs: Dict[str, Any], label: str, *, partial_channels: int = 1,
+                 preprocessor: Any, postprocessor: Any, concat_dim: int, memo: dict[str, Any],
+                 mutate_kwargs: dict[str, Any], label: str, *, partial_channels: int = 1,
                  edge_normalization: bool = False, auxiliary_skip: bool = False):
         _check_partial_channels(partial_channels)
         if partial_channels > 1 and concat_dim != 1:
@@ -91,12 +92,12 @@ class MixedCell(DifferentiableMixedCell):
         self.auxiliary_skip = bool(auxiliary_skip)
         self.auxiliary_skip_weight = 0.0
         self.skip_dropout = 0.0
-        self.max_skip_connects: Optional[int] = None
-        self.export_threshold: Optional[float] = None
+        self.max_skip_connects: int | None = None
+        self.export_threshold: float | None = None
         self._node_indices = list(range(self.num_predecessors, self.num_nodes + self.num_predecessors))
         self._edge_labels = [[f"{self.label}/{i}_{j}" for j in range(i)] for i in self._node_indices]
         self._skip_index = self.op_names.index(SKIP_CONNECT) if SKIP_CONNECT in self.op_names else None
-        self._plan: Optional[List[List[List[Tuple[int, nn.Module, Optional[List[nn.Module]]]]]]] = None
+        self._plan: list[list[list[tuple[int, nn.Module, list[nn.Module] | None]]]] | None = None
         self._arch_beta = nn.ParameterDict()
         if self.edge_normalization:
             for i in self._node_indices:
@@ -106,7 +107,7 @@ class MixedCell(DifferentiableMixedCell):
                     # PC-DARTS model_search.py _initialize_alphas: 1e-3 * randn.
                     memo[memo_label] = nn.Parameter(torch.randn(i) * ARC_INIT_SCALE)
                 self._arch_beta[node_label] = memo[memo_label]
-        for pos, i in enumerate(self._node_indices):
+        for i in self._node_indices:
             # Not persistent: saved (by _save_to_state_dict) only once something is pruned, so unpruned supernets
             # keep NNI's state-dict keys.
             self.register_buffer(f"_op_mask_{i}", torch.ones(i, len(self.op_names), dtype=torch.bool),
@@ -114,14 +115,15 @@ class MixedCell(DifferentiableMixedCell):
         self.auxiliary_skip_ops = nn.ModuleList()
         if self.auxiliary_skip:
             if self._skip_index is None:
-                raise ValueError(f"auxiliary_skip needs a {SKIP_CONNECT!r} candidate; cell {label!r} has {self.op_names}")
-            for node_ops in cast(Sequence[Sequence[Dict[str, nn.Module]]], self.ops):
+                raise ValueError(f"auxiliary_skip needs a {SKIP_CONNECT!r} candidate; cell {label!r} has "
+                                 f"{self.op_names}")
+            for node_ops in cast(Sequence[Sequence[dict[str, nn.Module]]], self.ops):
                 # A fresh copy of each edge's own skip op: identity, or FactorizedReduce on stride-2 edges.
                 self.auxiliary_skip_ops.append(nn.ModuleList(copy.deepcopy(edge[SKIP_CONNECT]) for edge in node_ops))
 
     @classmethod
-    def mutate(cls, module: nn.Module, name: str, memo: Dict[str, Any], mutate_kwargs: Dict[str, Any],
-               **options: Any) -> Optional["MixedCell"]:
+    def mutate(cls, module: nn.Module, name: str, memo: dict[str, Any], mutate_kwargs: dict[str, Any],
+               **options: Any) -> MixedCell | None:
         """Mutation hook: replace a plain NNI ``Cell`` (``merge_op='all'``, op factories) by this cell."""
         if type(module) is not Cell:
             return None
@@ -152,14 +154,14 @@ class MixedCell(DifferentiableMixedCell):
         current.copy_(mask)
         self._plan = None
 
-    def _save_to_state_dict(self, destination: Dict[str, Any], prefix: str, keep_vars: bool) -> None:
+    def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
         super()._save_to_state_dict(destination, prefix, keep_vars)
         if self.pruned:
             for i in self._node_indices:
                 mask = self.op_mask(i)
                 destination[f"{prefix}_op_mask_{i}"] = mask if keep_vars else mask.detach()
 
-    def _load_from_state_dict(self, state_dict: Dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         for i in self._node_indices:
             mask = state_dict.pop(f"{prefix}_op_mask_{i}", None)
             if mask is not None:
@@ -209,7 +211,7 @@ class MixedCell(DifferentiableMixedCell):
                 weights = weights / weights.sum(-1, keepdim=True)
         return weights
 
-    def _beta_weights(self, pos: int) -> Optional[torch.Tensor]:
+    def _beta_weights(self, pos: int) -> torch.Tensor | None:
         if not self.edge_normalization:
             return None
         return torch.softmax(self._arch_beta[f"{self.label}/{self._node_indices[pos]}"], -1)
@@ -221,7 +223,7 @@ class MixedCell(DifferentiableMixedCell):
         return weights if beta is None else weights * beta.unsqueeze(-1)
 
     # --------------------------------------------------------------------------------------------- forward
-    def _edge_plan(self) -> List[List[List[Tuple[int, nn.Module, Optional[List[nn.Module]]]]]]:
+    def _edge_plan(self) -> list[list[list[tuple[int, nn.Module, list[nn.Module] | None]]]]:
         """Per node, per edge: ``(op index, op, tail)`` of the kept ops; ``tail``: the op after a leading ReLU.
 
         The conv candidates (sep_conv_*, dil_conv_*) all start with ``ReLU(inplace=False)`` on the same input:
@@ -229,7 +231,7 @@ class MixedCell(DifferentiableMixedCell):
         """
         if self._plan is None:
             plan = []
-            for pos, node_ops in enumerate(cast(Sequence[Sequence[Dict[str, nn.Module]]], self.ops)):
+            for pos, node_ops in enumerate(cast(Sequence[Sequence[dict[str, nn.Module]]], self.ops)):
                 mask = self.op_mask(self._node_indices[pos]).tolist()
                 node_plan = []
                 for j, edge_ops in enumerate(node_ops):
@@ -249,8 +251,8 @@ class MixedCell(DifferentiableMixedCell):
         return self._plan
 
     def forward(self, *inputs: Any) -> Any:
-        processed_inputs: List[torch.Tensor] = preprocess_cell_inputs(self.num_predecessors, *inputs)
-        states: List[torch.Tensor] = self.preprocessor(processed_inputs)
+        processed_inputs: list[torch.Tensor] = preprocess_cell_inputs(self.num_predecessors, *inputs)
+        states: list[torch.Tensor] = self.preprocessor(processed_inputs)
         k = self.partial_channels
         hard = getattr(self.mixing, "hard", False)
         for pos, node_plan in enumerate(self._edge_plan()):
@@ -260,9 +262,9 @@ class MixedCell(DifferentiableMixedCell):
             if beta is not None:
                 weights = weights * beta.unsqueeze(-1)
             beta_w = beta.unbind(0) if beta is not None else None
-            ops_sum: Optional[torch.Tensor] = None
-            bypass_sum: Optional[torch.Tensor] = None
-            unused: List[torch.Tensor] = []
+            ops_sum: torch.Tensor | None = None
+            bypass_sum: torch.Tensor | None = None
+            unused: list[torch.Tensor] = []
             for j, edge_plan in enumerate(node_plan):
                 x = states[j]
                 if k > 1:
@@ -291,11 +293,11 @@ class MixedCell(DifferentiableMixedCell):
         this_cell = torch.cat(states[self.num_predecessors:], self.concat_dim)
         return self.postprocessor(this_cell, processed_inputs)
 
-    def _add_edge(self, total: Optional[torch.Tensor], x: torch.Tensor, weights: torch.Tensor,
-                  edge_plan: List[Tuple[int, nn.Module, Optional[List[nn.Module]]]], chosen: Optional[int],
-                  unused: List[torch.Tensor]) -> torch.Tensor:
+    def _add_edge(self, total: torch.Tensor | None, x: torch.Tensor, weights: torch.Tensor,
+                  edge_plan: list[tuple[int, nn.Module, list[nn.Module] | None]], chosen: int | None,
+                  unused: list[torch.Tensor]) -> torch.Tensor:
         """``total + sum_t w_t op_t(x)`` over the edge's kept ops; with a hard choice only op ``chosen`` runs."""
-        relu_x: Optional[torch.Tensor] = None
+        relu_x: torch.Tensor | None = None
         w = weights.unbind(0)
         for t, op, tail in edge_plan:
             if chosen is not None and t != chosen:
@@ -316,21 +318,22 @@ class MixedCell(DifferentiableMixedCell):
         return total
 
     # ---------------------------------------------------------------------------------------------- export
-    def export_probs(self, memo: Dict[str, Any]) -> Dict[str, Any]:
+    def export_probs(self, memo: dict[str, Any]) -> dict[str, Any]:
         """Deterministic mixing weights of every edge (``Mixing.probs``), keyed like NNI's."""
-        result: Dict[str, Any] = {}
+        result: dict[str, Any] = {}
         with torch.no_grad():
             for pos in range(len(self._node_indices)):
                 weights = self._edge_weights(pos, deterministic=True).cpu().tolist()
-                for label, row in zip(self._edge_labels[pos], weights):
+                for label, row in zip(self._edge_labels[pos], weights, strict=False):
                     if label not in memo:
-                        result[label] = dict(zip(self.op_names, row))
+                        result[label] = dict(zip(self.op_names, row, strict=False))
         return result
 
     def _uses_nni_export(self) -> bool:
-        return _is_softmax(self.mixing) and not self.edge_normalization and not self.pruned and self.max_skip_connects is None
+        plain_cell = not self.edge_normalization and not self.pruned and self.max_skip_connects is None
+        return _is_softmax(self.mixing) and plain_cell
 
-    def export(self, memo: Dict[str, Any]) -> Dict[str, Any]:
+    def export(self, memo: dict[str, Any]) -> dict[str, Any]:
         """The arch dict entries of this cell (see the module docstring for the rule)."""
         if self._uses_nni_export() or self.num_predecessors != 2:
             return super().export(memo)
@@ -346,7 +349,7 @@ class MixedCell(DifferentiableMixedCell):
                                             num_inputs=self.num_ops_per_node, mask=mask)
         else:
             selection = ranked
-        exported: Dict[str, Any] = {}
+        exported: dict[str, Any] = {}
         for pos, i in enumerate(self._node_indices):
             keys = [(f"{self.label}/op_{i}_{n}", f"{self.label}/input_{i}_{n}") for n in range(self.num_ops_per_node)]
             if all(op_key in memo and in_key in memo for op_key, in_key in keys):
@@ -358,7 +361,7 @@ class MixedCell(DifferentiableMixedCell):
                              "the best-ranked others fill in", self.label, i, len(picks), self.export_threshold,
                              self.num_ops_per_node)
                 picks += [pick for pick in ranked[pos] if pick[0] not in {j for j, _ in picks}]
-            for (op_key, in_key), (j, op_name) in zip(keys, picks):
+            for (op_key, in_key), (j, op_name) in zip(keys, picks, strict=False):
                 exported[op_key] = op_name
                 exported[in_key] = [j]
         return exported

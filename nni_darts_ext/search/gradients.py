@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -68,8 +69,8 @@ class _WeightGroup:
 
     __slots__ = ("params", "lr", "momentum", "weight_decay", "buffers")
 
-    def __init__(self, params: List[nn.Parameter], lr: float, momentum: float, weight_decay: float,
-                 buffers: List[Optional[torch.Tensor]]):
+    def __init__(self, params: list[nn.Parameter], lr: float, momentum: float, weight_decay: float,
+                 buffers: list[torch.Tensor | None]):
         self.params = params
         self.lr = lr
         self.momentum = momentum
@@ -104,9 +105,9 @@ class UnrolledGradient:
         _check_positive("hessian_eps", hessian_eps)
         self.hessian_eps = float(hessian_eps)
         self.skipped_corrections = 0
-        self.last_info: Dict[str, Any] = {}
+        self.last_info: dict[str, Any] = {}
         self._warned_optimizer = False
-        self._pending: List[Tuple[torch.Tensor, Any, int, int]] = []
+        self._pending: list[tuple[torch.Tensor, Any, int, int]] = []
 
     # ------------------------------------------------------------------------------------------------ public
     def check_trainer(self, trainer: Any) -> None:
@@ -124,21 +125,22 @@ class UnrolledGradient:
         grads, val_loss = self.gradients(module, trn_batch, val_batch, batch_idx, alphas)
         terms = module.architecture_loss_terms()
         if terms is not None:
-            grads = [g + t for g, t in zip(grads, grads_of(terms, alphas))]
-        for alpha, grad in zip(alphas, grads):
+            grads = [g + t for g, t in zip(grads, grads_of(terms, alphas), strict=False)]
+        for alpha, grad in zip(alphas, grads, strict=False):
             alpha.grad = grad if alpha.grad is None else alpha.grad.copy_(grad)
         return val_loss
 
     def gradients(self, module: Any, trn_batch: Any, val_batch: Any, batch_idx: int,
-                  alphas: Sequence[nn.Parameter]) -> Tuple[List[torch.Tensor], torch.Tensor]:
-        """``(g - xi * h per alpha, L_val(w', alpha))``; weights, buffers, metrics and ``.grad`` are left as they were."""
+                  alphas: Sequence[nn.Parameter]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """``(g - xi * h per alpha, L_val(w', alpha))``; weights, buffers, metrics and ``.grad`` are left as they were.
+        """
         self.poll(wait=False, module=module)
         groups = self._weight_groups(module, {id(a) for a in alphas})
         weights = [p for group in groups for p in group.params]
         # The paper's single xi. A group with another learning rate scales its part of v by lr / xi, which keeps
         # g - xi * h the exact unrolled gradient when param groups have different learning rates.
         xi = max((group.lr for group in groups), default=0.0)
-        info: Dict[str, Any] = {"xi": xi, "v_norm": None, "eps": None, "skipped": False}
+        info: dict[str, Any] = {"xi": xi, "v_norm": None, "eps": None, "skipped": False}
         self.last_info = info
         with shielded_passes(module):
             saved = detached_copies(weights)
@@ -171,7 +173,7 @@ class UnrolledGradient:
                 grad_minus = self._train_arch_gradients_at(module, alphas, weights, saved, v, -1, trn_batch, batch_idx)
                 scale = torch.where(usable, xi / (2.0 * eps), torch.zeros_like(eps))
                 return [g - torch.where(usable, (gp - gm) * scale, torch.zeros_like(g))
-                        for g, gp, gm in zip(g_alpha, grad_plus, grad_minus)], val_loss
+                        for g, gp, gm in zip(g_alpha, grad_plus, grad_minus, strict=False)], val_loss
             finally:
                 if weights:
                     with torch.no_grad():
@@ -182,7 +184,7 @@ class UnrolledGradient:
         self.poll(wait=True, module=module)
 
     # --------------------------------------------------------------------------------------------- internals
-    def _virtual_step(self, module: Any, groups: List[_WeightGroup], trn_batch: Any, batch_idx: int,
+    def _virtual_step(self, module: Any, groups: list[_WeightGroup], trn_batch: Any, batch_idx: int,
                       alphas: Sequence[nn.Parameter]) -> None:
         weights = [p for group in groups for p in group.params]
         flags = [a.requires_grad for a in alphas]
@@ -193,7 +195,7 @@ class UnrolledGradient:
             grads = grads_of(loss, weights)
             del loss
         finally:
-            for a, flag in zip(alphas, flags):
+            for a, flag in zip(alphas, flags, strict=False):
                 a.requires_grad_(flag)
         offset = 0
         with torch.no_grad():
@@ -203,14 +205,14 @@ class UnrolledGradient:
                 if group.weight_decay:
                     torch._foreach_add_(steps, group.params, alpha=group.weight_decay)
                 if group.momentum:
-                    with_buffer = [(s, b) for s, b in zip(steps, group.buffers) if b is not None]
+                    with_buffer = [(s, b) for s, b in zip(steps, group.buffers, strict=False) if b is not None]
                     if with_buffer:
                         torch._foreach_add_([s for s, _ in with_buffer], [b for _, b in with_buffer],
                                             alpha=group.momentum)
                 torch._foreach_add_(group.params, steps, alpha=-group.lr)
 
     @staticmethod
-    def _scale_by_learning_rate(groups: List[_WeightGroup], v: List[torch.Tensor], xi: float) -> None:
+    def _scale_by_learning_rate(groups: list[_WeightGroup], v: list[torch.Tensor], xi: float) -> None:
         offset = 0
         for group in groups:
             if group.lr != xi:
@@ -218,9 +220,9 @@ class UnrolledGradient:
             offset += len(group.params)
 
     @staticmethod
-    def _train_arch_gradients_at(module: Any, alphas: Sequence[nn.Parameter], weights: List[nn.Parameter],
-                                 saved: List[torch.Tensor], step: List[torch.Tensor], sign: int,
-                                 trn_batch: Any, batch_idx: int) -> List[torch.Tensor]:
+    def _train_arch_gradients_at(module: Any, alphas: Sequence[nn.Parameter], weights: list[nn.Parameter],
+                                 saved: list[torch.Tensor], step: list[torch.Tensor], sign: int,
+                                 trn_batch: Any, batch_idx: int) -> list[torch.Tensor]:
         """``grad_alpha L_train(w + sign * step, alpha)``; no weight gradient is computed."""
         with torch.no_grad():
             torch._foreach_copy_(weights, saved)
@@ -232,17 +234,18 @@ class UnrolledGradient:
             loss = loss_of(module.training_module.training_step(trn_batch, 2 * batch_idx + 1))
             return grads_of(loss, alphas)
         finally:
-            for p, flag in zip(weights, flags):
+            for p, flag in zip(weights, flags, strict=False):
                 p.requires_grad_(flag)
 
-    def _weight_groups(self, module: Any, arch_ids: set) -> List[_WeightGroup]:
+    def _weight_groups(self, module: Any, arch_ids: set) -> list[_WeightGroup]:
         optimizers = module.optimizers()
         if not isinstance(optimizers, list):
             optimizers = [optimizers]
         weight_optimizers = [opt for opt in optimizers if not getattr(opt, "is_arch_optimizer", False)]
         if len(weight_optimizers) != 1:
             raise ValueError(
-                f"second-order DARTS needs exactly one weight optimizer from the evaluator, got {len(weight_optimizers)}"
+                "second-order DARTS needs exactly one weight optimizer from the evaluator, got "
+                f"{len(weight_optimizers)}"
             )
         optimizer = getattr(weight_optimizers[0], "optimizer", weight_optimizers[0])  # unwrap LightningOptimizer
         groups = []
@@ -254,7 +257,8 @@ class UnrolledGradient:
             if not self._warned_optimizer and (group.get("nesterov") or group.get("dampening")
                                                or "momentum" not in group):
                 self._warned_optimizer = True
-                _logger.warning("second-order DARTS: the virtual step is a plain SGD step (lr, momentum, weight_decay); "
+                _logger.warning("second-order DARTS: the virtual step is a plain SGD step (lr, momentum, "
+                                "weight_decay); "
                                 "the weight optimizer %s (nesterov/dampening or no momentum) steps differently",
                                 type(optimizer).__name__)
             buffers = [optimizer.state.get(p, {}).get("momentum_buffer") if momentum else None for p in params]
@@ -262,7 +266,7 @@ class UnrolledGradient:
                                        float(group.get("weight_decay", 0.0) or 0.0), buffers))
         return groups
 
-    def _note_skip(self, usable: torch.Tensor, module: Any, batch_idx: int) -> Optional[bool]:
+    def _note_skip(self, usable: torch.Tensor, module: Any, batch_idx: int) -> bool | None:
         """Whether the correction is skipped: a bool on CPU; on CUDA ``None``, the flag is read without a sync."""
         epoch = module.trainer.current_epoch
         if usable.device.type != "cuda":

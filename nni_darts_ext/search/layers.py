@@ -22,7 +22,8 @@ from .._compat import import_nni_quietly
 with import_nni_quietly():
     from nni.nas.hub.pytorch.nasnet import FactorizedReduce
 
-__all__ = ["channel_shuffle", "shuffled_concat", "narrow_op_factory", "ChannelsFirstFactorizedReduce", "is_channels_last"]
+__all__ = ["ChannelsFirstFactorizedReduce", "channel_shuffle", "is_channels_last", "narrow_op_factory",
+           "shuffled_concat"]
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -48,7 +49,7 @@ __all__ = ["DartsSearchModule", "CellSchedule"]
 _logger = logging.getLogger(__name__)
 
 # A per-epoch schedule of MixedCell run-time settings: (epoch, max_epochs) -> {attribute: value}.
-CellSchedule = Callable[[int, int], Dict[str, Any]]
+CellSchedule = Callable[[int, int], dict[str, Any]]
 
 
 class DartsSearchModule(DistributedArchSync, DartsLightningModule):
@@ -74,11 +75,11 @@ class DartsSearchModule(DistributedArchSync, DartsLightningModule):
         DartsSearchModule(module, gradient=FirstOrderGradient(), gradient_clip_val=5.0)
     """
 
-    def __init__(self, training_module: Any, *, gradient: Any = None, mixing: Optional[Mixing] = None,
+    def __init__(self, training_module: Any, *, gradient: Any = None, mixing: Mixing | None = None,
                  regularizers: Sequence[Any] = (), perturbation: Any = None,
-                 cell_schedule: Optional[CellSchedule] = None, cell_settings: Optional[Dict[str, Any]] = None,
-                 arc_betas: Tuple[float, float] = ARC_BETAS, arc_weight_decay: float = ARC_WEIGHT_DECAY,
-                 skip_unused_gradients: bool = True, channels_last: Optional[bool] = None, **kwargs: Any):
+                 cell_schedule: CellSchedule | None = None, cell_settings: dict[str, Any] | None = None,
+                 arc_betas: tuple[float, float] = ARC_BETAS, arc_weight_decay: float = ARC_WEIGHT_DECAY,
+                 skip_unused_gradients: bool = True, channels_last: bool | None = None, **kwargs: Any):
         super().__init__(training_module, **kwargs)
         self.gradient = gradient if gradient is not None else FirstOrderGradient()
         self.mixing = mixing
@@ -90,14 +91,14 @@ class DartsSearchModule(DistributedArchSync, DartsLightningModule):
         self.arc_weight_decay = float(arc_weight_decay)
         self.skip_unused_gradients = bool(skip_unused_gradients)
         self.channels_last = channels_last
-        self._named_arch: Optional[List[Tuple[str, nn.Parameter]]] = None
-        self._mixing_modules: Optional[List[Mixing]] = None
-        self._pass_hooks: List[Any] = []
-        self._weight_params: List[nn.Parameter] = []
+        self._named_arch: list[tuple[str, nn.Parameter]] | None = None
+        self._mixing_modules: list[Mixing] | None = None
+        self._pass_hooks: list[Any] = []
+        self._weight_params: list[nn.Parameter] = []
         self._skip = False
 
     # -------------------------------------------------------------------------------- architecture parameters
-    def named_arch_parameters(self) -> List[Tuple[str, nn.Parameter]]:
+    def named_arch_parameters(self) -> list[tuple[str, nn.Parameter]]:
         """``(name, parameter)`` of every architecture parameter, in the supernet's ``named_parameters`` order.
 
         The same order in every process and every run of the same space: the architecture optimizer's param
@@ -108,11 +109,11 @@ class DartsSearchModule(DistributedArchSync, DartsLightningModule):
             self._named_arch = [(n, p) for n, p in self.named_parameters() if id(p) in ids]
         return self._named_arch
 
-    def arch_parameters(self) -> List[nn.Parameter]:
+    def arch_parameters(self) -> list[nn.Parameter]:
         """The architecture parameters in a stable, name-keyed order (NNI's comes from a set)."""
         return [p for _, p in self.named_arch_parameters()]
 
-    def op_alphas(self) -> List[nn.Parameter]:
+    def op_alphas(self) -> list[nn.Parameter]:
         """The operation logits alone (PC-DARTS' edge-normalisation ``beta`` excluded): what regularisers see."""
         return [p for n, p in self.named_arch_parameters() if "_arch_beta" not in n]
 
@@ -172,7 +173,7 @@ class DartsSearchModule(DistributedArchSync, DartsLightningModule):
         if self.cell_schedule is not None:
             self.apply_cell_settings(self.cell_schedule(epoch, max_epochs))
 
-    def apply_cell_settings(self, settings: Optional[Dict[str, Any]] = None) -> None:
+    def apply_cell_settings(self, settings: dict[str, Any] | None = None) -> None:
         """Set ``MixedCell`` run-time attributes (the fixed ``cell_settings``, then ``settings``)."""
         values = {**self.cell_settings, **(settings or {})}
         for module in self.modules():
@@ -189,7 +190,7 @@ class DartsSearchModule(DistributedArchSync, DartsLightningModule):
             self.log_dict({f"penalty/{k}": v for k, v in details.items()})
         return loss
 
-    def architecture_loss_terms(self) -> Optional[torch.Tensor]:
+    def architecture_loss_terms(self) -> torch.Tensor | None:
         """Sum of the regularisers on the operation logits for the current epoch; ``None`` without any."""
         if not self.regularizers:
             return None
@@ -253,7 +254,7 @@ class DartsSearchModule(DistributedArchSync, DartsLightningModule):
 
         return loss_fn
 
-    def _mixings(self) -> List[Mixing]:
+    def _mixings(self) -> list[Mixing]:
         if self._mixing_modules is None:
             self._mixing_modules = [m for m in self.modules() if isinstance(m, Mixing)]
         return self._mixing_modules
@@ -287,11 +288,11 @@ class DartsSearchModule(DistributedArchSync, DartsLightningModule):
             yield
 
     # --------------------------------------------------------------------------------------------- export
-    def export(self) -> Dict[str, Any]:
+    def export(self) -> dict[str, Any]:
         self.apply_cell_settings()
         return super().export()
 
-    def export_probs(self) -> Dict[str, Any]:
+    def export_probs(self) -> dict[str, Any]:
         self.apply_cell_settings()
         with contextlib.ExitStack() as stack:
             for mixing in self._mixings():  # deterministic weights, never a random sample
@@ -304,7 +305,7 @@ class _frozen:
 
     def __init__(self, params: Sequence[nn.Parameter]):
         self.params = params
-        self.flags: List[bool] = []
+        self.flags: list[bool] = []
 
     def __enter__(self) -> None:
         self.flags = [p.requires_grad for p in self.params]
@@ -312,11 +313,11 @@ class _frozen:
             p.requires_grad_(False)
 
     def __exit__(self, *exc: Any) -> None:
-        for p, flag in zip(self.params, self.flags):
+        for p, flag in zip(self.params, self.flags, strict=False):
             p.requires_grad_(flag)
 
 
-def _use_channels_last(setting: Optional[bool], device: torch.device, world_size: int = 1) -> bool:
+def _use_channels_last(setting: bool | None, device: torch.device, world_size: int = 1) -> bool:
     """Resolve ``channels_last=None``: on for single-process CPU runs (oneDNN depthwise convolutions), off elsewhere.
 
     Off under CPU DDP: channels-last supernets crashed gloo DDP processes (heap corruption, torch 2.14).

@@ -151,7 +151,7 @@ class AlphaPerturbation:
                 f"restore got {len(alphas)} alphas, perturb saved {len(self._saved)}"
             )
         with torch.no_grad():
-            for alpha, saved in zip(alphas, self._saved):
+            for alpha, saved in zip(alphas, self._saved, strict=False):
                 alpha.copy_(saved)
         self._saved = None
 
@@ -254,7 +254,7 @@ class PGDAlphaPerturbation(AlphaPerturbation):
             with torch.enable_grad():
                 grads = torch.autograd.grad(loss_fn(), list(alphas), allow_unused=True)
             with torch.no_grad():
-                for alpha, grad, c in zip(alphas, grads, centre):
+                for alpha, grad, c in zip(alphas, grads, centre, strict=False):
                     if grad is not None:
                         alpha.add_(step * torch.sign(grad))
                     alpha.copy_(c + (alpha - c).clamp_(-eps, eps))
@@ -267,6 +267,6 @@ class PGDAlphaPerturbation(AlphaPerturbation):
                     loss_before,
                     loss_after,
                 )
-                for alpha, c in zip(alphas, centre):
+                for alpha, c in zip(alphas, centre, strict=False):
                     alpha.copy_(c)
         self.last_losses = (loss_before, loss_after)

@@ -15,7 +15,8 @@ Example::
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Dict
+from collections.abc import Callable
+from typing import Any
 
 import nni
 
@@ -32,10 +33,10 @@ __all__ = ["darts_strategy", "list_strategies", "register_strategy", "FIRST_ORDE
 _logger = logging.getLogger(__name__)
 
 StrategyFactory = Callable[..., Any]
-_PRESETS: Dict[str, StrategyFactory] = {}
+_PRESETS: dict[str, StrategyFactory] = {}
 
 # quark0/darts cnn/train_search.py: --grad_clip 5, --arch_learning_rate 3e-4 (first order: --unrolled off).
-FIRST_ORDER_DEFAULTS: Dict[str, Any] = {"arc_learning_rate": ARC_LEARNING_RATE, "gradient_clip_val": GRADIENT_CLIP_VAL}
+FIRST_ORDER_DEFAULTS: dict[str, Any] = {"arc_learning_rate": ARC_LEARNING_RATE, "gradient_clip_val": GRADIENT_CLIP_VAL}
 
 
 def register_strategy(name: str) -> Callable[[StrategyFactory], StrategyFactory]:
@@ -115,7 +116,7 @@ def _part(cls: type, **kwargs: Any) -> Any:
     return nni.trace(cls)(**kwargs)
 
 
-def _variant(name: str, build: Callable[[], Dict[str, Any]], doc: str) -> None:
+def _variant(name: str, build: Callable[[], dict[str, Any]], doc: str) -> None:
     """Register a preset whose parts are built fresh for every strategy (perturbations and mixings hold state)."""
 
     def factory(**overrides: Any) -> DartsSearch:

@@ -75,7 +75,7 @@ PDARTS_CIFAR10_STAGES: tuple[Stage, ...] = tuple(
         C.PDARTS_STAGE_CELLS,
         C.PDARTS_STAGE_OPS_KEPT,
         C.PDARTS_SKIP_DROPOUT,
-        C.PDARTS_STAGE_WIDTH_INCREASE,
+        C.PDARTS_STAGE_WIDTH_INCREASE, strict=False,
     )
 )
 

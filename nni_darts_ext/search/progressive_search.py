@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import copy
 import logging
-from typing import Any, Dict, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import nni
 import torch
@@ -56,7 +57,7 @@ class StageSkipDropout:
         self.stage_rate = stage_rate
         self.warmup_epochs = warmup_epochs
 
-    def __call__(self, epoch: int, max_epochs: int) -> Dict[str, Any]:
+    def __call__(self, epoch: int, max_epochs: int) -> dict[str, Any]:
         rate = pdarts_skip_dropout(epoch, stage_rate=self.stage_rate, stage_epochs=max_epochs,
                                    warmup_epochs=min(self.warmup_epochs, max_epochs))
         return {"skip_dropout": rate}
@@ -88,8 +89,8 @@ class ProgressiveDartsSearch(DartsSearch):
         self.stage_index = 0
         self._base_space: Any = None
         self._base_evaluator: Any = None
-        self._masks: Dict[str, Dict[int, torch.Tensor]] = {}
-        self._resume_stage: Optional[int] = None
+        self._masks: dict[str, dict[int, torch.Tensor]] = {}
+        self._resume_stage: int | None = None
 
     # -------------------------------------------------------------------------------------------- stages
     def _initialize(self, model_space: Any, engine: Any) -> Any:
@@ -157,15 +158,15 @@ class ProgressiveDartsSearch(DartsSearch):
             if index + 1 < len(self.stages):
                 self._masks = self._pruned_masks(self.stages[index].ops_kept)
 
-    def _cells_by_label(self, model: Any) -> Dict[str, MixedCell]:
-        cells: Dict[str, MixedCell] = {}
+    def _cells_by_label(self, model: Any) -> dict[str, MixedCell]:
+        cells: dict[str, MixedCell] = {}
         for module in model.modules():
             if isinstance(module, MixedCell):
                 cells.setdefault(module.label, module)
         return cells
 
-    def _pruned_masks(self, keep: int) -> Dict[str, Dict[int, torch.Tensor]]:
-        masks: Dict[str, Dict[int, torch.Tensor]] = {}
+    def _pruned_masks(self, keep: int) -> dict[str, dict[int, torch.Tensor]]:
+        masks: dict[str, dict[int, torch.Tensor]] = {}
         for label, cell in self._cells_by_label(self.supernet).items():
             masks[label] = {}
             for pos, node in enumerate(cell._node_indices):
@@ -183,7 +184,7 @@ class ProgressiveDartsSearch(DartsSearch):
                     module.set_op_mask(node, mask)
 
     # ----------------------------------------------------------------------------------------- resume
-    _resume_ckpt: Optional[str] = None
+    _resume_ckpt: str | None = None
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Resume in the stage the checkpoint was written in (its masks come back with the weights)."""
@@ -198,7 +199,7 @@ class ProgressiveDartsSearch(DartsSearch):
         module = super().configure_oneshot_module(training_module)
         strategy = self
 
-        def on_save_checkpoint(checkpoint: Dict[str, Any]) -> None:
+        def on_save_checkpoint(checkpoint: dict[str, Any]) -> None:
             checkpoint[STAGE_KEY] = {"stage": strategy.stage_index, "masks": strategy._masks}
 
         module.on_save_checkpoint = on_save_checkpoint

@@ -145,5 +145,5 @@ def select_by_threshold(
     )
     return [
         [(j, op) for j, op in node if best[start + j] >= threshold]
-        for node, start in zip(top, starts)
+        for node, start in zip(top, starts, strict=False)
     ]

@@ -13,7 +13,8 @@ Example::
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Dict, Iterator, List, Sequence, Tuple
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -40,7 +41,7 @@ def loss_of(output: Any) -> torch.Tensor:
     return loss
 
 
-def detached_copies(tensors: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+def detached_copies(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """Detached copies (one fused ``_foreach_copy_`` per device and dtype); ``[]`` for no tensors."""
     if not tensors:
         return []
@@ -50,13 +51,13 @@ def detached_copies(tensors: Sequence[torch.Tensor]) -> List[torch.Tensor]:
     return copies
 
 
-def grads_of(loss: torch.Tensor, inputs: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+def grads_of(loss: torch.Tensor, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """``d loss / d inputs`` without touching ``.grad``; unused inputs get zeros."""
     if not inputs:
         return []
     grads = torch.autograd.grad(loss, list(inputs), allow_unused=True)
     # contiguous(): a gradient may come back as an expanded view, which in-place updates cannot write to.
-    return [torch.zeros_like(x) if g is None else g.contiguous() for x, g in zip(inputs, grads)]
+    return [torch.zeros_like(x) if g is None else g.contiguous() for x, g in zip(inputs, grads, strict=False)]
 
 
 def _no_log(*args: Any, **kwargs: Any) -> None:
@@ -74,7 +75,7 @@ def _clone_state(value: Any) -> Any:
     return value
 
 
-def _metric_snapshot(metric: Any) -> Dict[str, Any]:
+def _metric_snapshot(metric: Any) -> dict[str, Any]:
     names = list(getattr(metric, "_defaults", {})) + [n for n in _METRIC_BOOKKEEPING if hasattr(metric, n)]
     return {name: _clone_state(getattr(metric, name)) for name in names}
 
@@ -95,8 +96,8 @@ def shielded_passes(module: nn.Module, *, buffers: bool = True) -> Iterator[None
     inner = getattr(module, "training_module", module)
     missing = object()
     saved_attrs = {name: inner.__dict__.get(name, missing) for name in ("log", "log_dict")}
-    owners: List[Tuple[nn.Module, str, torch.Tensor]] = []
-    metrics: List[Tuple[Any, Dict[str, Any]]] = []
+    owners: list[tuple[nn.Module, str, torch.Tensor]] = []
+    metrics: list[tuple[Any, dict[str, Any]]] = []
     for owner in module.modules():
         if buffers:
             owners += [(owner, name, buf) for name, buf in owner._buffers.items() if buf is not None]

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Any
 
 import nni
 import torch.nn as nn
@@ -69,13 +70,13 @@ class DartsSearch(DARTS):
     """
 
     def __init__(self, *, order: int = 1, hessian_eps: float = HESSIAN_EPS, partial_channels: int = 1,
-                 edge_normalization: bool = False, auxiliary_skip: bool = False, mixing: Optional[Mixing] = None,
+                 edge_normalization: bool = False, auxiliary_skip: bool = False, mixing: Mixing | None = None,
                  regularizers: Sequence[Any] = (), perturbation: Any = None,
-                 cell_schedule: Optional[CellSchedule] = None, max_skip_connects: Optional[int] = None,
-                 export_threshold: Optional[float] = None, arc_betas: Tuple[float, float] = ARC_BETAS,
+                 cell_schedule: CellSchedule | None = None, max_skip_connects: int | None = None,
+                 export_threshold: float | None = None, arc_betas: tuple[float, float] = ARC_BETAS,
                  arc_weight_decay: float = ARC_WEIGHT_DECAY, skip_unused_gradients: bool = True,
-                 channels_last: Optional[bool] = None, arc_learning_rate: float = ARC_LEARNING_RATE,
-                 gradient_clip_val: Optional[float] = None, log_prob_every_n_step: int = 10,
+                 channels_last: bool | None = None, arc_learning_rate: float = ARC_LEARNING_RATE,
+                 gradient_clip_val: float | None = None, log_prob_every_n_step: int = 10,
                  warmup_epochs: int = 0, penalty: Any = None, **kwargs: Any):
         architecture_gradient(order, hessian_eps=hessian_eps)  # validates both
         _check_int("partial_channels", partial_channels, 1)
@@ -121,12 +122,12 @@ class DartsSearch(DARTS):
     def configure_softmax(self) -> nn.Module:
         return self.mixing
 
-    def cell_options(self) -> Dict[str, Any]:
+    def cell_options(self) -> dict[str, Any]:
         """The :class:`.cells.MixedCell` options of this search."""
         return {"partial_channels": self.partial_channels, "edge_normalization": self.edge_normalization,
                 "auxiliary_skip": self.auxiliary_skip}
 
-    def default_mutation_hooks(self) -> List[Any]:
+    def default_mutation_hooks(self) -> list[Any]:
         return [functools.partial(MixedCell.mutate, **self.cell_options())] + super().default_mutation_hooks()
 
     def mutate_model(self, model: Any) -> Any:

@@ -1,4 +1,4 @@
-"""Time one retraining step of the DARTS evaluation network (DARTS_V2, 20 cells x 36 channels by default).
+"""Time one retraining step of the DARTS evaluation network (darts-v2, 20 cells x 36 channels by default).
 
 The step is what ``nni-darts retrain`` runs per batch: :class:`~nni_darts_ext.training_module.DartsClassificationModule`
 (SGD, cosine schedule, auxiliary head weight 0.4, drop path) in a Lightning ``Trainer`` with gradient clipping 5,
@@ -37,7 +37,7 @@ from search_step import (  # noqa: E402 - the sibling benchmark script
     matmul_flops_per_second, precision_dtype,
 )
 
-ARCH = "DARTS_V2"
+ARCH = "darts-v2"  # nni_darts_ext.arch.NAMED_ARCHS
 # DARTS evaluation recipe (quark0/darts cnn/train.py): --batch_size 96, --drop_path_prob 0.2, --auxiliary_weight
 # 0.4, --cutout_length 16, --grad_clip 5, --epochs 600; network --init_channels 36 --layers 20.
 RETRAIN_BATCH = 96
@@ -49,7 +49,7 @@ def _parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     from nni_darts_ext.constants import DARTS_NUM_CELLS, DARTS_WIDTH
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--arch", default=ARCH, help="a named arch (DARTS_V1, DARTS_V2) or an arch file")
+    parser.add_argument("--arch", default=ARCH, help="a named arch (darts-v1, darts-v2) or an arch file")
     parser.add_argument("--width", type=int, default=DARTS_WIDTH)
     parser.add_argument("--cells", type=int, default=DARTS_NUM_CELLS)
     parser.add_argument("--batch", type=int, default=RETRAIN_BATCH)
@@ -74,6 +74,10 @@ def _parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         parser.error("--threads must be >= 1")
     if args.cells < 3:
         parser.error("--cells must be >= 3")
+    from nni_darts_ext.arch import NAMED_ARCHS
+
+    if args.arch not in NAMED_ARCHS and not os.path.isfile(args.arch):
+        parser.error(f"--arch {args.arch!r} is neither a named arch ({', '.join(NAMED_ARCHS)}) nor a file")
     return args
 
 

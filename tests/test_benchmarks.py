@@ -108,7 +108,7 @@ def test_retrain_step_reports_flops_and_fraction_in_bf16(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     r = json.loads(out.read_text())
     assert (r["arch"], r["width"], r["cells"], r["batch"], r["precision"], r["compile"]) == (
-        "DARTS_V2", 4, 3, 2, "bf16-mixed", False)
+        "darts-v2", 4, 3, 2, "bf16-mixed", False)
     assert r["step_seconds"] > 0 and r["images_per_second"] == pytest.approx(2 / r["step_seconds"])
     assert r["flops"] > 0 and r["peak_memory_mb"] > 0 and len(r["step_seconds_all"]) == 2
     assert r["matmul_fraction"] == pytest.approx(r["flops"] / r["step_seconds"] / r["matmul_flops_per_second"])

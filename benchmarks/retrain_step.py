@@ -1,4 +1,4 @@
-"""Time one retraining step of the DARTS evaluation network (DARTS_V2, 20 cells x 36 channels by default).
+"""Time one retraining step of the DARTS evaluation network (darts-v2, 20 cells x 36 channels by default).
 
 The step is what ``nni-darts retrain`` runs per batch: :class:`~nni_darts_ext.training_module.DartsClassificationModule`
 (SGD, cosine schedule, auxiliary head weight 0.4, drop path) in a Lightning ``Trainer`` with gradient clipping 5,
@@ -27,24 +27,17 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Dict, List, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
 from search_step import (  # noqa: E402 - the sibling benchmark script
-    FP32,
-    IMAGE_CHANNELS,
-    MATMUL_SIZE,
-    NUM_CLASSES,
-    PRECISIONS,
-    _peak_rss_mb,
-    _StepTimer,
-    matmul_flops_per_second,
-    precision_dtype,
+    FP32, IMAGE_CHANNELS, MATMUL_SIZE, MB, NUM_CLASSES, PRECISIONS, _peak_rss_mb, _StepTimer,
+    matmul_flops_per_second, precision_dtype,
 )
 
-ARCH = "darts-v2"
+ARCH = "darts-v2"  # nni_darts_ext.arch.NAMED_ARCHS
 # DARTS evaluation recipe (quark0/darts cnn/train.py): --batch_size 96, --drop_path_prob 0.2, --auxiliary_weight
 # 0.4, --cutout_length 16, --grad_clip 5, --epochs 600; network --init_channels 36 --layers 20.
 RETRAIN_BATCH = 96
@@ -52,7 +45,7 @@ RETRAIN_DROP_PATH_PROB = 0.2
 RETRAIN_EPOCHS = 600
 
 
-def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def _parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     from nni_darts_ext.constants import DARTS_NUM_CELLS, DARTS_WIDTH
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -81,6 +74,10 @@ def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--threads must be >= 1")
     if args.cells < 3:
         parser.error("--cells must be >= 3")
+    from nni_darts_ext.arch import NAMED_ARCHS
+
+    if args.arch not in NAMED_ARCHS and not os.path.isfile(args.arch):
+        parser.error(f"--arch {args.arch!r} is neither a named arch ({', '.join(NAMED_ARCHS)}) nor a file")
     return args
 
 
@@ -97,7 +94,7 @@ class _CutoutDataset:
         return self.cutout(self.images[index].clone()), self.labels[index]
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: argparse.Namespace) -> Dict[str, Any]:
     """Fit ``warmup + steps + 1`` batches of one configuration and return its result dict.
 
     Example::
@@ -128,7 +125,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if not torch.cuda.is_available():
             raise SystemExit("--device cuda but torch.cuda.is_available() is False")
         torch.backends.cudnn.benchmark = True
-    arch = NAMED_ARCHS[args.arch] if args.arch in NAMED_ARCHS else load_arch(args.arch)
+    arch = args.arch if args.arch in NAMED_ARCHS else load_arch(args.arch)
     torch.manual_seed(args.seed)
     net = build_model(arch, width=args.width, num_cells=args.cells, auxiliary_loss=True,
                       drop_path_prob=RETRAIN_DROP_PATH_PROB, image_size=args.image_size)
@@ -183,7 +180,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Optional[List[str]] = None) -> int:
     args = _parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     result = run(args)

@@ -27,14 +27,21 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
 from search_step import (  # noqa: E402 - the sibling benchmark script
-    FP32, IMAGE_CHANNELS, MATMUL_SIZE, MB, NUM_CLASSES, PRECISIONS, _peak_rss_mb, _StepTimer,
-    matmul_flops_per_second, precision_dtype,
+    FP32,
+    IMAGE_CHANNELS,
+    MATMUL_SIZE,
+    NUM_CLASSES,
+    PRECISIONS,
+    _peak_rss_mb,
+    _StepTimer,
+    matmul_flops_per_second,
+    precision_dtype,
 )
 
 ARCH = "darts-v2"  # nni_darts_ext.arch.NAMED_ARCHS
@@ -45,7 +52,7 @@ RETRAIN_DROP_PATH_PROB = 0.2
 RETRAIN_EPOCHS = 600
 
 
-def _parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from nni_darts_ext.constants import DARTS_NUM_CELLS, DARTS_WIDTH
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -94,7 +101,7 @@ class _CutoutDataset:
         return self.cutout(self.images[index].clone()), self.labels[index]
 
 
-def run(args: argparse.Namespace) -> Dict[str, Any]:
+def run(args: argparse.Namespace) -> dict[str, Any]:
     """Fit ``warmup + steps + 1`` batches of one configuration and return its result dict.
 
     Example::
@@ -125,7 +132,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         if not torch.cuda.is_available():
             raise SystemExit("--device cuda but torch.cuda.is_available() is False")
         torch.backends.cudnn.benchmark = True
-    arch = args.arch if args.arch in NAMED_ARCHS else load_arch(args.arch)
+    arch = NAMED_ARCHS[args.arch] if args.arch in NAMED_ARCHS else load_arch(args.arch)
     torch.manual_seed(args.seed)
     net = build_model(arch, width=args.width, num_cells=args.cells, auxiliary_loss=True,
                       drop_path_prob=RETRAIN_DROP_PATH_PROB, image_size=args.image_size)
@@ -180,7 +187,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     }
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     result = run(args)

@@ -137,3 +137,16 @@ def test_bad_arguments_exit_with_code_2(argv):
     with pytest.raises(SystemExit) as info:
         bench.main(argv)
     assert info.value.code == 2
+
+
+@pytest.mark.e2e
+def test_hessian_eigenvalue_benchmark_reports_cost(tmp_path):
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "hessian_eigenvalue.py"
+    out = tmp_path / "hessian.json"
+    proc = subprocess.run([sys.executable, str(script), "--width", "4", "--cells", "3", "--batch", "2",
+                           "--image-size", "8", "--threads", "1", "--json", str(out)],
+                          capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(out.read_text())
+    assert r["seconds"] > 0 and 1 <= r["hessian_vector_products"] <= 20 and r["peak_rss_mb"] > 0
+    assert isinstance(r["eigenvalue"], float) and r["threads"] == 1

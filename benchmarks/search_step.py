@@ -309,7 +309,7 @@ def _single(args: argparse.Namespace) -> int:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    from nni_darts_ext._compat import import_nni_quietly
+    from nni_darts_ext._compat import cpu_has_native_bf16, import_nni_quietly
 
     with import_nni_quietly():
         import pytorch_lightning as pl
@@ -398,7 +398,7 @@ def _single(args: argparse.Namespace) -> int:
         "threads": torch.get_num_threads(),
         "device_name": torch.cuda.get_device_name() if cuda else "cpu",
         # False: no native bf16 on this CPU (oneDNN emulates it, far slower than fp32).
-        "cpu_native_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+        "cpu_native_bf16": cpu_has_native_bf16(),
         "strategy": type(strategy).__name__,
         "load_average_at_end": list(load) if load else None,
         "torch": torch.__version__,

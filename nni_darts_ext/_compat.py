@@ -62,3 +62,20 @@ def resolve_gpus(kwargs: dict[str, Any]) -> dict[str, Any]:
         kwargs["accelerator"] = "gpu"
         kwargs["devices"] = gpus
     return kwargs
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX, as oneDNN reports it).
+
+    Without it torch emulates bf16 on CPU, and ``bf16-mixed`` runs several times slower than ``32-true``.
+
+    Example::
+
+        if precision.startswith("bf16") and not cpu_has_native_bf16(): ...
+    """
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False

@@ -25,6 +25,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from .._compat import import_nni_quietly
+from .._compat import cpu_has_native_bf16, import_nni_quietly
 from ..arch import NAMED_ARCHS, build_model, load_arch, normalize_arch
 from ..callbacks import (
     AlphaHistory,
@@ -71,6 +72,8 @@ from .run_folder import (
     check_search_resume,
 )
 from .runtime import seed_everything
+
+_logger = logging.getLogger("nni_darts_ext.pipeline")
 
 __all__ = [
     "VALIDATION_ON_TEST",
@@ -277,6 +280,10 @@ def _trainer_settings(options: RunOptions, accelerator: str, devices: int, **kwa
     }
     if options.precision is not None:
         settings["precision"] = options.precision
+        on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+        if options.precision.startswith("bf16") and on_cpu and not cpu_has_native_bf16():
+            _logger.warning("--precision %s: this CPU has no native bf16 (no AVX-512 BF16 or AMX), torch emulates it "
+                            "and steps run several times slower than with 32-true", options.precision)
     if options.strategy is not None:
         settings["strategy"] = options.strategy
     if options.num_nodes != 1:

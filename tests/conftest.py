@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny sizes only (see docs/HELPERS.md)."""
+"""Shared fixtures: tiny sizes only (see CONTRIBUTING.md)."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ with import_nni_quietly():
     from nni.runtime.trial_command_channel import ParameterRecord, TrialCommandChannel
 
 
-# Tiny sizes (docs/HELPERS.md): DARTS width 4, 3 cells, 16x16 digits, batches of 16, a few steps.
+# Tiny sizes (CONTRIBUTING.md): DARTS width 4, 3 cells, 16x16 digits, batches of 16, a few steps.
 WIDTH, CELLS, IMAGE, BATCH = 4, 3, 16, 16
 QUIET = {
     "accelerator": "cpu", "logger": False, "enable_checkpointing": False, "enable_progress_bar": False,

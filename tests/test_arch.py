@@ -27,7 +27,7 @@ from nni_darts_ext.arch import (
 )
 from nni_darts_ext.constants import DARTS_NUM_CELLS, DARTS_WIDTH, PRIMITIVES
 
-# Tiny network for every forward pass (docs/HELPERS.md).
+# Tiny network for every forward pass (CONTRIBUTING.md).
 TINY = dict(width=4, num_cells=3)
 
 # quark0/darts cnn/genotypes.py at f276dd3, copied verbatim.
@@ -414,7 +414,7 @@ def test_drop_path_is_wired():
 
 
 def test_defaults_are_the_darts_v2_evaluation_network():
-    """Width 36, 20 cells: NNI-NOTES gives 3,349,342 parameters for darts-v2 (built, not run)."""
+    """Width 36, 20 cells: NNI 3.0 (nasnet.py DARTS.load_searched_model) gives 3,349,342 parameters for darts-v2 (built, not run)."""
     assert count_parameters(build_model(DARTS_V2)) == 3_349_342
 
 

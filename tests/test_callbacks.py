@@ -35,7 +35,7 @@ BATCHES = SAMPLES // BATCH  # per epoch
 
 @pytest.fixture(autouse=True)
 def one_thread_and_own_signals():
-    """One torch thread (several on a shared 2-core machine are ~10x slower), and the test's signal handlers back."""
+    """One torch thread (tiny nets: several threads only spin-wait), and the test's signal handlers back."""
     threads = torch.get_num_threads()
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     torch.set_num_threads(1)

@@ -1,7 +1,7 @@
 """``nni-darts`` end to end at tiny sizes (in-process ``main(argv)``), resume, and bad input → one line, exit 2.
 
-Sizes: digits at 8x8, 64 images per split, width 4, 3 cells, batch 16, one epoch, one torch thread (on a shared
-2-core machine one thread is many times faster than two).
+Sizes: digits at 8x8, 64 images per split, width 4, 3 cells, batch 16, one epoch, one torch thread (tiny nets run
+fastest on one thread; see CONTRIBUTING.md).
 """
 
 from __future__ import annotations

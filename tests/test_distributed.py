@@ -21,7 +21,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 PRESETS = ("first-order", "second-order", "pc-darts")
 WORLD_SIZE = 2
-IMAGE_SIZE = 16  # tiny: digits at 16x16, DARTS width 4, 3 cells (docs/HELPERS.md)
+IMAGE_SIZE = 16  # tiny: digits at 16x16, DARTS width 4, 3 cells (CONTRIBUTING.md)
 SEARCH_STEPS = 3
 RETRAIN_STEPS = 2
 BATCH_SIZE = 8

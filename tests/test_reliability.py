@@ -10,7 +10,7 @@
 * Bad input not covered by tests/test_cli.py: one line on stderr, exit code 2, no traceback, nothing written.
 
 Sizes: digits at 16x16, width 4, 3 cells, a few batches; one torch thread. Subprocess runs pay the import time
-(~10-25 s each on a busy 2-core machine), so there are five of them.
+(several seconds each), so there are only a few of them.
 """
 
 from __future__ import annotations

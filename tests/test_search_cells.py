@@ -27,7 +27,7 @@ with import_nni_quietly():
     from nni.nas.oneshot.pytorch.supermodule.differentiable import DifferentiableMixedCell
     from nni.nas.strategy import DARTS
 
-# Tiny sizes (docs/HELPERS.md). Width 8: cells have C = 8, 16, 32 channels, all divisible by K = 4, and C/K is
+# Tiny sizes (CONTRIBUTING.md). Width 8: cells have C = 8, 16, 32 channels, all divisible by K = 4, and C/K is
 # even in the reduction cells (FactorizedReduce of skip_connect needs an even width).
 WIDTH, CELLS, IMAGE, BATCH = 8, 3, 16, 4
 K = PC_PARTIAL_CHANNELS

@@ -265,7 +265,7 @@ class _ProbeWhileRunning(pl.Callback):
 def _tiny_search(out, callbacks, logger, max_epochs):
     with import_nni_quietly():
         from nni.nas.hub.pytorch import DARTS as DartsSpace
-    from nni_darts_ext.strategies import darts_strategy
+    from nni_darts_ext.search import darts_strategy
     from nni_darts_ext.training_module import DartsClassificationModule
 
     torch.manual_seed(0)
@@ -355,7 +355,7 @@ def test_tiny_search_writes_one_record_per_epoch_early_stops_and_inspect_reports
 def test_eigenvalue_leaves_the_supernet_as_it_was():
     with import_nni_quietly():
         from nni.nas.hub.pytorch import DARTS as DartsSpace
-    from nni_darts_ext.strategies import darts_strategy
+    from nni_darts_ext.search import darts_strategy
     from nni_darts_ext.training_module import DartsClassificationModule
 
     torch.manual_seed(0)

@@ -89,6 +89,9 @@ def _add_common(parser: argparse.ArgumentParser, *, resume: bool = True) -> None
     group.add_argument("--sync-batchnorm", action="store_true",
                        help="retrain: BatchNorm statistics synchronised across DDP processes")
     group.add_argument("--precision", metavar="P", help="Lightning precision, e.g. 32-true, bf16-mixed, 16-mixed")
+    group.add_argument("--compile", action="store_true",
+                       help="torch.compile the net (search: each supernet cell; retrain: the whole net); falls back "
+                            "to eager with one warning where it cannot compile")
     group.add_argument("--seed", type=int, metavar="N", help="random seed (sets the recipe's seed)")
     group.add_argument("--threads", type=int, metavar="N",
                        help="torch CPU threads (default: torch's, one per core; demo: 1); 1 is far faster on a busy "
@@ -245,6 +248,7 @@ def _options(args: argparse.Namespace, out: str | None) -> Any:
         resume=getattr(args, "resume", False),
         progress_bar=not args.quiet and sys.stderr.isatty(),
         checkpoint_every=_duration("--checkpoint-every", getattr(args, "checkpoint_every", None)),
+        compile=getattr(args, "compile", False),
     )
 
 

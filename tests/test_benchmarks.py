@@ -150,3 +150,26 @@ def test_hessian_eigenvalue_benchmark_reports_cost(tmp_path):
     r = json.loads(out.read_text())
     assert r["seconds"] > 0 and 1 <= r["hessian_vector_products"] <= 20 and r["peak_rss_mb"] > 0
     assert isinstance(r["eigenvalue"], float) and r["threads"] == 1
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_precision_agreement_counts_differing_edges_per_node():
+    bench = _load("precision_agreement")
+    a = {"normal/op_2_0": "sep_conv_3x3", "normal/input_2_0": [0], "normal/op_2_1": "skip_connect",
+         "normal/input_2_1": [1], "reduce/op_2_0": "max_pool_3x3", "reduce/input_2_0": [0]}
+    swapped = {**a, "normal/op_2_0": "skip_connect", "normal/input_2_0": [1], "normal/op_2_1": "sep_conv_3x3",
+               "normal/input_2_1": [0]}
+    assert bench.edge_difference(a, swapped) == 0  # the same two edges of node 2, listed in the other order
+    other = {**a, "normal/op_2_1": "dil_conv_3x3", "reduce/input_2_0": [1]}
+    assert bench.edge_difference(a, other) == 2
+    runs = [{"precision": p, "seed": s, "arch": arch} for p, s, arch in
+            [("32-true", 0, a), ("32-true", 1, other), ("bf16-mixed", 0, swapped), ("bf16-mixed", 1, other)]]
+    comparison = bench.compare(runs, "32-true")
+    assert comparison["across_precision"] == {"bf16-mixed": {0: 0, 1: 0}}
+    assert comparison["across_seeds"] == {"0-1": 2}

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 import nni_darts_ext.compile as compile_mod
+from nni_darts_ext import darts_strategy, list_strategies
 from nni_darts_ext._compat import import_nni_quietly
 from nni_darts_ext.compile import CompileModel, compile_cells, compile_mode_for, compile_module, is_compiled
 
@@ -87,8 +88,6 @@ def test_real_errors_still_raise_after_fallback(monkeypatch):
 
 
 def _supernet(preset: str) -> nn.Module:
-    from nni_darts_ext import darts_strategy
-
     torch.manual_seed(0)
     return darts_strategy(preset).mutate_model(DartsSpace(width=4, num_cells=3, dataset="cifar"))
 
@@ -159,26 +158,32 @@ def test_compiled_cells_match_eager_supernet(preset):
     assert all(p.grad is not None for p in compiled.parameters() if p.requires_grad)
 
 
-def _tiny_search_fit(preset: str, precision: str, steps: int = 2):
+PRESETS = sorted(list_strategies())
+
+
+def _tiny_search_fit(preset: str, precision: str, steps: int = 2, compiled: bool = False):
     from nni.nas.evaluator.pytorch import ClassificationModule
 
-    from nni_darts_ext import darts_strategy
-
     torch.manual_seed(0)
-    strategy = darts_strategy(preset)
+    strategy = darts_strategy(preset, warmup_epochs=0)  # p-darts warms up for 10 epochs by default
     supernet = strategy.mutate_model(DartsSpace(width=4, num_cells=3, dataset="cifar"))
+    if compiled:
+        assert compile_cells(supernet) == 3
     module = ClassificationModule(learning_rate=1e-3, weight_decay=1e-4, num_classes=10, export_onnx=False)
     module.set_model(supernet)
     oneshot = strategy.configure_oneshot_module(module)
+    initial = [p.detach().clone() for p in oneshot.arch_parameters()]
     data = torch.utils.data.TensorDataset(torch.randn(4 * steps, 3, 8, 8), torch.randint(0, 10, (4 * steps,)))
     loader = torch.utils.data.DataLoader(data, batch_size=4)
     trainer = pl.Trainer(accelerator="cpu", max_epochs=1, precision=precision, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(oneshot, strategy.train_dataloader(lambda: loader, lambda: loader))
+    moved = [not torch.equal(p.detach(), p0) for p, p0 in zip(oneshot.arch_parameters(), initial, strict=True)]
+    assert any(moved), "no architecture parameter changed"
     return oneshot, trainer
 
 
-@pytest.mark.parametrize("preset", ["first-order", "pc-darts", "second-order"])
+@pytest.mark.parametrize("preset", PRESETS)
 def test_bf16_mixed_keeps_arch_parameters_and_adam_states_fp32(preset):
     torch.set_num_threads(1)
     oneshot, trainer = _tiny_search_fit(preset, "bf16-mixed")
@@ -190,3 +195,16 @@ def test_bf16_mixed_keeps_arch_parameters_and_adam_states_fp32(preset):
     assert states, "the architecture optimizer never stepped"
     for state in states:
         assert state["exp_avg"].dtype == torch.float32 and state["exp_avg_sq"].dtype == torch.float32
+    assert oneshot.export()  # a valid architecture comes out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", PRESETS)
+def test_compiled_cells_run_every_preset(preset):
+    """Compiled cells under each preset's step (second order perturbs weights in place, masks, partial channels,
+    hard sampling): the fit runs, the cells stay compiled (no eager fallback) and the architecture moves."""
+    torch.set_num_threads(1)
+    oneshot, _ = _tiny_search_fit(preset, "32-true", compiled=True)
+    cells = [m for m in oneshot.model.modules() if type(m).__name__.endswith("MixedCell")]
+    assert cells and all(is_compiled(c) for c in cells)
+    assert oneshot.export()

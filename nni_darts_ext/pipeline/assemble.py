@@ -52,6 +52,7 @@ from ..callbacks import (
     TimedCheckpoint,
 )
 from ..checkpoint import AtomicCheckpointIO, read_checkpoint, state_dict_mismatch
+from ..compile import CompileModel
 from ..constants import ARC_BETAS, ARC_WEIGHT_DECAY, NUM_CLASSES
 from ..data import search_dataloaders
 from ..distributed import launched_rank
@@ -345,6 +346,8 @@ def _run_callbacks(
     ]
     if options.checkpoint_every is not None:  # last.ckpt mid-epoch too: a SIGKILL loses at most that long
         callbacks.append(TimedCheckpoint(options.checkpoint_every, out / CHECKPOINT_DIR))
+    if options.compile:  # the search compiles the supernet's cells (its wrapper stays eager), the retrain its net
+        callbacks.append(CompileModel(enabled=True, cells_only=stage == "search"))
     logger = TensorBoardLogger(save_dir=str(out), name=TENSORBOARD_DIR, version=stage, default_hp_metric=False)
     return callbacks, epoch_log, logger
 
@@ -564,6 +567,7 @@ def assemble_evaluate(
         trainer = darts_trainer(**_trainer_settings(
             options, accelerator, devices, logger=False, enable_checkpointing=False,
             default_root_dir=str(out) if out else None,
+            callbacks=[CompileModel(enabled=True)] if options.compile else [],
         ))
     return Assembly(
         command="evaluate", recipe=recipe, options=options, accelerator=accelerator, devices=devices,

@@ -39,6 +39,8 @@ class RunOptions:
         checkpoint_every: also save ``last.ckpt`` mid-epoch every so many seconds of wall time (``None``: at
             epoch ends only); a SIGKILL then loses at most that long.
         lock: hold the output folder's run lock while writing (``False`` inside a demo, which holds its own).
+        compile: run the net through ``torch.compile`` (:mod:`nni_darts_ext.compile`): the search compiles each
+            supernet cell, the retrain the whole net; where compilation fails, one warning and eager execution.
 
     Example::
 
@@ -58,3 +60,4 @@ class RunOptions:
     sync_batchnorm: bool = False
     checkpoint_every: float | None = None
     lock: bool = True
+    compile: bool = False

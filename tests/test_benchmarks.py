@@ -1,4 +1,5 @@
-"""Smoke tests of benchmarks/search_step.py, retrain_step.py and gpu.sh at tiny sizes: real runs, JSON, table."""
+"""Smoke tests of the benchmark scripts (search_step.py, retrain_step.py, gpu.sh, hessian_eigenvalue.py,
+precision_agreement.py) at tiny sizes: real runs, JSON, tables."""
 
 from __future__ import annotations
 
@@ -18,11 +19,16 @@ TINY = ["--width", "8", "--cells", "3", "--batch", "4", "--image-size", "16", "-
         "--threads", "1", "--matmul-size", "64"]
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("search_step", SCRIPT)
+def _load(name: str):
+    """A benchmark script as a module (``benchmarks/NAME.py``)."""
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _load_script():
+    return _load("search_step")
 
 
 @pytest.mark.e2e
@@ -152,13 +158,6 @@ def test_hessian_eigenvalue_benchmark_reports_cost(tmp_path):
     assert isinstance(r["eigenvalue"], float) and r["threads"] == 1
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_precision_agreement_counts_differing_edges_per_node():
     bench = _load("precision_agreement")
     a = {"normal/op_2_0": "sep_conv_3x3", "normal/input_2_0": [0], "normal/op_2_1": "skip_connect",
@@ -173,3 +172,21 @@ def test_precision_agreement_counts_differing_edges_per_node():
     comparison = bench.compare(runs, "32-true")
     assert comparison["across_precision"] == {"bf16-mixed": {0: 0, 1: 0}}
     assert comparison["across_seeds"] == {"0-1": 2}
+
+
+@pytest.mark.e2e
+def test_precision_agreement_runs_the_searches_and_reports(tmp_path):
+    out = tmp_path / "report.json"
+    tiny = ["dataset.image_size=8", "dataset.max_samples=64", "search.width=4", "search.cells=3", "search.epochs=1",
+            "search.batch_size=16"]
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / "precision_agreement.py"), "--seeds", "0", "1",
+                           "--precisions", "32-true", "bf16-mixed", "--jobs", "2", "--out", str(tmp_path / "runs"),
+                           "--json", str(out), "--set", *tiny], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert sorted((r["precision"], r["seed"]) for r in report["runs"]) == [
+        ("32-true", 0), ("32-true", 1), ("bf16-mixed", 0), ("bf16-mixed", 1)]
+    assert all(0 <= r["train_acc"] <= 1 and r["genotype"].startswith("Genotype(") for r in report["runs"])
+    differing = report["comparison"]["across_precision"]["bf16-mixed"]
+    assert set(differing) == {"0", "1"} and all(0 <= n <= 16 for n in differing.values())
+    assert "edges differing" in proc.stdout

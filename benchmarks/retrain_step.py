@@ -42,6 +42,7 @@ from search_step import (  # noqa: E402 - the sibling benchmark script
     _StepTimer,
     matmul_flops_per_second,
     precision_dtype,
+    prepare_child,
 )
 
 ARCH = "darts-v2"  # nni_darts_ext.arch.NAMED_ARCHS
@@ -108,15 +109,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         result = run(_parse_args(["--width", "4", "--cells", "3", "--batch", "2", "--steps", "1"]))
     """
-    import warnings
-
-    warnings.filterwarnings("ignore")
-    for noisy in ("pytorch_lightning", "lightning", "lightning.pytorch", "nni"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
+    cuda = prepare_child(args.threads, args.device)
     import torch
 
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
     from nni_darts_ext._compat import cpu_has_native_bf16, import_nni_quietly
 
     with import_nni_quietly():
@@ -127,11 +122,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from nni_darts_ext.training_module import DartsClassificationModule
     from nni_darts_ext.transforms import Cutout
 
-    cuda = args.device == "cuda"
-    if cuda:
-        if not torch.cuda.is_available():
-            raise SystemExit("--device cuda but torch.cuda.is_available() is False")
-        torch.backends.cudnn.benchmark = True
     arch = NAMED_ARCHS[args.arch] if args.arch in NAMED_ARCHS else load_arch(args.arch)
     torch.manual_seed(args.seed)
     net = build_model(arch, width=args.width, num_cells=args.cells, auxiliary_loss=True,

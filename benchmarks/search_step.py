@@ -296,19 +296,37 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
-def _single(args: argparse.Namespace) -> int:
-    launch = args.launch_time if args.launch_time is not None else _process_start_time()
+def prepare_child(threads: int | None, device: str) -> bool:
+    """Set up a benchmark process: quiet warnings and logs, torch's thread count, the CUDA check; True on CUDA.
+
+    Example::
+
+        cuda = prepare_child(args.threads, args.device)
+    """
     import warnings
 
     warnings.filterwarnings("ignore")
     logging.basicConfig(level=logging.WARNING)
     for noisy in ("pytorch_lightning", "lightning", "lightning.pytorch", "nni"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
-
     import torch
 
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    if device != "cuda":
+        return False
+    if not torch.cuda.is_available():
+        raise SystemExit("--device cuda but torch.cuda.is_available() is False")
+    # Same for every configuration (the DARTS and PC-DARTS reference scripts both set it).
+    torch.backends.cudnn.benchmark = True
+    return True
+
+
+def _single(args: argparse.Namespace) -> int:
+    launch = args.launch_time if args.launch_time is not None else _process_start_time()
+    cuda = prepare_child(args.threads, args.device)
+    import torch
+
     from nni_darts_ext._compat import cpu_has_native_bf16, import_nni_quietly
 
     with import_nni_quietly():
@@ -316,13 +334,6 @@ def _single(args: argparse.Namespace) -> int:
         from nni.nas.evaluator.pytorch import ClassificationModule
         from nni.nas.hub.pytorch import DARTS as DartsSpace
         from nni.nas.strategy import DARTS
-
-    cuda = args.device == "cuda"
-    if cuda:
-        if not torch.cuda.is_available():
-            raise SystemExit("--device cuda but torch.cuda.is_available() is False")
-        # Same for every preset (the DARTS and PC-DARTS reference scripts both set it).
-        torch.backends.cudnn.benchmark = True
 
     ours = args.single != STOCK
     if not ours:

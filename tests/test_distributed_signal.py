@@ -157,7 +157,7 @@ def test_argument_checks(tmp_path):
 
     with pytest.raises(ValueError, match="signals"):
         DistributedSignalStop(tmp_path, signals=[signal.SIGHUP])
-    with pytest.raises(TypeError, match="dirpath"):
+    with pytest.raises(ValueError, match="dirpath"):
         DistributedSignalStop("")
 
 

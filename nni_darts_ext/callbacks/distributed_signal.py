@@ -35,20 +35,19 @@ import os
 import signal
 import threading
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
 
-from ..checkpoint import LAST_CHECKPOINT_NAME
 from ..errors import TrainingInterrupted
+from .checkpoint_on_signal import CheckpointOnSignal, PathLike
+from .non_finite_loss import batch_loss, is_finite
 
 __all__ = ["DistributedSignalStop"]
 
 _logger = logging.getLogger(__name__)
 
-PathLike = Union[str, "os.PathLike[str]"]
 _CATCHABLE = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -60,13 +59,11 @@ def _all_ranks_max(trainer: pl.Trainer, values: list[int]) -> list[int]:
     return [int(v) for v in tensor.tolist()]
 
 
-def _batch_loss_finite(outputs: Any) -> bool:
-    loss = outputs if isinstance(outputs, torch.Tensor) else outputs.get("loss") if isinstance(outputs, dict) else None
-    return not isinstance(loss, torch.Tensor) or bool(torch.isfinite(loss.detach()).all())
-
-
-class DistributedSignalStop(pl.Callback):
+class DistributedSignalStop(CheckpointOnSignal):
     """On SIGTERM/SIGINT at any rank: all ranks finish the same step, rank 0 saves ``dirpath/last.ckpt``, all exit.
+
+    The handlers and their restoring are :class:`CheckpointOnSignal`'s; what differs is the decision, taken by
+    all ranks together at every batch end, and a second signal, which ends the process at once.
 
     Args:
         dirpath: folder of the checkpoint.
@@ -85,17 +82,8 @@ class DistributedSignalStop(pl.Callback):
     """
 
     def __init__(self, dirpath: PathLike, *, signals: Sequence[int] = _CATCHABLE):
-        if not isinstance(dirpath, (str, os.PathLike)) or not os.fspath(dirpath):
-            raise TypeError("dirpath must be a non-empty str or os.PathLike")
-        signals = tuple(signals)
-        if not signals or any(s not in _CATCHABLE for s in signals):
-            raise ValueError(f"signals must be a non-empty subset of SIGTERM and SIGINT, got {signals}")
-        self.path = Path(dirpath) / LAST_CHECKPOINT_NAME
-        self.signals = signals
-        self._received: int | None = None
-        self._previous: dict[int, Any] = {}
+        super().__init__(dirpath, signals=signals)
 
-    # ------------------------------------------------------------------------------------------------ handlers
     def _on_signal(self, signum: int, frame: Any) -> None:
         if self._received is not None:  # second signal: give up on the checkpoint, end now
             self._restore_handlers()
@@ -103,18 +91,6 @@ class DistributedSignalStop(pl.Callback):
             return
         self._received = signum
 
-    def _install_handlers(self) -> None:
-        for signum in self.signals:
-            self._previous[signum] = signal.getsignal(signum)
-            signal.signal(signum, self._on_signal)
-
-    def _restore_handlers(self) -> None:
-        for signum, previous in self._previous.items():
-            if signal.getsignal(signum) == self._on_signal:
-                signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
-        self._previous = {}
-
-    # --------------------------------------------------------------------------------------------------- hooks
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # After Lightning's own SIGTERM handler (registered when the trainer starts), so ours wins while training.
         self._received = None
@@ -125,8 +101,9 @@ class DistributedSignalStop(pl.Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
+        loss = batch_loss(outputs)
         received, non_finite = _all_ranks_max(
-            trainer, [self._received or 0, 0 if _batch_loss_finite(outputs) else 1])
+            trainer, [self._received or 0, 0 if loss is None or is_finite(loss) else 1])
         if not received:
             return
         name = signal.Signals(received).name
@@ -139,15 +116,3 @@ class DistributedSignalStop(pl.Callback):
         trainer.save_checkpoint(self.path, weights_only=False)  # collective; rank 0 writes
         self._restore_handlers()
         raise TrainingInterrupted(received, self.path, trainer.current_epoch, trainer.global_step)
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._received is not None and self._previous:
-            _logger.warning("%s received after the last training step: training finished normally",
-                            signal.Signals(self._received).name)
-        self._restore_handlers()
-
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        self._restore_handlers()
-
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._restore_handlers()

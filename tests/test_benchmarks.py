@@ -190,3 +190,23 @@ def test_precision_agreement_runs_the_searches_and_reports(tmp_path):
     differing = report["comparison"]["across_precision"]["bf16-mixed"]
     assert set(differing) == {"0", "1"} and all(0 <= n <= 16 for n in differing.values())
     assert "edges differing" in proc.stdout
+
+
+def test_flop_totals_without_module_tracking_match_torch_counter():
+    """The step benchmarks count FLOPs with FlopCounterMode minus its module tracker (which kept SDARTS-ADV's attack
+    graphs alive); the totals must stay torch's."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    bench = _load("search_step")
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(288, 4))
+    x = torch.randn(2, 3, 8, 8)
+    totals = []
+    for tracked in (True, False):
+        counter = FlopCounterMode(display=False)
+        if not tracked:
+            counter.mod_tracker = bench._GlobalOnly()
+        with counter:
+            net(x).sum().backward()
+        totals.append(counter.get_total_flops())
+    assert totals[0] == totals[1] > 0

@@ -17,7 +17,7 @@ Example::
 
     arch = load_arch("runs/search/arch.json")      # NNI export, tutorial ints or Genotype(...) text
     model = build_model(arch, width=36, num_cells=20, auxiliary_loss=True, drop_path_prob=0.2)
-    print(format_genotype(to_genotype(arch)))
+    text = format_genotype(to_genotype(arch))     # "Genotype(normal=[...], ...)"
 """
 
 from __future__ import annotations

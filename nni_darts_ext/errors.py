@@ -14,7 +14,7 @@ Example::
     try:
         run_retrain(recipe, "arch.json", options)
     except (UsageError, CheckpointError) as exc:
-        print(exc)
+        logging.getLogger(__name__).error("%s", exc)  # one line, no traceback
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ Example::
     record = health_record(3, arch, previous_arch, module.export_probs(), hessian_eigenvalue=0.42)
     rule = DartsEarlyStopping()
     if rule.update(epoch, eigenvalue):
-        print("go back to epoch", rule.go_back_epoch)
+        logging.getLogger(__name__).warning("collapse ahead: go back to epoch %d", rule.go_back_epoch)
 """
 
 from __future__ import annotations
@@ -190,6 +190,7 @@ def dominant_hessian_eigenvalue(
 
     Example::
 
+        >>> import torch
         >>> a = torch.tensor([1.0, 2.0], requires_grad=True)
         >>> round(dominant_hessian_eigenvalue(lambda: (3 * a[0] ** 2 + a[1] ** 2), [a]), 3)
         6.0

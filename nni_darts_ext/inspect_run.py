@@ -9,7 +9,7 @@ absent, and anything unreadable is reported as a note rather than an error. A fo
 Example::
 
     report = inspect_run("runs/search")
-    print(format_report(report))        # or json.dumps(report)
+    text = format_report(report)        # or json.dumps(report)
 """
 
 from __future__ import annotations
@@ -157,7 +157,7 @@ def format_report(report: dict[str, Any]) -> str:
 
     Example::
 
-        print(format_report(inspect_run("runs/search")))
+        text = format_report(inspect_run("runs/search"))
     """
     status = ("finished" if report["status"] == "finished"
               else "incomplete (no summary.json yet: still running, or stopped before the end)")

@@ -21,7 +21,7 @@ Example::
 
     recipe = load_recipe("paper", overrides=["retrain.epochs=10", "dataset.data_dir=/data"])
     recipe.retrain.epochs            # 10
-    print(recipe.to_yaml())
+    text = recipe.to_yaml()
 """
 
 from __future__ import annotations
@@ -353,7 +353,7 @@ def recipe_text(name: str) -> str:
 
     Example::
 
-        print(recipe_text("paper"))
+        text = recipe_text("paper")
     """
     shipped = _shipped()
     if name not in shipped:

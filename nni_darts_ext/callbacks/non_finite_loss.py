@@ -90,7 +90,8 @@ class NonFiniteLossGuard(Callback):
         try:
             trainer.fit(module, loader)
         except NonFiniteLossError as error:
-            print(error)  # "non-finite training loss (nan) at epoch 3, batch 17 (global step 281); ..."
+            # "non-finite training loss (nan) at epoch 3, batch 17 (global step 281); ..."
+            logging.getLogger(__name__).error("%s", error)
     """
 
     def __init__(self, resume_hint: str = _DEFAULT_RESUME_HINT):

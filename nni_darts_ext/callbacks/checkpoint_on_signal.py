@@ -134,18 +134,22 @@ class CheckpointOnSignal(Callback):
         self._previous = {}
 
     # ---------------------------------------------------------------------------------------------- hooks
+    #: Leave signals to Lightning when several processes train (the DDP subclass coordinates them instead).
+    single_process_only = True
+
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Lightning registers its SIGTERM handler just before the training stage starts (Trainer._run); installing
         # ours here, after it, keeps its SIGTERMException from stopping the run before the checkpoint is saved.
         self._received = None
+        name = type(self).__name__
         if threading.current_thread() is not threading.main_thread():
-            _logger.warning("CheckpointOnSignal: not in the main thread, signals are left to Lightning")
+            _logger.warning("%s: not in the main thread, signals are left to Lightning", name)
             return
-        if trainer.world_size > 1:
-            _logger.warning("CheckpointOnSignal: %d processes, signals are left to Lightning", trainer.world_size)
+        if self.single_process_only and trainer.world_size > 1:
+            _logger.warning("%s: %d processes, signals are left to Lightning", name, trainer.world_size)
             return
         if not isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO):
-            _logger.info("CheckpointOnSignal: %s is not atomic on every filesystem; use AtomicCheckpointIO",
+            _logger.info("%s: %s is not atomic on every filesystem; use AtomicCheckpointIO", name,
                          type(trainer.strategy.checkpoint_io).__name__)
         self._install_handlers()
 

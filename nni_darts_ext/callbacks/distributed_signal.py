@@ -33,7 +33,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -81,6 +80,8 @@ class DistributedSignalStop(CheckpointOnSignal):
         Trainer(strategy="ddp", callbacks=[DistributedSignalStop("runs/x/checkpoints")])
     """
 
+    single_process_only = False  # every rank installs the handlers; the decision is taken together
+
     def __init__(self, dirpath: PathLike, *, signals: Sequence[int] = _CATCHABLE):
         super().__init__(dirpath, signals=signals)
 
@@ -90,14 +91,6 @@ class DistributedSignalStop(CheckpointOnSignal):
             os.kill(os.getpid(), signum)
             return
         self._received = signum
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # After Lightning's own SIGTERM handler (registered when the trainer starts), so ours wins while training.
-        self._received = None
-        if threading.current_thread() is not threading.main_thread():
-            _logger.warning("DistributedSignalStop: not in the main thread, signals are left to Lightning")
-            return
-        self._install_handlers()
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:

@@ -32,7 +32,7 @@ _EXPORTS = {
     "get_dataset": "data",
     "ArchError": "errors",
     "UsageError": "errors",
-    "RecipeError": "recipes",
+    "RecipeError": "errors",
     "RunOptions": "pipeline",
     "run_search": "pipeline",
     "run_retrain": "pipeline",

@@ -1,8 +1,10 @@
 """Every exception the package raises on purpose, in one place.
 
 Bad input (the CLI prints one line, exit code 2): :class:`UsageError`, :class:`ArchError`, :class:`DatasetError`,
-:class:`CheckpointError` and ``RecipeError`` (defined with the recipes, re-exported here), all but
-:class:`UsageError` also ``ValueError``. A run that stopped: :class:`RunInterrupted` (exit 130),
+:class:`CheckpointError` and :class:`RecipeError`, all but :class:`UsageError` also ``ValueError``. A bad argument
+of a component: :class:`ArgumentTypeError` / :class:`ArgumentValueError` (a ``TypeError`` / ``ValueError`` that
+carries the argument's name in ``argument``, so a caller such as the recipe layer can say which recipe key it came
+from without reading the message). A run that stopped: :class:`RunInterrupted` (exit 130),
 :class:`TrainingInterrupted` (a ``SystemExit`` with status 128 + signal), :class:`NonFiniteLossError` (exit 3).
 
 This module imports nothing heavy (no torch, no Lightning), so anything may import it.
@@ -25,10 +27,14 @@ from typing import Any
 
 __all__ = [
     "SIGNAL_EXIT_BASE",
+    "ArgumentError",
+    "ArgumentTypeError",
+    "ArgumentValueError",
     "ArchError",
     "CheckpointError",
     "DatasetError",
     "NonFiniteLossError",
+    "RecipeError",
     "RunInterrupted",
     "TrainingInterrupted",
     "UsageError",
@@ -41,6 +47,43 @@ SIGNAL_EXIT_BASE = 128
 
 class UsageError(Exception):
     """Bad input the user can fix (options, files, devices, data); the CLI prints it on one line, exit code 2."""
+
+
+class ArgumentError(Exception):
+    """A component's argument has the wrong type or value; ``argument`` is its name (as the caller passed it).
+
+    Raised as :class:`ArgumentTypeError` or :class:`ArgumentValueError`, so ``except TypeError`` /
+    ``except ValueError`` keep working; callers that map arguments to their own names (the recipe layer maps
+    ``arc_learning_rate`` to ``search.arc_learning_rate``) catch this class and read ``argument``.
+
+    Example::
+
+        >>> try:
+        ...     raise ArgumentValueError("width", "must be >= 1, got 0")
+        ... except ArgumentError as exc:
+        ...     exc.argument, str(exc)
+        ('width', 'width must be >= 1, got 0')
+    """
+
+    def __init__(self, argument: str, problem: str):
+        super().__init__(f"{argument} {problem}")
+        self.argument = argument
+        self.problem = problem
+
+    def __reduce__(self) -> Any:  # picklable across processes (DDP, pytest-xdist)
+        return type(self), (self.argument, self.problem)
+
+
+class ArgumentTypeError(ArgumentError, TypeError):
+    """An argument of the wrong type (``argument`` names it)."""
+
+
+class ArgumentValueError(ArgumentError, ValueError):
+    """An argument with a value out of range or inconsistent with another (``argument`` names it)."""
+
+
+class RecipeError(ValueError):
+    """A recipe (file, name or override) that cannot be used; the message names the key, on one line."""
 
 
 class RunInterrupted(Exception):
@@ -106,12 +149,3 @@ class TrainingInterrupted(SystemExit):
             f"resumable checkpoint saved to {self.checkpoint}"
         )
 
-
-def __getattr__(name: str) -> Any:
-    # RecipeError belongs to the recipe loader (nni_darts_ext.recipes); re-exported lazily so that this module
-    # stays importable from everywhere, the recipe loader included.
-    if name == "RecipeError":
-        from .recipes import RecipeError
-
-        return RecipeError
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -41,6 +41,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
 from .constants import CIFAR10_IMAGE_SIZE, DIGITS_IMAGE_SIZE, MIN_NUM_CELLS
+from .errors import RecipeError
 
 __all__ = [
     "RecipeError",
@@ -73,10 +74,6 @@ _MAX_EXTENDS_DEPTH = 8
 _EXTENDS = "extends"
 # Longest value text quoted in an error message.
 _MAX_QUOTED_CHARS = 40
-
-
-class RecipeError(ValueError):
-    """A recipe (file, name or override) that cannot be used; the message names the key, on one line."""
 
 
 # ----------------------------------------------------------------------------------------------------------------

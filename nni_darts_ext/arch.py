@@ -538,8 +538,8 @@ NUM_EDGES = len(CELL_TYPES) * NODES_PER_CELL * INPUTS_PER_NODE
 
 def edge_difference(a: Any, b: Any) -> int:
     """How many of ``a``'s chosen ``(input, op)`` edges ``b`` does not choose at the same node, out of
-    :data:`NUM_EDGES`; the order of a node's two edges does not matter. ``NUM_EDGES - edge_difference(a, b)``
-    edges agree.
+    :data:`NUM_EDGES`; the order of a node's two edges does not matter, nor the arch format (dict, genotype, name).
+    ``NUM_EDGES - edge_difference(a, b)`` edges agree.
 
     Example::
 
@@ -552,7 +552,7 @@ def edge_difference(a: Any, b: Any) -> int:
                                       for k in _EDGES)
                 for cell in CELL_TYPES for node in _NODES}
 
-    ea, eb = edges(normalize_arch(a)), edges(normalize_arch(b))
+    ea, eb = edges(_coerce_arch(a)), edges(_coerce_arch(b))
     return sum(sum((ea[node] - eb[node]).values()) for node in ea)
 
 

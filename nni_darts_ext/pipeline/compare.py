@@ -162,7 +162,7 @@ def run_compare(recipe: Recipe, options: RunOptions, *, archs: Sequence[Any] = (
     if not archs and random == 0:
         raise UsageError("nothing to compare: give --arch ARCH and/or --random N with N >= 1")
     say = report or (lambda line: None)
-    out = check_run_set(options.out, resume=options.resume, what="a comparison", markers=(RUNS_DIR,))
+    out = check_run_set(options.out, resume=options.resume, what="comparison", markers=(RUNS_DIR,))
     if options.resume:
         check_same_recipe(out, recipe)
     check_device(options.accelerator, options.devices)

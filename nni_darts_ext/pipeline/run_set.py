@@ -8,7 +8,7 @@ its ``last.ckpt`` and starts the others afresh; a run killed before its first ch
 
 Example::
 
-    out = check_run_set("runs/seeds", resume=False, what="a multi-seed search", markers=("seeds.json",))
+    out = check_run_set("runs/seeds", resume=False, what="multi-seed search", markers=("seeds.json",))
     state = prepare_run(out / "seed-0")   # "done", "resume" or "start"
 """
 
@@ -40,7 +40,8 @@ def check_run_set(out: PathLike | None, *, resume: bool, what: str, markers: Seq
     """The parent folder of a set of runs, checked before anything is written.
 
     Without ``resume`` a folder that already holds a set (its ``config.yaml`` or one of ``markers``) or a single
-    run (``checkpoints/``, ``summary.json``) is refused; with ``resume`` it must hold this kind of set.
+    run (``checkpoints/``, ``summary.json``) is refused; with ``resume`` it must hold this kind of set. ``what``
+    names the kind in messages (``"comparison"``).
 
     Raises:
         UsageError: no ``out``, not a folder, already used (one line saying what to do).
@@ -48,7 +49,7 @@ def check_run_set(out: PathLike | None, *, resume: bool, what: str, markers: Seq
 
     Example::
 
-        out = check_run_set("runs/c", resume=False, what="a comparison", markers=("compare.json",))
+        out = check_run_set("runs/c", resume=False, what="comparison", markers=("compare.json",))
     """
     if out is None:
         raise UsageError("--out: required")
@@ -58,12 +59,12 @@ def check_run_set(out: PathLike | None, *, resume: bool, what: str, markers: Seq
     refuse_if_in_use(out)
     single = [name for name in (CHECKPOINT_DIR, SUMMARY_FILE) if (out / name).exists()]
     if single:
-        raise UsageError(f"--out {out}: holds a single run ({single[0]}), not {what}; choose another folder")
+        raise UsageError(f"--out {out}: holds a single run ({single[0]}), not a {what}; choose another folder")
     ours = [name for name in (CONFIG_FILE, *markers) if (out / name).exists()]
     if resume and not (out / CONFIG_FILE).is_file():
         raise UsageError(f"--resume: {out} holds no {what} to continue ({out / CONFIG_FILE} does not exist)")
     if not resume and ours:
-        raise UsageError(f"--out {out}: already holds {what} ({ours[0]}); pass --resume to continue it or choose "
+        raise UsageError(f"--out {out}: already holds a {what} ({ours[0]}); pass --resume to continue it or choose "
                          "another folder")
     return out
 

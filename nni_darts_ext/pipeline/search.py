@@ -13,6 +13,7 @@ import logging
 import sys
 import tempfile
 import time
+import warnings
 from typing import Any
 
 from .._compat import import_nni_quietly
@@ -52,6 +53,8 @@ __all__ = ["FINAL_VAL_NOTE", "run_search"]
 
 _logger = logging.getLogger("nni_darts_ext.pipeline")
 
+# Lightning's note when a module with a validation_step is fit without validation data (configuration_validator.py).
+_NO_VALIDATION_LOOP = r".*You defined a `validation_step` but have no `val_dataloader`"
 #: What the search summary's ``final_val_accuracy`` is.
 FINAL_VAL_NOTE = ("accuracy of the supernet (mixed operations, deterministic weights) on the search's validation "
                   "half after the last epoch, as quark0/darts train_search.py reports valid_acc; not the accuracy of "
@@ -110,7 +113,10 @@ def _search(built: Any, recipe: Recipe, options: RunOptions) -> dict[str, Any]:
     with quiet_nni(), allow_checkpoint_globals():
         completed = None
         try:
-            with interruptible(trainer, "search", out):
+            with interruptible(trainer, "search", out), warnings.catch_warnings():
+                # The search module validates once, after the search (_supernet_val_accuracy), never during it: that
+                # Lightning skips the validation loop of the fit is expected.
+                warnings.filterwarnings("ignore", message=_NO_VALIDATION_LOOP)
                 completed = experiment.run()
         finally:
             # NNI's run() stops the experiment itself only on KeyboardInterrupt (then it returns None); otherwise

@@ -103,7 +103,7 @@ def run_seed_searches(recipe: Recipe, options: RunOptions, *, parallel: int = 1,
         raise UsageError("search.seeds: give the seeds of the searches (--seeds 0,1,2,3)")
     parallel = _parallel(parallel)
     say = report or (lambda line: None)
-    out = check_run_set(options.out, resume=options.resume, what="a multi-seed search",
+    out = check_run_set(options.out, resume=options.resume, what="multi-seed search",
                         markers=(SEEDS_FILE, SELECT_DIR, *(seed_folder(s) for s in seeds)))
     if options.resume:
         # more seeds may be added, and the cell chosen again by the other rule; the rest is the runs' protocol

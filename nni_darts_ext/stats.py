@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -156,8 +157,12 @@ def compare_groups(searched: Sequence[float], random: Sequence[float], *,
     # Both groups constant: the t statistic would be a difference over a rounding error (scipy's catastrophic
     # cancellation), not a test.
     if len(a) > 1 and len(b) > 1 and (len(set(a)) > 1 or len(set(b)) > 1):
-        greater = stats.ttest_ind(a, b, equal_var=False, alternative="greater")
-        less = stats.ttest_ind(a, b, equal_var=False, alternative="less")
+        with warnings.catch_warnings():
+            # One constant group (equal accuracies, common on a small test set) has variance 0; scipy computes it
+            # as a rounding error and warns, but the test is right: only the other group's variance counts.
+            warnings.filterwarnings("ignore", message=".*catastrophic cancellation", category=RuntimeWarning)
+            greater = stats.ttest_ind(a, b, equal_var=False, alternative="greater")
+            less = stats.ttest_ind(a, b, equal_var=False, alternative="less")
         welch_t, welch_df = float(greater.statistic), float(greater.df)
         welch_p, welch_p_less = float(greater.pvalue), float(less.pvalue)
     mann = stats.mannwhitneyu(a, b, alternative="greater")

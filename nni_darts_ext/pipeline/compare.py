@@ -65,9 +65,10 @@ COMPARE_FILE = "compare.json"
 COMPARE_PLOT = "compare.png"
 #: Where the candidates' retrains go (``DIR/runs/<candidate>/seed-S``).
 RUNS_DIR = "runs"
-#: Random cells drawn at most while looking for ones within ``--match-params`` of the given cell (each draw builds
-#: the retrain net to count its parameters); more means the tolerance is too tight for this space.
-MAX_RANDOM_DRAWS = 1000
+#: Random cells drawn at most while looking for ones within ``--match-params`` of the given cell; more means the
+#: tolerance is too tight for this space. Each draw builds the retrain net to count its parameters: 0.3 s for the
+#: demo's, 1.4 s for the paper's 20-cell net on a 2-core CPU, so at most 12 minutes there.
+MAX_RANDOM_DRAWS = 500
 #: Says how the groups are tested, in compare.json.
 METHOD = ("each --arch against the random pool: its K retrain test accuracies vs the N random cells' mean test "
           "accuracies (one per cell); Welch's t-test and Mann-Whitney U (scipy.stats), one-sided for searched > "

@@ -14,6 +14,7 @@ from nni_darts_ext import recipe_data
 from nni_darts_ext.arch import NUM_EDGES, edge_difference, load_arch
 from nni_darts_ext.cli import main
 from nni_darts_ext.errors import RunInterrupted
+from nni_darts_ext.pipeline import search as search_module
 from nni_darts_ext.pipeline import seeds as seeds_module
 from nni_darts_ext.pipeline.options import RunOptions
 from nni_darts_ext.pipeline.seeds import run_seed_searches
@@ -35,6 +36,33 @@ def _poison_the_test_split(monkeypatch):
         return real(name, train=train, **kwargs)
 
     monkeypatch.setattr(recipe_data, "get_dataset", guarded)
+
+
+@pytest.mark.e2e
+def test_the_search_records_the_supernets_final_validation_accuracy(tmp_path, monkeypatch):
+    """``last-val`` scores: the supernet's accuracy on the validation half, counted here by hand after the search."""
+    import torch
+
+    seen = {}
+    real = search_module._supernet_val_accuracy
+
+    def counted_by_hand(trainer, oneshot, loader):
+        value = real(trainer, oneshot, loader)
+        module = oneshot.training_module
+        module.eval()
+        correct = total = 0
+        with torch.no_grad():  # the demo recipe's first-order preset mixes with a plain softmax: no sampling
+            for x, y in loader:
+                correct += int((module(x).argmax(dim=1) == y).sum())
+                total += len(y)
+        seen.update(recorded=value, by_hand=correct / total, total=total)
+        return value
+
+    monkeypatch.setattr(search_module, "_supernet_val_accuracy", counted_by_hand)
+    summary = search_module.run_search(load_recipe("demo", TINY), RunOptions(out=tmp_path / "s", accelerator="cpu"))
+    assert seen["total"] == 20  # the validation half of the 40 training digits
+    assert summary["final_val_accuracy"] == seen["recorded"] == pytest.approx(seen["by_hand"], abs=1e-6)
+    assert summary["epochs"] == 1 and "supernet" in summary["final_val_note"]
 
 
 def _copy_searches(source, target, seeds):

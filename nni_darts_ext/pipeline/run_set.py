@@ -24,7 +24,14 @@ from typing import Any
 from ..checks import PathLike
 from ..errors import RecipeError, UsageError
 from ..recipes import Recipe, load_recipe
-from .run_folder import CHECKPOINT_DIR, CONFIG_FILE, LAST_CHECKPOINT, SUMMARY_FILE, refuse_if_in_use
+from .run_folder import (
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    LAST_CHECKPOINT,
+    SUMMARY_FILE,
+    refuse_if_in_use,
+    usable_out_dir,
+)
 
 __all__ = ["DONE", "RESUME", "START", "check_run_set", "check_same_recipe", "prepare_run", "read_summary"]
 
@@ -51,12 +58,7 @@ def check_run_set(out: PathLike | None, *, resume: bool, what: str, markers: Seq
 
         out = check_run_set("runs/c", resume=False, what="comparison", markers=("compare.json",))
     """
-    if out is None:
-        raise UsageError("--out: required")
-    out = Path(out).expanduser()
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out}: exists and is not a folder")
-    refuse_if_in_use(out)
+    out = usable_out_dir(out)
     single = [name for name in (CHECKPOINT_DIR, SUMMARY_FILE) if (out / name).exists()]
     if single:
         raise UsageError(f"--out {out}: holds a single run ({single[0]}), not a {what}; choose another folder")

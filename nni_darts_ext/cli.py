@@ -37,9 +37,10 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell convention (SIGTERM: 143)
 # written checkpoints and config.yaml), so a script can tell "fix the command" from "resume with other settings".
 EXIT_DIVERGED = 1
 DEFAULT_DEMO_OUT = "runs/demo"
-# `compare` without --random / --seeds: 6 random cells and 2 retrain seeds each, the smallest design in which Welch's
-# test has two values on each side and the searched cell's rank among the random ones means something (1 of 7 by
-# chance: 14%); 14 retrains, about 16 minutes for the demo recipe on one CPU core (README, "Evidence").
+# `compare` without --random / --seeds: a first look, 6 random cells and 2 retrain seeds each. Welch's test gets two
+# values of the searched cell (it needs two) against six random cells, and the searched cell ranks first by chance
+# 1 time in 7 (14%); 14 retrains with one cell, 16 minutes for the demo recipe on one CPU core (14 x the 68.5 s
+# retrain of README, "Performance"). README, "Evidence" says how many seeds a smaller difference needs.
 DEFAULT_RANDOM_CELLS = 6
 DEFAULT_RETRAIN_SEEDS = 2
 _SEED_LIST = re.compile(r"\d+(,\d+)*")

@@ -22,7 +22,6 @@ import os
 import statistics
 import subprocess
 import sys
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -30,33 +29,10 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from nni_darts_ext.arch import load_arch  # noqa: E402
+from nni_darts_ext.arch import edge_difference, load_arch  # noqa: E402
 from nni_darts_ext.health import read_health_records  # noqa: E402
 
 _logger = logging.getLogger("precision_agreement")
-
-
-def edge_difference(a: dict[str, Any], b: dict[str, Any]) -> int:
-    """Chosen ``(input, op)`` pairs of ``a`` that ``b`` does not choose at the same node (order within a node ignored).
-
-    Example::
-
-        >>> edge_difference({"normal/op_2_0": "skip_connect", "normal/input_2_0": [0]},
-        ...                 {"normal/op_2_0": "sep_conv_3x3", "normal/input_2_0": [0]})
-        1
-    """
-    def pairs(arch: dict[str, Any]) -> dict[str, Counter]:
-        nodes: dict[str, Counter] = {}
-        for key, op in arch.items():
-            cell, _, slot = key.partition("/op_")
-            if not slot:
-                continue
-            node = f"{cell}/{slot.split('_')[0]}"
-            nodes.setdefault(node, Counter())[(arch[key.replace('/op_', '/input_')][0], op)] += 1
-        return nodes
-
-    pa, pb = pairs(a), pairs(b)
-    return sum(sum((pa[node] - pb.get(node, Counter())).values()) for node in pa)
 
 
 def run_search(recipe: str, seed: int, precision: str, out: Path, overrides: list[str]) -> dict[str, Any]:

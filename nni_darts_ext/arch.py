@@ -30,7 +30,7 @@ import os
 import random
 import re
 import warnings
-from collections import namedtuple
+from collections import Counter, namedtuple
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -65,6 +65,8 @@ __all__ = [
     "DARTS_V2",
     "NAMED_ARCHS",
     "random_arch",
+    "NUM_EDGES",
+    "edge_difference",
     "build_model",
     "count_parameters",
 ]
@@ -528,6 +530,30 @@ def random_arch(seed: int) -> dict[str, Any]:
                 arch[f"{cell}/op_{node}_{edge}"] = rng.choice(PRIMITIVES)
                 arch[f"{cell}/input_{node}_{edge}"] = [source]
     return normalize_arch(arch)
+
+
+#: Chosen edges of an architecture: two per intermediate node, four nodes, two cells (16).
+NUM_EDGES = len(CELL_TYPES) * NODES_PER_CELL * INPUTS_PER_NODE
+
+
+def edge_difference(a: Any, b: Any) -> int:
+    """How many of ``a``'s chosen ``(input, op)`` edges ``b`` does not choose at the same node, out of
+    :data:`NUM_EDGES`; the order of a node's two edges does not matter, nor the arch format (dict, genotype, name).
+    ``NUM_EDGES - edge_difference(a, b)`` edges agree.
+
+    Example::
+
+        >>> edge_difference(DARTS_V2, DARTS_V2), edge_difference(DARTS_V1, DARTS_V2)
+        (0, 5)
+    """
+
+    def edges(arch: dict[str, Any]) -> dict[tuple[str, int], Counter]:
+        return {(cell, node): Counter((arch[f"{cell}/input_{node}_{k}"][0], arch[f"{cell}/op_{node}_{k}"])
+                                      for k in _EDGES)
+                for cell in CELL_TYPES for node in _NODES}
+
+    ea, eb = edges(_coerce_arch(a)), edges(_coerce_arch(b))
+    return sum(sum((ea[node] - eb[node]).values()) for node in ea)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -10,6 +10,8 @@ Example::
     nni-darts search --recipe paper --data-dir data --out runs/search
     nni-darts retrain --recipe paper --arch runs/search/arch.json --out runs/retrain
     nni-darts demo --baseline random
+    nni-darts search --recipe demo --seeds 0,1,2 --out runs/seeds
+    nni-darts compare --recipe demo --arch runs/seeds/arch.json --random 6 --seeds 2 --out runs/compare
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -34,6 +37,13 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell convention (SIGTERM: 143)
 # written checkpoints and config.yaml), so a script can tell "fix the command" from "resume with other settings".
 EXIT_DIVERGED = 1
 DEFAULT_DEMO_OUT = "runs/demo"
+# `compare` without --random / --seeds: a first look, 6 random cells and 2 retrain seeds each. Welch's test gets two
+# values of the searched cell (it needs two) against six random cells, and the searched cell ranks first by chance
+# 1 time in 7 (14%); 14 retrains with one cell, 16 minutes for the demo recipe on one CPU core (14 x the 68.5 s
+# retrain of README, "Performance"). README, "Evidence" says how many seeds a smaller difference needs.
+DEFAULT_RANDOM_CELLS = 6
+DEFAULT_RETRAIN_SEEDS = 2
+_SEED_LIST = re.compile(r"\d+(,\d+)*")
 # The demo's nets (width 4-16 at 8x8) are too small for intra-op parallelism to pay, and several torch threads make
 # each step slower as soon as other work shares the cores (OpenMP threads wait on busy cores; measured figures in
 # the README, "Performance"). One thread, unless --threads says otherwise.
@@ -121,6 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
     search = sub.add_parser("search", help="search a cell with NNI's DARTS (writes arch.json, plots, checkpoints)")
     _add_recipe(search, "default: demo, or DIR/config.yaml with --resume")
     search.add_argument("--out", required=True, metavar="DIR", help="run folder")
+    search.add_argument("--seeds", metavar="S,S,...",
+                        help="one search per seed into DIR/seed-S/, then the cell chosen by search.select into "
+                             "DIR/arch.json, the record in DIR/seeds.json (sets search.seeds), e.g. 0,1,2,3")
+    search.add_argument("--parallel", type=int, metavar="K",
+                        help="with --seeds: K searches side by side as processes (one torch thread each on a CPU)")
     _add_common(search)
 
     retrain = sub.add_parser("retrain", help="train a fixed cell from scratch, then test it")
@@ -156,6 +171,24 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = sub.add_parser("inspect", help="report on a search folder, finished or still running (reads files only)")
     inspect.add_argument("dir", metavar="DIR", help="an `nni-darts search` (or demo) output folder")
     inspect.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    compare = sub.add_parser("compare", help="is the searched cell better than random cells? retrain each under "
+                             "several seeds, test the difference (compare.json, compare.png)")
+    _add_recipe(compare, "gives the retrain protocol; default: demo, or DIR/config.yaml with --resume")
+    compare.add_argument("--arch", dest="archs", metavar="ARCH", nargs="+", action="extend", default=[],
+                         help="searched cell(s): arch file, search folder or named arch; each is compared with the "
+                              "random cells, the first gives the verdict")
+    compare.add_argument("--random", type=int, default=DEFAULT_RANDOM_CELLS, metavar="N",
+                         help=f"random cells of the same space to retrain ({DEFAULT_RANDOM_CELLS})")
+    compare.add_argument("--seeds", type=int, default=DEFAULT_RETRAIN_SEEDS, metavar="K",
+                         help=f"retrain seeds per cell: the recipe's seed, seed + 1, ... ({DEFAULT_RETRAIN_SEEDS})")
+    compare.add_argument("--match-params", type=float, metavar="TOL",
+                         help="only random cells whose parameter count is within this relative tolerance of the "
+                              "first --arch's (e.g. 0.1: within 10%%)")
+    compare.add_argument("--out", required=True, metavar="DIR", help="comparison folder")
+    compare.add_argument("--parallel", type=int, default=1, metavar="K",
+                         help="K retrains side by side as processes (one torch thread each on a CPU)")
+    _add_common(compare)
 
     demo = sub.add_parser("demo", help="search, plot and retrain on digits (a few minutes on a CPU)")
     _add_recipe(demo, "default: demo")
@@ -293,10 +326,38 @@ def _not_rank_zero() -> bool:
     return launched_rank() != 0
 
 
+def _seed_list(text: str) -> list[int]:
+    """``--seeds 0,1,2,3`` as a list of distinct ints >= 0."""
+    from .errors import UsageError
+
+    if not _SEED_LIST.fullmatch(text.replace(" ", "")):
+        raise UsageError(f"--seeds {text}: expected seeds >= 0 separated by commas, e.g. 0,1,2,3")
+    seeds = [int(part) for part in text.replace(" ", "").split(",")]
+    repeated = next((seed for i, seed in enumerate(seeds) if seed in seeds[:i]), None)
+    if repeated is not None:
+        raise UsageError(f"--seeds {text}: seed {repeated} is given twice; each seed runs one search")
+    return seeds
+
+
+def _single_process(args: argparse.Namespace, what: str) -> None:
+    from .errors import UsageError
+
+    if (args.devices or 1) * args.num_nodes > 1:
+        raise UsageError(f"{what}: runs one process per run; several devices per run are not supported here (run "
+                         "the runs one by one with --devices, or side by side with --parallel on one device each)")
+
+
 def _cmd_search(args: argparse.Namespace) -> int:
+    from .errors import UsageError
     from .pipeline.search import run_search
 
+    if args.seeds is not None:
+        args.overrides.append(f"search.seeds={json.dumps(_seed_list(args.seeds))}")
     recipe = _recipe(args, "demo", resume_dir=Path(args.out) if args.resume else None)
+    if recipe.search.seeds is not None:
+        return _search_seeds(args, recipe)
+    if args.parallel is not None:
+        raise UsageError("--parallel: runs several searches side by side; give --seeds (or search.seeds) too")
     summary = run_search(recipe, _options(args, args.out))
     if _not_rank_zero():  # DDP: the other ranks ran the same command; rank 0 reports
         return 0
@@ -305,6 +366,53 @@ def _cmd_search(args: argparse.Namespace) -> int:
     print(f"search ({recipe.name}, {summary['strategy']}): {summary['epochs']} epochs in "
           f"{summary['search_seconds']:.1f} s "
           f"on {summary['device']}; wrote {out / 'arch.json'}, genotype.txt, cells.png, alphas.png, summary.json")
+    return 0
+
+
+def _search_seeds(args: argparse.Namespace, recipe: Any) -> int:
+    from .pipeline.seeds import run_seed_searches
+
+    _single_process(args, "--seeds")
+    out = Path(args.out)
+    parallel = 1 if args.parallel is None else args.parallel
+    summary = run_seed_searches(recipe, _options(args, args.out), parallel=parallel, threads=args.threads,
+                                report=lambda line: print(f"  {line}", flush=True))
+    for run in summary["runs"]:
+        mark = " (chosen)" if run["seed"] == summary["chosen_seed"] else ""
+        print(f"seed {run['seed']}: score {run['score']:.4f}{mark}  {run['genotype']}")
+    if summary["agreement"]:
+        pairs = ", ".join(f"{a}-{b} {pair['edges_agreeing']}" for pair in summary["agreement"]
+                          for a, b in [pair["seeds"]])
+        print(f"edges agreeing between seeds (of {summary['edges']}): {pairs}")
+    print(f"search ({recipe.name}, {summary['strategy']}): chose seed {summary['chosen_seed']} by "
+          f"{summary['select']}; wrote {out / 'arch.json'}, genotype.txt, cells.png, seeds.json")
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .pipeline.compare import run_compare
+
+    _single_process(args, "compare")
+    recipe = _recipe(args, "demo", resume_dir=Path(args.out) if args.resume else None)
+    out = Path(args.out)
+    summary = run_compare(recipe, _options(args, args.out), archs=args.archs, random=args.random, seeds=args.seeds,
+                          match_params=args.match_params, parallel=args.parallel, threads=args.threads,
+                          report=lambda line: print(f"  {line}", flush=True))
+    print(f"{'candidate':12s} {'params':>9s} {'mean':>7s} {'std':>7s}  test accuracies")
+    for row in summary["candidates"]:
+        std = "" if row["std"] is None else f"{row['std']:.4f}"
+        runs = " ".join(f"{run['test_accuracy']:.4f}" for run in row["runs"])
+        print(f"{row['name']:12s} {row['params']:>9,d} {row['mean']:7.4f} {std:>7s}  {runs}")
+    if summary["seed_noise"] is not None:
+        spread = summary["random_spread"]
+        print(f"seed noise (pooled standard deviation of one retrain): {summary['seed_noise']:.4f}"
+              + ("" if spread is None else f"; spread of the random cells' means: {spread:.4f}"))
+    for c in summary["comparisons"]:
+        welch = "n/a" if c["welch_p"] is None else f"{c['welch_p']:.3g}"
+        print(f"{c['arch']} - random: {c['difference']:+.4f}, Welch p = {welch}, Mann-Whitney p = "
+              f"{c['mannwhitney_p']:.3g}, rank {c['rank']} of {c['rank_of']}")
+    print(f"verdict: {summary['verdict']}")
+    print(f"wrote {out / 'compare.json'}, {out / 'compare.png'}")
     return 0
 
 
@@ -416,6 +524,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "convert": _cmd_convert,
     "inspect": _cmd_inspect,
     "demo": _cmd_demo,
+    "compare": _cmd_compare,
 }
 
 
@@ -423,7 +532,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``nni-darts`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code.
 
     Exit codes: 0 success; 1 the run diverged (non-finite loss: the last good checkpoint is kept, continue with
-    ``--resume --set ...``); 2 bad input or an output folder in use by another run (one line on stderr, nothing
+    ``--resume --set ...``), or runs started side by side (``--parallel``) failed (each named with its log);
+    2 bad input or an output folder in use by another run (one line on stderr, nothing
     written); 74 an output could not be written (disk full, file-size limit, I/O error: the previous file is kept
     whole, ``--resume`` once space is back); 130 / 143 stopped by SIGINT / SIGTERM (``DIR/checkpoints/last.ckpt``
     holds the last finished step: ``--resume``).
@@ -437,7 +547,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, or a usage error already printed on one line
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-    training = args.command in ("search", "retrain", "evaluate", "demo")
+    training = args.command in ("search", "retrain", "evaluate", "demo", "compare")
     _setup_logging(getattr(args, "quiet", False), training=training)
     threads = getattr(args, "threads", None)
     if threads is None and args.command == "demo":
@@ -460,10 +570,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     diverged: tuple = ()
     signalled: tuple = ()
     if training:
-        from .errors import CheckpointError, NonFiniteLossError, TrainingInterrupted
+        from .errors import CheckpointError, NonFiniteLossError, RunsFailed, TrainingInterrupted
 
         bad_input += (CheckpointError,)  # a resume checkpoint that is corrupt or of another net
-        diverged, signalled = (NonFiniteLossError,), (TrainingInterrupted,)
+        # a diverged run, or runs started side by side (--parallel) that failed: not bad input, exit 1
+        diverged, signalled = (NonFiniteLossError, RunsFailed), (TrainingInterrupted,)
     try:
         if training:
             _silence_nni()

@@ -48,6 +48,10 @@ __all__ = [
     "PC_BYPASS_POOL_SIZE",
     "PC_ARC_LEARNING_RATE",
     "ARC_INIT_SCALE",
+    "SELECTION_EPOCHS",
+    "SELECTION_HELD_OUT_FRACTION",
+    "SIGNIFICANCE_LEVEL",
+    "STATISTICAL_POWER",
 ]
 
 # Per-channel statistics of the CIFAR-10 training set, as in quark0/darts cnn/utils.py _data_transforms_cifar10.
@@ -273,3 +277,19 @@ MAX_NORMAL_SKIP_CONNECTS = 2
 # Warn when the exported architecture has not changed for this many epochs: DARTS+ (Sec. 3.2, criterion 2) stops
 # once the ranking of the learnable operations is stable for "a determined number of epochs (e.g., 10 epochs)".
 ARCH_STALL_EPOCHS = 10
+
+# Choosing among the cells of several search seeds (`search.select: val`). DARTS (Liu et al., ICLR 2019,
+# arXiv:1806.09055, Sec. 3.2) runs the search four times with different seeds and keeps the cell with the best
+# validation performance after training it from scratch "for a short period (100 epochs on CIFAR-10)".
+SELECTION_EPOCHS = 100
+# That short retrain is scored on this held-out fraction of the training split (never on the test split); the same
+# fraction as a retrain tuned by nnictl (nni_trial.TRIAL_VALIDATION_FRACTION). Our choice: the paper does not say
+# how much of the training data it held out.
+SELECTION_HELD_OUT_FRACTION = 0.1
+
+# `nni-darts compare`: a difference is called evidence at p below this level, R. A. Fisher's conventional 5%
+# ("Statistical Methods for Research Workers", 1925, Sec. 20) ...
+SIGNIFICANCE_LEVEL = 0.05
+# ... and the seed guide asks for this power (probability of detecting a real difference): J. Cohen, "Statistical
+# Power Analysis for the Behavioral Sciences", 2nd ed. 1988, Sec. 2.3.4, proposes 0.80 as the convention.
+STATISTICAL_POWER = 0.8

@@ -36,6 +36,7 @@ __all__ = [
     "NonFiniteLossError",
     "RecipeError",
     "RunInterrupted",
+    "RunsFailed",
     "TrainingInterrupted",
     "UsageError",
 ]
@@ -88,6 +89,21 @@ class RecipeError(ValueError):
 
 class RunInterrupted(Exception):
     """Training stopped early (Ctrl-C / SIGTERM handled by Lightning); the last checkpoint allows ``--resume``."""
+
+
+class RunsFailed(RuntimeError):
+    """Runs started as separate processes (``--parallel``) ended with an error; the others finished.
+
+    ``failures`` holds ``(run folder, exit code, log file)`` of each; ``str(error)`` is one line naming them.
+    """
+
+    def __init__(self, failures: list[tuple[Path, int, Path]]):
+        names = "; ".join(f"{out} (exit code {code}, log {log})" for out, code, log in failures)
+        super().__init__(f"{len(failures)} run(s) failed: {names}")
+        self.failures = failures
+
+    def __reduce__(self) -> Any:
+        return type(self), (self.failures,)
 
 
 class ArchError(ValueError):

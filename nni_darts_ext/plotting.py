@@ -5,7 +5,8 @@ https://github.com/quark0/darts): inputs ``c_{k-2}``, ``c_{k-1}``, intermediate 
 the arch), one edge per ``(op, input)`` labelled with the op, and every intermediate node feeding ``c_{k}``.
 They use graphviz when its ``dot`` program is on PATH, else a matplotlib drawing of their own; the log says
 which. :func:`plot_alpha_history` draws the per-edge op probabilities over the epochs of a search, so that
-a collapse onto ``skip_connect`` shows.
+a collapse onto ``skip_connect`` shows. :func:`plot_comparison` draws every retrain of ``nni-darts compare`` as a
+point, per candidate cell.
 
 Outputs go through :mod:`nni_darts_ext.io` (atomic); the path's suffix (``.png``, ``.svg``, ``.pdf``) picks the
 format. Without a path each function returns a :class:`matplotlib.figure.Figure` (drawn on an Agg canvas;
@@ -35,7 +36,7 @@ from nni_darts_ext.arch import _coerce_arch
 from nni_darts_ext.constants import CELL_TYPES, FIRST_NODE, INPUTS_PER_NODE, NODES_PER_CELL, PRIMITIVES
 from nni_darts_ext.io import atomic_open
 
-__all__ = ["plot_cell", "plot_cells", "plot_alpha_history"]
+__all__ = ["plot_cell", "plot_cells", "plot_alpha_history", "plot_comparison"]
 
 _logger = logging.getLogger(__name__)
 
@@ -76,6 +77,12 @@ _MAX_SPREADS = 4
 _ALPHA_SUBPLOT_SIZE = (2.4, 1.7)
 _HIGHLIGHT_OP = "skip_connect"
 _ALPHA_LEGEND_HEIGHT = 0.9
+# plot_comparison: inches per candidate column and the height; points spread this far around their column
+# (deterministically, by run order) so that equal accuracies stay visible; marker colours of the two kinds.
+_COMPARISON_COLUMN_WIDTH = 0.7
+_COMPARISON_HEIGHT = 4.0
+_COMPARISON_SPREAD = 0.25
+_COMPARISON_COLORS = {"arch": "tab:red", "random": "tab:blue"}
 _EDGE_LABEL_RE = re.compile(r"(?P<cell>.+)/(?P<node>\d+)_(?P<input>\d+)")
 
 
@@ -497,3 +504,50 @@ def plot_alpha_history(history: Any, path: str | os.PathLike[str] | None = None)
     if fmt is None:
         return fig
     return _save_figure(fig, path, fmt, tight=False)
+
+
+def plot_comparison(candidates: Sequence[dict[str, Any]], path: str | os.PathLike[str] | None = None, *,
+                    title: str | None = None, ylabel: str = "test accuracy"):
+    """Every retrain of every candidate as a point, one column per candidate, its mean as a bar.
+
+    ``candidates``: dicts with ``name``, ``kind`` (``"arch"`` for a given cell, ``"random"`` for a random one) and
+    ``values`` (one accuracy per retrain seed). The given cells come first in red, the random ones in blue with
+    their pool's mean as a dashed line. Writes ``path`` (.png/.svg/.pdf, atomically) and returns it, or returns the
+    Figure.
+
+    Example::
+
+        plot_comparison([{"name": "arch-0", "kind": "arch", "values": [0.98, 0.97]},
+                         {"name": "random-0", "kind": "random", "values": [0.96, 0.97]}], "runs/c/compare.png")
+    """
+    fmt = _output_format(path)
+    if not candidates:
+        raise ValueError("candidates is empty: nothing to plot")
+    for index, candidate in enumerate(candidates):
+        if candidate.get("kind") not in _COMPARISON_COLORS or not candidate.get("values"):
+            raise ValueError(f"candidates[{index}] needs kind 'arch' or 'random' and at least one value")
+    fig = _new_figure((max(4.0, _COMPARISON_COLUMN_WIDTH * len(candidates) + 1.5), _COMPARISON_HEIGHT),
+                      layout="constrained")
+    ax = fig.subplots()
+    for column, candidate in enumerate(candidates):
+        values = [float(v) for v in candidate["values"]]
+        n = len(values)
+        offsets = [0.0] if n == 1 else [_COMPARISON_SPREAD * (2 * i / (n - 1) - 1) for i in range(n)]
+        color = _COMPARISON_COLORS[candidate["kind"]]
+        ax.scatter([column + o for o in offsets], values, s=22, color=color, alpha=0.8, zorder=3)
+        mean = sum(values) / n
+        ax.hlines(mean, column - _COMPARISON_SPREAD * 1.4, column + _COMPARISON_SPREAD * 1.4, color=color, lw=2)
+    random_means = [sum(c["values"]) / len(c["values"]) for c in candidates if c["kind"] == "random"]
+    if random_means:
+        ax.axhline(sum(random_means) / len(random_means), color=_COMPARISON_COLORS["random"], ls="--", lw=1,
+                   label="mean of the random cells")
+        ax.legend(fontsize=8, loc="lower right")
+    ax.set_xticks(range(len(candidates)))
+    ax.set_xticklabels([c["name"] for c in candidates], rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.grid(axis="y", alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=9, wrap=True)
+    if fmt is None:
+        return fig
+    return _save_figure(fig, path, fmt)

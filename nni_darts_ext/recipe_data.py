@@ -96,6 +96,7 @@ def retrain_loaders(
     batch_size: int,
     validation: str | float = "test",
     shuffle_seed: int | None = None,
+    with_test: bool = True,
 ) -> tuple[Any, Any, Any]:
     """``(train, val, test)`` loaders of a retrain: NNI's traced ``DataLoader`` over ``data``'s splits.
 
@@ -110,6 +111,8 @@ def retrain_loaders(
         validation: ``"test"`` or a fraction in (0, 1).
         shuffle_seed: seeds the training loader's order (with the epoch); ``None``: the recipe's seed
             (a loader that must stay serialisable with ``nni.dump`` takes no generator).
+        with_test: build the test loader; ``False`` returns ``None`` in its place and never builds the test split
+            (a selection retrain must not see it; needs a held-out ``validation`` fraction).
 
     Raises:
         ValueError: a bad ``validation`` or ``batch_size``.
@@ -121,6 +124,9 @@ def retrain_loaders(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     fraction = held_out_fraction(validation)
+    if not with_test and fraction is None:
+        raise ValueError("with_test=False needs a held-out validation fraction: the validation split would be the test "
+                         "split")
     with import_nni_quietly():
         from nni.nas.evaluator.pytorch import DataLoader
 
@@ -139,7 +145,7 @@ def retrain_loaders(
     return (
         nni.trace(ResumableDataLoader)(dataset=train_set, shuffle=True, drop_last=False, seed=seed, **loader),
         DataLoader(dataset=val_set, shuffle=False, **loader),
-        test_loader(data, batch_size=batch_size),
+        test_loader(data, batch_size=batch_size) if with_test else None,
     )
 
 

@@ -40,7 +40,13 @@ import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
-from .constants import CIFAR10_IMAGE_SIZE, DIGITS_IMAGE_SIZE, MIN_NUM_CELLS
+from .constants import (
+    CIFAR10_IMAGE_SIZE,
+    DIGITS_IMAGE_SIZE,
+    MIN_NUM_CELLS,
+    SELECTION_EPOCHS,
+    SELECTION_HELD_OUT_FRACTION,
+)
 from .errors import RecipeError
 
 __all__ = [
@@ -50,6 +56,7 @@ __all__ = [
     "SearchSection",
     "RetrainSection",
     "ExportSection",
+    "SelectSection",
     "list_recipes",
     "recipe_text",
     "load_recipe",
@@ -58,6 +65,7 @@ __all__ = [
     "validate",
     "ARCHITECTURE_ORDERS",
     "EARLY_STOP_RULES",
+    "SELECT_RULES",
 ]
 
 #: The recipe the CLI uses when none is named: the smallest, a few minutes on a CPU.
@@ -66,6 +74,9 @@ DEFAULT_RECIPE = "demo"
 ARCHITECTURE_ORDERS = (1, 2)
 #: ``search.early_stop``: ``"hessian"`` stops when the dominant Hessian eigenvalue grows (RobustDARTS, DARTS-ES).
 EARLY_STOP_RULES = ("hessian",)
+#: ``search.select``: how a multi-seed search picks its cell: a short retrain of each scored on a held-out part of
+#: the training split (``val``), or the search's own final validation accuracy (``last-val``).
+SELECT_RULES = ("val", "last-val")
 # Package data: nni_darts_ext/recipes/*.yaml (a folder beside this module, not a package).
 _RECIPE_FOLDER = "recipes"
 _SUFFIXES = (".yaml", ".yml")
@@ -126,6 +137,10 @@ class SearchSection:
     hessian_every: int = 0
     # null: run every epoch; "hessian": stop early when the Hessian health check says the search degenerates.
     early_stop: str | None = None
+    # One search per seed (into DIR/seed-S/), then one cell chosen by `select`; null: one search with `seed`.
+    seeds: list[int] | None = None
+    # How a multi-seed search picks its cell: one of SELECT_RULES.
+    select: str = "val"
 
 
 @dataclass(frozen=True)
@@ -157,6 +172,18 @@ class ExportSection:
 
 
 @dataclass(frozen=True)
+class SelectSection:
+    """The short retrain that scores each seed's cell of a multi-seed search (``search.select: val``).
+
+    The recipe's retrain net and optimiser for ``epochs`` epochs, trained on the training split without a held-out
+    ``held_out_fraction`` of it and scored on that part; the test split is never read.
+    """
+
+    epochs: int = SELECTION_EPOCHS
+    held_out_fraction: float = SELECTION_HELD_OUT_FRACTION
+
+
+@dataclass(frozen=True)
 class Recipe:
     """A complete protocol. Build with :func:`load_recipe`; change with :func:`apply_overrides`."""
 
@@ -167,6 +194,7 @@ class Recipe:
     search: SearchSection = MISSING
     retrain: RetrainSection = MISSING
     export: ExportSection = field(default_factory=ExportSection)
+    select: SelectSection = field(default_factory=SelectSection)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (tuples as lists), in schema order; ``load_recipe`` reads it back."""
@@ -221,6 +249,8 @@ def _type_name(tp: Any) -> str:
         return "[" + ", ".join(_type_name(a) for a in typing.get_args(tp)) + "]"
     if origin is dict:
         return "mapping"
+    if origin is list:
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
     return {int: "int", float: "float", str: "string", bool: "bool"}.get(tp, getattr(tp, "__name__", str(tp)))
 
 
@@ -259,6 +289,12 @@ def _check_type(key: str, value: Any, tp: Any) -> None:
             raise RecipeError(f"{key}: expected a list {_type_name(tp)}, got {_describe(value)}")
         for i, (item, arg) in enumerate(zip(value, args, strict=True)):
             _check_type(f"{key}[{i}]", item, arg)
+        return
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise RecipeError(f"{key}: expected a {_type_name(tp)}, got {_describe(value)}")
+        for i, item in enumerate(value):
+            _check_type(f"{key}[{i}]", item, typing.get_args(tp)[0])
         return
     if origin is dict:
         if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
@@ -591,6 +627,21 @@ def _validate_search(s: SearchSection) -> None:
     _one_of("search.early_stop", s.early_stop, EARLY_STOP_RULES)
     if s.early_stop == "hessian" and s.hessian_every == 0:
         raise RecipeError("search.early_stop: 'hessian' needs the Hessian health check; set search.hessian_every >= 1")
+    if s.seeds is not None:
+        if not s.seeds:
+            raise RecipeError("search.seeds: expected at least one seed, or null for one search with `seed`")
+        for i, seed in enumerate(s.seeds):
+            _at_least(f"search.seeds[{i}]", seed, 0)
+        repeated = sorted({seed for seed in s.seeds if s.seeds.count(seed) > 1})
+        if repeated:
+            raise RecipeError(f"search.seeds: seed {repeated[0]} is listed twice; each seed runs one search")
+    if s.select not in SELECT_RULES:
+        raise RecipeError(f"search.select: must be one of {', '.join(map(repr, SELECT_RULES))}, got {s.select!r}")
+
+
+def _validate_select(select: SelectSection) -> None:
+    _at_least("select.epochs", select.epochs, 1)
+    _in_range("select.held_out_fraction", select.held_out_fraction, 0.0, 1.0, low_open=True, high_open=True)
 
 
 def _validate_retrain(recipe: Recipe) -> None:
@@ -623,6 +674,7 @@ def validate(recipe: Recipe) -> Recipe:
     _validate_retrain(recipe)
     if recipe.export.max_skip_connects is not None:
         _at_least("export.max_skip_connects", recipe.export.max_skip_connects, 0)
+    _validate_select(recipe.select)
     return recipe
 
 

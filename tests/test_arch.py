@@ -13,10 +13,12 @@ from nni_darts_ext.arch import (
     DARTS_V1,
     DARTS_V2,
     NAMED_ARCHS,
+    NUM_EDGES,
     ArchError,
     Genotype,
     build_model,
     count_parameters,
+    edge_difference,
     format_genotype,
     from_genotype,
     load_arch,
@@ -354,6 +356,20 @@ def test_random_arch_covers_every_op_and_input():
     archs = [random_arch(seed) for seed in range(60)]
     assert {a[f"normal/op_{i}_{k}"] for a in archs for i in range(2, 6) for k in range(2)} == set(PRIMITIVES)
     assert {a["reduce/input_5_1"][0] for a in archs} == {0, 1, 2, 3, 4}
+
+
+def test_edge_difference_counts_chosen_edges_per_node():
+    # By hand, node by node: normal node 3 (skip 0 vs sep 0: 1), node 5 (sep 0 + skip 2 vs skip 0 + dil 2: 2);
+    # reduce node 3 (max 0 vs max 1: 1), node 5 (avg 0 vs max 1: 1); every other node has the same two edges.
+    assert edge_difference(DARTS_V1, DARTS_V2) == edge_difference(DARTS_V2, DARTS_V1) == 5
+    assert edge_difference(DARTS_V2, format_genotype(to_genotype(DARTS_V2))) == 0  # any arch format
+    swapped = dict(DARTS_V2)  # node 4's two edges listed in the other order: the same edges
+    for key in ("op", "input"):
+        swapped[f"normal/{key}_4_0"], swapped[f"normal/{key}_4_1"] = DARTS_V2[f"normal/{key}_4_1"], DARTS_V2[
+            f"normal/{key}_4_0"]
+    assert edge_difference(DARTS_V2, swapped) == 0
+    assert NUM_EDGES == 16
+    assert 0 <= edge_difference(random_arch(0), random_arch(1)) <= NUM_EDGES
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -158,13 +158,12 @@ def test_hessian_eigenvalue_benchmark_reports_cost(tmp_path):
     assert isinstance(r["eigenvalue"], float) and r["threads"] == 1
 
 
-def test_precision_agreement_counts_differing_edges_per_node():
+def test_precision_agreement_counts_differing_edges_per_node(darts_v2_arch):
     bench = _load("precision_agreement")
-    a = {"normal/op_2_0": "sep_conv_3x3", "normal/input_2_0": [0], "normal/op_2_1": "skip_connect",
-         "normal/input_2_1": [1], "reduce/op_2_0": "max_pool_3x3", "reduce/input_2_0": [0]}
-    swapped = {**a, "normal/op_2_0": "skip_connect", "normal/input_2_0": [1], "normal/op_2_1": "sep_conv_3x3",
-               "normal/input_2_1": [0]}
-    assert bench.edge_difference(a, swapped) == 0  # the same two edges of node 2, listed in the other order
+    a = darts_v2_arch  # normal node 2: (0, sep_conv_3x3), (1, sep_conv_3x3); node 3 the same; reduce node 2 max pools
+    swapped = {**a, "normal/op_4_0": "skip_connect", "normal/input_4_0": [0], "normal/op_4_1": "sep_conv_3x3",
+               "normal/input_4_1": [1]}
+    assert bench.edge_difference(a, swapped) == 0  # the same two edges of node 4, listed in the other order
     other = {**a, "normal/op_2_1": "dil_conv_3x3", "reduce/input_2_0": [1]}
     assert bench.edge_difference(a, other) == 2
     runs = [{"precision": p, "seed": s, "arch": arch} for p, s, arch in

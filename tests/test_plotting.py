@@ -8,11 +8,12 @@ import shutil
 import sys
 
 import pytest
+from matplotlib.collections import PathCollection
 from matplotlib.figure import Figure
 
 from nni_darts_ext.arch import DARTS_V1, DARTS_V2, ArchError, from_genotype, random_arch, to_genotype
 from nni_darts_ext.constants import PRIMITIVES
-from nni_darts_ext.plotting import _graphviz_graph, plot_alpha_history, plot_cell, plot_cells
+from nni_darts_ext.plotting import _graphviz_graph, plot_alpha_history, plot_cell, plot_cells, plot_comparison
 
 HAVE_DOT = shutil.which("dot") is not None
 needs_dot = pytest.mark.skipif(not HAVE_DOT, reason="graphviz 'dot' program not installed")
@@ -259,3 +260,21 @@ def test_alpha_history_accepts_other_labels_and_one_epoch():
 def test_alpha_history_rejects_bad_input(history, error, match):
     with pytest.raises(error, match=match):
         plot_alpha_history(history)
+
+
+def test_comparison_draws_every_retrain_as_a_point(tmp_path):
+    candidates = [{"name": "arch-0", "kind": "arch", "values": [0.98, 0.97, 0.99]},
+                  {"name": "random-0", "kind": "random", "values": [0.95, 0.96, 0.95]},
+                  {"name": "random-4", "kind": "random", "values": [0.90, 0.93, 0.91]}]
+    fig = plot_comparison(candidates, title="verdict")
+    (ax,) = fig.axes
+    points = [tuple(p) for collection in ax.collections if isinstance(collection, PathCollection)
+              for p in collection.get_offsets()]
+    assert sorted(y for _, y in points) == sorted(v for c in candidates for v in c["values"])  # every retrain
+    assert all(abs(x - round(x)) < 0.5 for x, _ in points)  # each near its candidate's column
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["arch-0", "random-0", "random-4"]
+    dashed = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+    assert len(dashed) == 1 and dashed[0].get_ydata()[0] == pytest.approx((0.9533 + 0.9133) / 2, abs=1e-3)
+    assert_file(plot_comparison(candidates, tmp_path / "compare.png"), ".png")
+    with pytest.raises(ValueError, match=r"candidates\[0\] needs kind"):
+        plot_comparison([{"name": "x", "kind": "searched", "values": [0.5]}])

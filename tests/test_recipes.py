@@ -17,6 +17,7 @@ from nni_darts_ext.recipes import (
     Recipe,
     RecipeError,
     SearchSection,
+    SelectSection,
     apply_overrides,
     list_recipes,
     load_recipe,
@@ -86,7 +87,7 @@ def test_shipped_files_are_complete_and_commented(name):
     assert "extends" not in raw
     expected = load_recipe(name).to_dict()
     assert set(raw) == set(expected)
-    for section in ("dataset", "search", "retrain"):
+    for section in ("dataset", "search", "retrain", "export", "select"):
         assert set(raw[section]) == set(expected[section]), section
     # every value line carries a comment (its source or the reason for the choice), except a few self-evident ones
     for line in text.splitlines():
@@ -253,14 +254,18 @@ def test_any_override_is_accepted_or_a_recipe_error_naming_the_key(key, value):
 
 def test_new_options_have_defaults_so_older_files_stay_valid(tmp_path):
     old = load_recipe("paper").to_dict()
-    for key in ("order", "strategy_options", "hessian_every", "early_stop"):
+    for key in ("order", "strategy_options", "hessian_every", "early_stop", "seeds", "select"):
         old["search"].pop(key)
     old.pop("export")
+    old.pop("select")
     path = tmp_path / "old.yaml"
     path.write_text(yaml.safe_dump(old))
     s = load_recipe(path).search
     assert (s.order, s.strategy_options, s.hessian_every, s.early_stop) == (None, {}, 0, None)
     assert load_recipe(path).export.max_skip_connects is None
+    # one search; a multi-seed search would choose by a short retrain of 100 epochs (DARTS Sec. 3.2) on 10% held out
+    assert (s.seeds, s.select) == (None, "val")
+    assert (load_recipe(path).select.epochs, load_recipe(path).select.held_out_fraction) == (100, 0.1)
 
 
 def test_shipped_values_of_the_new_options():
@@ -335,10 +340,33 @@ def test_extends_by_absolute_path_and_a_later_key_wins(tmp_path):
         load_recipe(tmp_path / "dup.yaml")
 
 
+def test_multi_seed_keys_are_checked():
+    r = load_recipe("demo", ["search.seeds=[3, 0, 1]", "search.select=last-val", "select.epochs=2",
+                             "select.held_out_fraction=0.25"])
+    assert (r.search.seeds, r.search.select, r.select.epochs, r.select.held_out_fraction) == ([3, 0, 1], "last-val",
+                                                                                              2, 0.25)
+    assert load_recipe("paper").select.epochs == 100 and load_recipe("demo").select.epochs == 4
+    cases = {
+        "search.seeds=[0, 1, 1]": r"search.seeds: seed 1 is listed twice",
+        "search.seeds=[]": r"search.seeds: expected at least one seed",
+        "search.seeds=[-1]": r"search.seeds\[0\]: must be >= 0, got -1",
+        "search.seeds=[0.5]": r"search.seeds: expected list of int or null, got list",
+        "search.seeds=[true]": r"search.seeds: expected list of int or null, got list",
+        "search.seeds=3": r"search.seeds: expected list of int or null, got int 3",
+        "search.select=best": r"search.select: must be one of 'val', 'last-val', got 'best'",
+        "select.epochs=0": r"select.epochs: must be >= 1, got 0",
+        "select.held_out_fraction=1.0": r"select.held_out_fraction: must be in \(0.0, 1.0\), got 1.0",
+        "select.fraction=0.1": r"select.fraction: unknown key; select has: epochs, held_out_fraction",
+    }
+    for override, message in cases.items():
+        with pytest.raises(RecipeError, match=message):
+            load_recipe("demo", [override])
+
+
 def test_every_option_with_a_default_is_documented_in_the_readme():
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     section = readme[readme.index("## Recipes"):readme.index("## Reliability")]
-    for prefix, cls in (("search", SearchSection), ("export", ExportSection)):
+    for prefix, cls in (("search", SearchSection), ("export", ExportSection), ("select", SelectSection)):
         for f in dataclasses.fields(cls):
             if f.default is not MISSING or f.default_factory is not dataclasses.MISSING:
                 assert f"`{prefix}.{f.name}`" in section, f.name

@@ -8,6 +8,8 @@ Following a recipe from the command line to the trained model:
 2. :mod:`.search`, :mod:`.retrain`, :mod:`.evaluate` and :mod:`.demo` run it and write the run folder
    (:mod:`.run_folder` names its files); :mod:`.runtime` handles seeding, Ctrl-C and the summary's facts;
    :mod:`.pretrained` fetches NNI's published weights.
+3. :mod:`.seeds` (``search --seeds``) and :mod:`.compare` run many of those runs in the subfolders of one folder
+   (:mod:`.run_set`), one after the other or side by side as processes (:mod:`.parallel`).
 
 Each ``run_*`` function checks everything it can *before* it creates the output folder or writes a file, then runs
 and returns the summary it wrote to ``DIR/summary.json``. Known bad input raises
@@ -37,6 +39,8 @@ _EXPORTS = {
     "run_retrain": "retrain",
     "run_evaluate": "evaluate",
     "run_demo": "demo",
+    "run_seed_searches": "seeds",
+    "run_compare": "compare",
     "Assembly": "assemble",
     "assemble_search": "assemble",
     "assemble_retrain": "assemble",
@@ -86,10 +90,12 @@ __all__ = [
     "pretrained_weights_path",
     "read_state_dict",
     "resolve_arch",
+    "run_compare",
     "run_demo",
     "run_evaluate",
     "run_retrain",
     "run_search",
+    "run_seed_searches",
 ]
 
 

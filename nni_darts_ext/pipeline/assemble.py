@@ -473,13 +473,16 @@ def assemble_search(recipe: Recipe, options: RunOptions, *, data: RecipeData | N
 
 
 # --------------------------------------------------------------------------------------------------------- retrain
-def assemble_retrain(recipe: Recipe, arch: Any, options: RunOptions, *, data: RecipeData | None = None) -> Assembly:
+def assemble_retrain(recipe: Recipe, arch: Any, options: RunOptions, *, data: RecipeData | None = None,
+                     held_out: float | None = None) -> Assembly:
     """Check the options and build a retrain: the fixed net of ``arch``, its module, loaders and trainer.
 
     Each of the ``devices * num_nodes`` processes loads ``retrain.batch_size / world_size`` samples per step
     (:func:`per_device_batch`). The run validates every epoch: on a held-out
     :data:`~nni_darts_ext.nni_trial.TRIAL_VALIDATION_FRACTION` of the training split with ``options.nni``, else on
-    the test set (:data:`VALIDATION_ON_TEST`), as the paper does.
+    the test set (:data:`VALIDATION_ON_TEST`), as the paper does. ``held_out``: validate on this held-out fraction
+    of the training split instead and build no test split at all (``test_loader`` is ``None``): a retrain that
+    chooses between cells must never read the test labels.
 
     Raises:
         UsageError, ArchError, RecipeError: bad options, data, architecture or resume; nothing written.
@@ -503,7 +506,9 @@ def assemble_retrain(recipe: Recipe, arch: Any, options: RunOptions, *, data: Re
 
     seed_everything(recipe.seed)
     # Datasets first: missing data is reported before the net is built.
-    data_errors(lambda: (data.split(train=True, cutout=r.cutout), data.split(train=False)))
+    data_errors(lambda: data.split(train=True, cutout=r.cutout))
+    if held_out is None:
+        data_errors(lambda: data.split(train=False))
     model = build_model(
         arch_dict, width=r.width, num_cells=r.cells, auxiliary_loss=r.auxiliary_weight > 0,
         drop_path_prob=r.drop_path_prob, image_size=recipe.image_size,
@@ -512,13 +517,14 @@ def assemble_retrain(recipe: Recipe, arch: Any, options: RunOptions, *, data: Re
     module.set_model(model)
     if resume_from is not None:
         check_resumable(resume_from, module)
-    if options.nni:
-        fraction = TRIAL_VALIDATION_FRACTION
+    if held_out is not None or options.nni:
+        fraction = TRIAL_VALIDATION_FRACTION if held_out is None else held_out
         validation = f"held-out {fraction:.0%} of the training split"
     else:
         fraction, validation = "test", VALIDATION_ON_TEST
     train_loader, val_loader, test_loader = data_errors(
-        lambda: retrain_loaders(data, batch_size=batch_size, validation=fraction, shuffle_seed=recipe.seed))
+        lambda: retrain_loaders(data, batch_size=batch_size, validation=fraction, shuffle_seed=recipe.seed,
+                                with_test=held_out is None))
     callbacks, epoch_log, logger = _run_callbacks(out, "retrain", options, learning_rate=r.learning_rate,
                                                   resume_from=resume_from, validation=validation)
     if options.nni:

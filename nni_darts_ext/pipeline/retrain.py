@@ -40,21 +40,23 @@ def measure_test(trainer: Any, module: Any, loader: Any) -> dict[str, float]:
     return {"test_accuracy": round(float(metrics["test_acc"]), 6), "test_loss": round(float(metrics["test_loss"]), 6)}
 
 
-def run_retrain(recipe: Recipe, arch: Any, options: RunOptions, *, data: RecipeData | None = None) -> dict[str, Any]:
+def run_retrain(recipe: Recipe, arch: Any, options: RunOptions, *, data: RecipeData | None = None,
+                held_out: float | None = None) -> dict[str, Any]:
     """Train the fixed net of ``arch`` from scratch with the recipe's retrain section, then test it.
 
     The run validates every epoch (:func:`~nni_darts_ext.pipeline.assemble.assemble_retrain`): with
     ``options.nni`` on a held-out part of the training split, else on the test set, which the logs and the
     summary say (``validation``, ``validation_note``). Writes ``DIR/model.pt`` (the net's state dict),
     ``arch.json``, ``config.yaml``, ``summary.json`` (with the per-epoch ``validation_curve``), checkpoints and
-    TensorBoard logs (``DIR/tensorboard/retrain``).
+    TensorBoard logs (``DIR/tensorboard/retrain``). ``held_out``: validate on this fraction of the training split
+    held out, and never build or test on the test split (the summary has no ``test_accuracy`` then).
 
     Example::
 
         summary = run_retrain(load_recipe("demo"), "runs/search/arch.json", RunOptions(out="runs/retrain"))
         summary["test_accuracy"]
     """
-    built = assemble_retrain(recipe, arch, options, data=data)
+    built = assemble_retrain(recipe, arch, options, data=data, held_out=held_out)
     with holding_run_lock(built.out, options):
         return _retrain(built, recipe, options)
 
@@ -78,8 +80,8 @@ def _retrain(built: Any, recipe: Recipe, options: RunOptions) -> dict[str, Any]:
         seconds = time.perf_counter() - start
         if trainer.is_global_zero:
             atomic_torch_save(built.model.state_dict(), out / MODEL_FILE)
-        tested = measure_test(trainer, module, built.test_loader)
-        if options.nni:
+        tested = {} if built.test_loader is None else measure_test(trainer, module, built.test_loader)
+        if options.nni and tested:
             report_final_result(tested["test_accuracy"])
     curve = built.epoch_log.curve
     summary = {

@@ -32,6 +32,7 @@ __all__ = [
     "check_out_dir",
     "check_out_dir_on_rank",
     "check_search_resume",
+    "usable_out_dir",
     "write_config",
 ]
 
@@ -64,12 +65,7 @@ def check_out_dir(out: PathLike | None, resume: bool) -> tuple[Path, Path | None
 
         out, last = check_out_dir("runs/s", resume=True)   # runs/s/checkpoints/last.ckpt must exist
     """
-    if out is None:
-        raise UsageError("--out: required")
-    out = Path(out).expanduser()
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out}: exists and is not a folder")
-    refuse_if_in_use(out)
+    out = usable_out_dir(out)
     last = out / CHECKPOINT_DIR / LAST_CHECKPOINT
     if resume:
         if not last.is_file():
@@ -81,6 +77,22 @@ def check_out_dir(out: PathLike | None, resume: bool) -> tuple[Path, Path | None
             f"--out {out}: already holds a run ({existing[0]}); pass --resume to continue it or choose another folder"
         )
     return out, None
+
+
+def usable_out_dir(out: PathLike | None) -> Path:
+    """``--out`` as a path: given, a folder or nothing yet, and not in use by a live run.
+
+    Example::
+
+        out = usable_out_dir("runs/s")
+    """
+    if out is None:
+        raise UsageError("--out: required")
+    out = Path(out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: exists and is not a folder")
+    refuse_if_in_use(out)
+    return out
 
 
 def refuse_if_in_use(out: Path) -> None:

@@ -8,10 +8,12 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import tempfile
 import time
+import warnings
 from typing import Any
 
 from .._compat import import_nni_quietly
@@ -30,6 +32,7 @@ from ..io import atomic_write_json, atomic_write_text
 from ..plotting import plot_alpha_history, plot_cells
 from ..recipe_data import RecipeData
 from ..recipes import Recipe
+from ..search.mixing import Mixing
 from .assemble import assemble_search
 from .options import RunOptions
 from .run_folder import (
@@ -46,9 +49,34 @@ from .runtime import check_interrupted, device_name, holding_run_lock, interrupt
 with import_nni_quietly():
     from nni.nas.experiment import NasExperiment
 
-__all__ = ["run_search"]
+__all__ = ["FINAL_VAL_NOTE", "run_search"]
 
 _logger = logging.getLogger("nni_darts_ext.pipeline")
+
+# Lightning's note when a module with a validation_step is fit without validation data (configuration_validator.py).
+_NO_VALIDATION_LOOP = r".*You defined a `validation_step` but have no `val_dataloader`"
+#: What the search summary's ``final_val_accuracy`` is.
+FINAL_VAL_NOTE = ("accuracy of the supernet (mixed operations, deterministic weights) on the search's validation "
+                  "half after the last epoch, as quark0/darts train_search.py reports valid_acc; not the accuracy of "
+                  "the exported cell")
+
+
+def _supernet_val_accuracy(trainer: Any, oneshot: Any, loader: Any) -> float | None:
+    """The supernet's accuracy on the architecture (validation) half once the search is over.
+
+    quark0/darts ``cnn/train_search.py`` ends every epoch with ``infer(valid_queue, model, criterion)``: the
+    supernet in eval mode over the whole validation queue. NNI's DARTS runs no validation loop, so this runs one
+    ``trainer.validate`` of the search module (the training module's ``validation_step`` logs ``val_acc``), with
+    every mixing in its deterministic form (a sampling mixing such as GDAS' would otherwise score a random draw). Under
+    DDP every rank runs it on its shard and the metric is reduced across ranks.
+    """
+    with contextlib.ExitStack() as stack:
+        for module in oneshot.modules():
+            if isinstance(module, Mixing):
+                stack.enter_context(module.deterministic())
+        results = trainer.validate(oneshot, dataloaders=loader, verbose=False)
+    value = results[0].get("val_acc") if results else None
+    return None if value is None else round(float(value), 6)
 
 
 def run_search(recipe: Recipe, options: RunOptions, *, data: RecipeData | None = None) -> dict[str, Any]:
@@ -85,7 +113,10 @@ def _search(built: Any, recipe: Recipe, options: RunOptions) -> dict[str, Any]:
     with quiet_nni(), allow_checkpoint_globals():
         completed = None
         try:
-            with interruptible(trainer, "search", out):
+            with interruptible(trainer, "search", out), warnings.catch_warnings():
+                # The search module validates once, after the search (_supernet_val_accuracy), never during it: that
+                # Lightning skips the validation loop of the fit is expected.
+                warnings.filterwarnings("ignore", message=_NO_VALIDATION_LOOP)
                 completed = experiment.run()
         finally:
             # NNI's run() stops the experiment itself only on KeyboardInterrupt (then it returns None); otherwise
@@ -97,6 +128,7 @@ def _search(built: Any, recipe: Recipe, options: RunOptions) -> dict[str, Any]:
             raise RunInterrupted(f"search stopped early; continue it with --resume --out {out}")
         seconds = time.perf_counter() - start
         arch = experiment.export_top_models(formatter="dict")[0]
+        final_val_accuracy = _supernet_val_accuracy(trainer, strategy.oneshot_module, built.val_loader)
     health = built.health
     if health is not None and health.stopped_early:  # DARTS-ES: the architecture of the epoch it goes back to
         arch = health.go_back_arch
@@ -147,6 +179,8 @@ def _search(built: Any, recipe: Recipe, options: RunOptions) -> dict[str, Any]:
         "nni_experiment": experiment.id,
         "world_size": ranks["world_size"],
         "alpha_max_abs_diff_across_ranks": ranks["alpha_max_abs_diff_across_ranks"],
+        "final_val_accuracy": final_val_accuracy,
+        "final_val_note": FINAL_VAL_NOTE,
         "health": HEALTH_FILE,
         "health_plot": HEALTH_PLOT,
         "early_stop": health.early_stop_summary() if health is not None else None,

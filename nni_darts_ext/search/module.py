@@ -202,6 +202,13 @@ class DartsSearchModule(DistributedArchSync, DartsLightningModule):
             total = term if total is None else total + term
         return total
 
+    def validation_step(self, batch: Any, batch_idx: int) -> Any:
+        """The training module's validation step on the supernet, for ``trainer.validate(module, loader)``.
+
+        NNI's DARTS runs no validation loop during the search; the pipeline validates once at its end.
+        """
+        return self.training_module.validation_step(batch, batch_idx)
+
     # ---------------------------------------------------------------------------------------------- step
     def training_step(self, batch: Any, batch_idx: int) -> Any:
         arc_optim = self.architecture_optimizers()

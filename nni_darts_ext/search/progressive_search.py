@@ -114,7 +114,7 @@ class ProgressiveDartsSearch(DartsSearch):
         """The supernet, with the ops pruned by the previous stages masked out."""
         supernet = super().mutate_model(model)
         for cell in _cells_by_label(supernet, first_only=False):
-            for node, mask in self._masks.get(cell.label, {}).items():
+            for node, mask in self._masks.get(str(cell.label), {}).items():
                 cell.set_op_mask(int(node), mask)
         return supernet
 
@@ -173,12 +173,13 @@ class ProgressiveDartsSearch(DartsSearch):
     def _pruned_masks(self, keep: int) -> dict[str, dict[int, torch.Tensor]]:
         masks: dict[str, dict[int, torch.Tensor]] = {}
         for cell in _cells_by_label(self.supernet, first_only=True):
-            masks[cell.label] = {}
+            # Plain str keys (NNI's labels are a str subclass that a weights-only checkpoint read refuses).
+            node_masks = masks[str(cell.label)] = {}
             for pos, node in enumerate(cell.node_indices):
                 with torch.no_grad():
                     weights = cell.mixing_weights(pos, deterministic=True).detach().cpu()
                 current = cell.op_mask(node).cpu()
-                masks[cell.label][node] = prune_ops(weights, min(keep, int(current.sum(-1).min())), current,
+                node_masks[node] = prune_ops(weights, min(keep, int(current.sum(-1).min())), current,
                                                     op_names=cell.op_names)
         return masks
 

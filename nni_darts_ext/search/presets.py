@@ -40,7 +40,8 @@ with import_nni_quietly():
     from nni.common.serializer import SerializableObject, Traceable
     from nni.nas.strategy import Strategy
 
-__all__ = ["FIRST_ORDER_DEFAULTS", "Preset", "darts_strategy", "get_preset", "list_strategies", "register_strategy"]
+__all__ = ["FIRST_ORDER_DEFAULTS", "Preset", "darts_strategy", "get_preset", "list_strategies", "register_strategy",
+           "strategy_arguments", "traced_part"]
 
 _logger = logging.getLogger(__name__)
 
@@ -177,8 +178,13 @@ def darts_strategy(name: str = "first-order", **overrides: Any) -> DartsSearch:
     return get_preset(name).build(**overrides)
 
 
-def _part(cls: type, **kwargs: Any) -> Any:
-    """A part built through ``nni.trace``, so that ``nni.dump`` of the strategy records how to rebuild it."""
+def traced_part(cls: type, **kwargs: Any) -> Any:
+    """A part built through ``nni.trace``, so that ``nni.dump`` of the strategy records how to rebuild it.
+
+    Example::
+
+        traced_part(BetaRegularizer, weight_max=50.0)
+    """
     return nni.trace(cls)(**kwargs)
 
 
@@ -213,10 +219,10 @@ def _drnas() -> dict[str, Any]:
     """DrNAS (Chen et al., ICLR 2021): Dirichlet-sampled mixing weights, regulariser towards the prior, export by
     the Dirichlet mean. Add partial_channels=4 for the official large-scale setting."""
     return dict(
-        mixing=_part(DirichletMixing),
+        mixing=traced_part(DirichletMixing),
         # The official l2 regulariser is Adam weight decay on alpha (architect.py); written as a loss term here, with
         # the optimizer's own weight decay off, so it is applied once and can be switched to kind="kl".
-        regularizers=[_part(DirichletPriorRegularizer, kind=C.DRNAS_REG_TYPE, scale=C.DRNAS_REG_SCALE)],
+        regularizers=[traced_part(DirichletPriorRegularizer, kind=C.DRNAS_REG_TYPE, scale=C.DRNAS_REG_SCALE)],
         arc_weight_decay=0.0, arc_learning_rate=C.DRNAS_ARC_LEARNING_RATE, arc_betas=C.DRNAS_ARC_BETAS,
         gradient_clip_val=GRADIENT_CLIP_VAL,
     )
@@ -225,32 +231,33 @@ def _drnas() -> dict[str, Any]:
 @register_strategy("beta-darts")
 def _beta_darts() -> dict[str, Any]:
     """beta-DARTS (Ye et al., CVPR 2022): beta-regularisation (mean of per-edge logsumexp) with a rising weight."""
-    return dict(regularizers=[_part(BetaRegularizer)], arc_learning_rate=C.BETA_DARTS_ARC_LEARNING_RATE,
+    return dict(regularizers=[traced_part(BetaRegularizer)], arc_learning_rate=C.BETA_DARTS_ARC_LEARNING_RATE,
                 arc_weight_decay=C.BETA_DARTS_ARC_WEIGHT_DECAY, gradient_clip_val=GRADIENT_CLIP_VAL)
 
 
 @register_strategy("darts-minus")
 def _darts_minus() -> dict[str, Any]:
     """DARTS- (Chu et al., ICLR 2021): an auxiliary skip connection on every edge whose weight decays to 0."""
-    return dict(auxiliary_skip=True, cell_schedule=_part(DartsMinusSkipSchedule), **FIRST_ORDER_DEFAULTS)
+    return dict(auxiliary_skip=True, cell_schedule=traced_part(DartsMinusSkipSchedule), **FIRST_ORDER_DEFAULTS)
 
 
 @register_strategy("sdarts-rs")
 def _sdarts_rs() -> dict[str, Any]:
     """SDARTS-RS (Chen & Hsieh, ICML 2020): uniform noise on the architecture weights during the weight step."""
-    return dict(perturbation=_part(RandomAlphaPerturbation), **FIRST_ORDER_DEFAULTS)
+    return dict(perturbation=traced_part(RandomAlphaPerturbation), **FIRST_ORDER_DEFAULTS)
 
 
 @register_strategy("sdarts-adv")
 def _sdarts_adv() -> dict[str, Any]:
     """SDARTS-ADV (Chen & Hsieh, ICML 2020): a PGD attack on the architecture weights during the weight step."""
-    return dict(perturbation=_part(PGDAlphaPerturbation, steps=C.SDARTS_PGD_STEPS), **FIRST_ORDER_DEFAULTS)
+    return dict(perturbation=traced_part(PGDAlphaPerturbation, steps=C.SDARTS_PGD_STEPS), **FIRST_ORDER_DEFAULTS)
 
 
 @register_strategy("fair-darts")
 def _fair_darts() -> dict[str, Any]:
     """FairDARTS (Chu et al., ECCV 2020): sigmoid mixing, zero-one loss, export by threshold (0.85)."""
-    return dict(mixing=_part(SigmoidMixing), regularizers=[_part(ZeroOneLoss, weight=C.FAIR_DARTS_ZERO_ONE_WEIGHT)],
+    return dict(mixing=traced_part(SigmoidMixing),
+                regularizers=[traced_part(ZeroOneLoss, weight=C.FAIR_DARTS_ZERO_ONE_WEIGHT)],
                 export_threshold=C.FAIR_DARTS_THRESHOLD, arc_learning_rate=C.FAIR_DARTS_ARC_LEARNING_RATE,
                 arc_betas=C.FAIR_DARTS_ARC_BETAS, gradient_clip_val=GRADIENT_CLIP_VAL)
 
@@ -258,7 +265,7 @@ def _fair_darts() -> dict[str, Any]:
 @register_strategy("gdas")
 def _gdas() -> dict[str, Any]:
     """GDAS (Dong & Yang, CVPR 2019): hard Gumbel-softmax, one op computed per edge, temperature 10 -> 0.1."""
-    return dict(mixing=_part(GumbelHardMixing, tau_max=C.GDAS_TAU_MAX, tau_min=C.GDAS_TAU_MIN),
+    return dict(mixing=traced_part(GumbelHardMixing, tau_max=C.GDAS_TAU_MAX, tau_min=C.GDAS_TAU_MIN),
                 arc_learning_rate=C.GDAS_ARC_LEARNING_RATE, arc_weight_decay=C.GDAS_ARC_WEIGHT_DECAY,
                 gradient_clip_val=GRADIENT_CLIP_VAL)
 

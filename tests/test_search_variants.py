@@ -297,9 +297,13 @@ SMALL_STAGES = tuple(Stage(num_cells=CELLS + grow, ops_kept=kept, skip_dropout=r
 
 def _p_darts_run(ckpt_dir, *, resume=None, max_epochs=1):
     torch.manual_seed(0)
+    from nni_darts_ext.callbacks import CheckResumeCheckpoint
+
     recorder = _StageRecorder(ckpt_dir if resume is None else None)
+    # As `nni-darts search --resume` does: the resume file is checked against the net of the (first) fit.
     trainer = Trainer(max_epochs=max_epochs, accelerator="cpu", logger=False, enable_progress_bar=False,
-                      enable_model_summary=False, enable_checkpointing=False, callbacks=[recorder])
+                      enable_model_summary=False, enable_checkpointing=False,
+                      callbacks=[recorder, CheckResumeCheckpoint(resume)])
     evaluator = Lightning(DartsClassificationModule(learning_rate=0.05, max_epochs=max_epochs), trainer,
                           train_dataloaders=_darts_loader(0), val_dataloaders=_darts_loader(1),
                           fit_kwargs={"ckpt_path": str(resume)} if resume else None)

@@ -135,11 +135,11 @@ class UnrolledGradient:
                 "scaled gradients, the unrolled step computes unscaled ones; use precision '32-true' or 'bf16-mixed'"
             )
 
-    def backward(self, module: DartsSearchModule, trn_batch: Any, val_batch: Any, batch_idx: int) -> torch.Tensor:
+    def backward(self, search: DartsSearchModule, trn_batch: Any, val_batch: Any, batch_idx: int) -> torch.Tensor:
         """Set ``.grad`` of every architecture parameter to its unrolled gradient; returns ``L_val(w', alpha)``."""
-        alphas = module.arch_parameters()
-        grads, val_loss = self.gradients(module, trn_batch, val_batch, batch_idx, alphas)
-        terms = module.architecture_loss_terms()
+        alphas = search.arch_parameters()
+        grads, val_loss = self.gradients(search, trn_batch, val_batch, batch_idx, alphas)
+        terms = search.architecture_loss_terms()
         if terms is not None:
             grads = [g + t for g, t in zip(grads, grads_of(terms, alphas), strict=False)]
         for alpha, grad in zip(alphas, grads, strict=False):

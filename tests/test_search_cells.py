@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from nni_darts_ext._compat import import_nni_quietly
 from nni_darts_ext.constants import PC_PARTIAL_CHANNELS, PRIMITIVES
 from nni_darts_ext.search import DartsSearch, darts_strategy, list_strategies
-from nni_darts_ext.search.cells import MixedCell
+from nni_darts_ext.search.cells import MixedCell, PartialChannels
 from nni_darts_ext.search.layers import channel_shuffle, narrow_op_factory
 from nni_darts_ext.search.module import DartsSearchModule
 from nni_darts_ext.training_module import DartsClassificationModule
@@ -450,3 +450,112 @@ def test_short_pc_darts_search_through_nas_experiment(private_manifest):
     opt = strategy.oneshot_module.architecture_optimizers().optimizer
     assert all(int(opt.state[p]["step"]) == 3 for p in betas)
     assert (private_manifest / experiment.id).is_dir()
+
+
+# ------------------------------------------------------------------------------------------- presets and checks
+def test_darts_strategy_refuses_what_the_preset_does_not_take_by_name():
+    from nni_darts_ext.errors import ArgumentTypeError, ArgumentValueError
+
+    with pytest.raises(ArgumentTypeError) as error:
+        darts_strategy("pc-darts", partial_chanels=4)  # a typo
+    assert error.value.argument == "partial_chanels" and "pc-darts" in str(error.value)
+    with pytest.raises(ArgumentTypeError) as error:
+        darts_strategy("first-order", stages=())  # only p-darts takes stages
+    assert error.value.argument == "stages"
+    with pytest.raises(ArgumentValueError) as error:
+        darts_strategy("no-such-darts")
+    assert error.value.argument == "name"
+    for name, value in (("hessian_eps", -1.0), ("arc_betas", (0.5, 1.5)), ("arc_betas", 0.5),
+                        ("arc_weight_decay", -1e-3), ("export_threshold", 2.0), ("max_skip_connects", -1)):
+        with pytest.raises((ArgumentTypeError, ArgumentValueError)) as error:
+            darts_strategy("drnas", **{name: value})
+        assert error.value.argument == name
+    assert darts_strategy("p-darts", stages=darts_strategy("p-darts").stages[:2]).num_stages() == 2
+
+
+@pytest.mark.parametrize("name", list_strategies())
+def test_partial_channels_work_on_every_preset(name):
+    strategy = darts_strategy(name, partial_channels=K)
+    strategy.check_space(_space())
+    net = strategy.mutate_model(_space())
+    assert {c.partial_channels for c in _cells(net)} == {K}
+    assert isinstance(_cells(net)[0].channels, PartialChannels)
+
+
+def test_check_space_refuses_partial_channels_that_do_not_divide_before_building_anything(monkeypatch):
+    from nni_darts_ext.errors import ArgumentValueError
+
+    built = []
+    monkeypatch.setattr(MixedCell, "__init__", lambda *args, **kwargs: built.append(args))
+    for name in ("pc-darts", "drnas", "gdas"):
+        with pytest.raises(ArgumentValueError, match="divisible by 4") as error:
+            darts_strategy(name, partial_channels=K).check_space(_space(width=6))  # C = 6: 6 % 4 != 0
+        assert error.value.argument == "partial_channels"
+    assert built == []  # inspected, not built
+    darts_strategy("pc-darts", partial_channels=2).check_space(_space(width=6))
+
+
+def test_each_edge_can_run_under_activation_checkpointing():
+    """EdgeOps is a function of tensors: wrapped in torch.utils.checkpoint, outputs and gradients are unchanged."""
+    from torch.utils.checkpoint import checkpoint
+
+    net = darts_strategy("pc-darts", auxiliary_skip=True).mutate_model(_space())
+    for cell in _cells(net):
+        cell.auxiliary_skip_weight = 0.5
+    _randomize_arch(net)
+    x = _images()
+    plain = net(x)
+    plain.square().sum().backward()
+    expected = {n: p.grad.clone() for n, p in net.named_parameters()}
+    net.zero_grad()
+
+    class Checkpointed:
+        def __init__(self, edge):
+            self.edge, self.op_indices = edge, edge.op_indices
+
+        def __call__(self, *args):
+            return checkpoint(self.edge, *args, use_reentrant=False)
+
+    for cell in _cells(net):
+        for node in cell._node_plans():
+            node.edges[:] = [Checkpointed(edge) for edge in node.edges]
+    wrapped = net(x)
+    torch.testing.assert_close(wrapped, plain, rtol=0, atol=0)
+    wrapped.square().sum().backward()
+    for name, p in net.named_parameters():
+        torch.testing.assert_close(p.grad, expected[name], rtol=1e-6, atol=1e-7, msg=name)
+
+
+def test_cells_turn_nni_softmax_into_softmax_mixing_and_refuse_other_modules():
+    from nni.nas.oneshot.pytorch.supermodule.differentiable import GumbelSoftmax
+
+    from nni_darts_ext.errors import ArgumentTypeError
+    from nni_darts_ext.search.mixing import SoftmaxMixing
+
+    hook = functools.partial(MixedCell.mutate)
+    net = DARTS(mutation_hooks=[hook]).mutate_model(_space())  # NNI's own strategy hands in nn.Softmax(-1)
+    assert {type(c.mixing) for c in _cells(net)} == {SoftmaxMixing}
+    with pytest.raises(ArgumentTypeError) as error:
+        MixedCell.mutate(next(m for m in _space().modules() if MixedCell.replaces(m)), "cell", {},
+                         {"softmax": GumbelSoftmax()})
+    assert error.value.argument == "mixing"
+
+
+def test_a_mixing_decides_its_node_weights_without_the_cell_knowing():
+    """A new mixing overrides node_weights only: the cell runs it as it is (here: all weight on one op)."""
+    from nni_darts_ext.search.mixing import SoftmaxMixing
+
+    class OnlySkip(SoftmaxMixing):
+        def node_weights(self, alphas, n_ops, mask=None, *, deterministic=False):
+            weights = torch.zeros(len(alphas), n_ops)
+            weights[:, PRIMITIVES.index("skip_connect")] = 1.0
+            return weights
+
+    net = DartsSearch(mixing=OnlySkip()).mutate_model(_space()).eval()
+    cell = _cells(net)[0]  # normal cell: skip_connect is the identity
+    s0, s1 = _captured_cell_inputs(net)[0]
+    with torch.no_grad():
+        states = cell.preprocessor([s0, s1])
+        for _ in range(cell.num_nodes):
+            states.append(sum(states))  # every edge is identity x 1
+        torch.testing.assert_close(cell([s0, s1])[1], torch.cat(states[2:], 1))

@@ -210,8 +210,9 @@ def test_preset_is_registered_with_first_order_defaults():
     ({"log_prob_every_n_step": 0}, ValueError),
 ])
 def test_bad_arguments_are_rejected_naming_the_argument(kwargs, error):
-    with pytest.raises(error, match=next(iter(kwargs))):
+    with pytest.raises(error, match=next(iter(kwargs))) as raised:
         DartsSearch(order=2, **kwargs)
+    assert raised.value.argument == next(iter(kwargs))
 
 
 def test_unrolled_gradient_matches_double_backward_and_differs_from_first_order():
@@ -402,7 +403,12 @@ def test_fp16_grad_scaler_is_refused_before_training():
     with import_nni_quietly():
         from nni.nas.evaluator.pytorch import ClassificationModule
 
+    from pytorch_lightning.plugins.precision import MixedPrecision
+
     module = DartsSearchModule(ClassificationModule(num_classes=10), gradient=UnrolledGradient())
-    module.trainer = types.SimpleNamespace(precision="16-mixed", precision_plugin=types.SimpleNamespace(scaler=object()))
-    with pytest.raises(ValueError, match="16-mixed"):
+    module.trainer = types.SimpleNamespace(precision="16-mixed", precision_plugin=MixedPrecision("16-mixed", "cpu"))
+    with pytest.raises(ValueError, match="16-mixed") as error:
         module.on_fit_start()
+    assert error.value.argument == "precision"
+    UnrolledGradient().check_trainer(types.SimpleNamespace(precision="bf16-mixed",
+                                                           precision_plugin=MixedPrecision("bf16-mixed", "cpu")))

@@ -14,8 +14,11 @@ import torch.nn as nn
 
 from nni_darts_ext._compat import import_nni_quietly
 from nni_darts_ext.arch import normalize_arch
+from nni_darts_ext.checkpoint import allow_checkpoint_globals, read_checkpoint
+from nni_darts_ext.constants import PRIMITIVES
 from nni_darts_ext.search import darts_strategy, list_strategies
 from nni_darts_ext.search.cells import MixedCell
+from nni_darts_ext.search.progressive import Stage
 from nni_darts_ext.search.schedules import darts_minus_skip_weight
 from nni_darts_ext.training_module import DartsClassificationModule
 
@@ -149,6 +152,58 @@ def test_darts_minus_schedule_sets_the_skip_weight_every_epoch():
     assert darts_minus_skip_weight(0, max_epochs=4) == 1.0 and darts_minus_skip_weight(3, max_epochs=4) == 0.25
 
 
+def test_a_loss_term_reads_the_supernet_cells_and_joins_the_architecture_loss():
+    """An ArchLossTerm gets the search module: here the expected number of skip connections of the supernet."""
+    import types
+
+    class ExpectedSkips:
+        def arch_loss(self, search, *, epoch, max_epochs):
+            return sum(cell.mixing_weights(pos)[:, cell.op_names.index("skip_connect")].sum()
+                       for cell in search.mixed_cells() for pos in range(len(cell.node_indices)))
+
+    strategy = darts_strategy("first-order", regularizers=[ExpectedSkips()])
+    net = strategy.mutate_model(DartsSpace(width=WIDTH, num_cells=CELLS, dataset="cifar"))
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if "_arch_alpha" in name:
+                p.zero_()
+    module = DartsClassificationModule(max_epochs=1)
+    module.set_model(net)
+    oneshot = strategy.configure_oneshot_module(module)
+    oneshot.trainer = types.SimpleNamespace(current_epoch=0, max_epochs=1)
+    loss = oneshot.architecture_loss_terms()
+    # 3 cells (normal, reduce, reduce) x 14 edges, softmax over 7 ops + NNI's `none`: 1/8 each.
+    assert float(loss) == pytest.approx(3 * 14 / 8)
+    loss.backward()
+    skip, p = PRIMITIVES.index("skip_connect"), 1 / 8
+    for name, alpha in net.named_parameters():
+        if "_arch_alpha" in name:
+            cells = 1 if "normal" in name else 2  # the reduction cells share their alphas
+            expected = torch.full_like(alpha, -p * p * cells)
+            expected[skip] = p * (1 - p) * cells  # d softmax_skip / d alpha
+            torch.testing.assert_close(alpha.grad, expected, msg=name)
+
+
+def test_parts_are_checked_against_their_interfaces():
+    from nni_darts_ext.errors import ArgumentError
+
+    def old_style(alphas, mixing, *, epoch, max_epochs):
+        return torch.zeros(())
+
+    for kwargs, argument in (({"regularizers": [old_style]}, "regularizers"), ({"perturbation": object()},
+                             "perturbation"), ({"cell_schedule": 3}, "cell_schedule"), ({"mixing": nn.ReLU()}, "mixing")):
+        with pytest.raises(ArgumentError) as error:
+            darts_strategy("first-order", **kwargs)
+        assert error.value.argument == argument
+    strategy = darts_strategy("first-order", cell_schedule=lambda epoch, max_epochs: {"skip_weight": 1.0})
+    net = strategy.mutate_model(DartsSpace(width=WIDTH, num_cells=CELLS, dataset="cifar"))
+    module = DartsClassificationModule(max_epochs=1)
+    module.set_model(net)
+    with pytest.raises(ArgumentError, match="skip_weight") as error:
+        strategy.configure_oneshot_module(module).set_progress(0, 1)
+    assert error.value.argument == "cell_schedule"
+
+
 class _ArchAfterStep(pl.Callback):
     """Compares the alphas at the end of each batch with their values right after the architecture step."""
 
@@ -216,6 +271,86 @@ def test_p_darts_grows_the_supernet_and_prunes_between_stages():
     strategy.supernet(torch.randn(2, 3, IMAGE, IMAGE))
     n_edges = sum(len(node) for m in strategy.supernet.modules() if isinstance(m, MixedCell) for node in m.ops)
     assert len(calls) == n_edges and set(calls.values()) == {3}  # pruned candidates are not computed
+
+
+class _StageRecorder(pl.Callback):
+    """Per trained supernet: its number of cells and every cell type's op masks; saves a checkpoint after it."""
+
+    def __init__(self, ckpt_dir=None):
+        self.sizes, self.masks, self.start_epochs, self.ckpt_dir = [], [], [], ckpt_dir
+
+    def on_train_start(self, trainer, pl_module):
+        cells = pl_module.mixed_cells()
+        self.sizes.append(len(cells))
+        self.start_epochs.append(trainer.current_epoch)
+        self.masks.append({c.label: [c.op_mask(i).clone() for i in c.node_indices] for c in cells})
+
+    def on_train_end(self, trainer, pl_module):
+        if self.ckpt_dir is not None:
+            trainer.save_checkpoint(self.ckpt_dir / f"stage{len(self.sizes) - 1}.ckpt")
+
+
+# Three stages as P-DARTS' (5 -> 3 -> 1 ops kept, rising skip dropout), one cell deeper each: small and fast.
+SMALL_STAGES = tuple(Stage(num_cells=CELLS + grow, ops_kept=kept, skip_dropout=rate)
+                     for grow, kept, rate in ((0, 5, 0.1), (1, 3, 0.4), (2, 1, 0.7)))
+
+
+def _p_darts_run(ckpt_dir, *, resume=None, max_epochs=1):
+    torch.manual_seed(0)
+    from nni_darts_ext.callbacks import CheckResumeCheckpoint
+
+    recorder = _StageRecorder(ckpt_dir if resume is None else None)
+    # As `nni-darts search --resume` does: the resume file is checked against the net of the (first) fit.
+    trainer = Trainer(max_epochs=max_epochs, accelerator="cpu", logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, enable_checkpointing=False,
+                      callbacks=[recorder, CheckResumeCheckpoint(resume)])
+    evaluator = Lightning(DartsClassificationModule(learning_rate=0.05, max_epochs=max_epochs), trainer,
+                          train_dataloaders=_darts_loader(0), val_dataloaders=_darts_loader(1),
+                          fit_kwargs={"ckpt_path": str(resume)} if resume else None)
+    strategy = darts_strategy("p-darts", warmup_epochs=0, stages=SMALL_STAGES)
+    with allow_checkpoint_globals():  # NNI's module keeps its loss class as a hyper-parameter
+        strategy(RawFormatModelSpace(DartsSpace(width=WIDTH, num_cells=CELLS, dataset="cifar"), evaluator),
+                 SequentialExecutionEngine())
+    return strategy, recorder
+
+
+def _same_masks(a, b):
+    return a.keys() == b.keys() and all(torch.equal(x, y) for k in a for x, y in zip(a[k], b[k], strict=True))
+
+
+def test_p_darts_resumes_in_the_stage_its_checkpoint_was_written_in(tmp_path):
+    """A checkpoint of stage 1 (of 0, 1, 2) resumes the 4-cell stage with its op masks, then runs stage 2; one of
+    stage 0 resumes stage 0 and builds stages 1 and 2 fresh (they do not load the 3-cell checkpoint)."""
+    from nni_darts_ext.search.progressive_search import STAGE_KEY
+
+    first, original = _p_darts_run(tmp_path / "first")
+    assert original.sizes == [CELLS, CELLS + 1, CELLS + 2]
+    with allow_checkpoint_globals():
+        saved = {stage: read_checkpoint(tmp_path / "first" / f"stage{stage}.ckpt") for stage in (0, 1)}
+    assert [saved[stage][STAGE_KEY]["stage"] for stage in (0, 1)] == [0, 1]
+
+    resumed_strategy, resumed = _p_darts_run(tmp_path / "again", resume=tmp_path / "first" / "stage1.ckpt",
+                                             max_epochs=2)
+    assert resumed.sizes == [CELLS + 1, CELLS + 2]  # stage 1 again (one more epoch), then stage 2
+    assert resumed.start_epochs == [1, 0]  # stage 1 continued after its saved epoch; stage 2 from the start
+    assert _same_masks(resumed.masks[0], original.masks[1])  # stage 1's pruned ops, from the checkpoint
+    assert resumed_strategy.stage_index == 2
+
+    _, from_start = _p_darts_run(tmp_path / "zero", resume=tmp_path / "first" / "stage0.ckpt", max_epochs=2)
+    assert from_start.sizes == [CELLS, CELLS + 1, CELLS + 2] and from_start.start_epochs == [1, 0, 0]
+    assert _same_masks(from_start.masks[0], original.masks[0])
+
+
+def test_p_darts_takes_no_cell_schedule_and_checks_its_space():
+    from nni_darts_ext.errors import ArgumentError
+
+    with pytest.raises(ArgumentError) as error:
+        darts_strategy("p-darts", cell_schedule=lambda epoch, max_epochs: {})
+    assert error.value.argument == "cell_schedule"
+    with pytest.raises(ValueError, match="num_cells") as error:
+        darts_strategy("p-darts").check_space(LayerChoiceSpace())
+    assert error.value.argument == "space"
+    darts_strategy("p-darts").check_space(DartsSpace(width=WIDTH, num_cells=CELLS, dataset="cifar"))
 
 
 @pytest.mark.e2e

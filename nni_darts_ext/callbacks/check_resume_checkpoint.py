@@ -29,7 +29,9 @@ class CheckResumeCheckpoint(Callback):
     naming the file and the keys or shapes that differ (e.g. a run resumed with another width or cell).
 
     Args:
-        ckpt_path: the checkpoint ``fit`` resumes from; ``None`` (a fresh run) checks nothing.
+        ckpt_path: the checkpoint ``fit`` resumes from; ``None`` (a fresh run) checks nothing. Only the first fit
+            resumes from it: when one callback serves several fits in turn (the stages of a P-DARTS search, each a
+            fresh trainer with the same callbacks), the later fits are not checked against it.
 
     Example::
 
@@ -39,10 +41,12 @@ class CheckResumeCheckpoint(Callback):
 
     def __init__(self, ckpt_path: PathLike | None):
         self.ckpt_path = None if ckpt_path is None else check_path("ckpt_path", ckpt_path)
+        self._fitted = False
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if self.ckpt_path is None or stage != "fit":
+        if self.ckpt_path is None or stage != "fit" or self._fitted:
             return
+        self._fitted = True
         checkpoint = read_checkpoint(self.ckpt_path)
         problem = state_dict_mismatch(pl_module.state_dict(), checkpoint["state_dict"])
         if problem is not None:

@@ -24,15 +24,24 @@ Example::
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
+from pytorch_lightning.core.optimizer import LightningOptimizer
+from pytorch_lightning.plugins.precision import MixedPrecision
 
+from ..checks import check_int, check_positive
 from ..constants import HESSIAN_EPS
-from .shielding import detached_copies, grads_of, loss_of, shielded_passes
+from ..errors import ArgumentValueError
+from .parts import ArchitectureGradient
+from .shielding import detached_copies, frozen_parameters, grads_of, loss_of, shielded_passes
+
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
+
+    from .module import DartsSearchModule
 
 __all__ = ["FirstOrderGradient", "UnrolledGradient", "architecture_gradient"]
 
@@ -42,6 +51,8 @@ _logger = logging.getLogger(__name__)
 class FirstOrderGradient:
     """``grad_alpha [L_val(w, alpha) + loss terms]`` through ``manual_backward`` (DDP's reducer sees it).
 
+    An :class:`~.parts.ArchitectureGradient`.
+
     Example::
 
         FirstOrderGradient().backward(module, trn_batch, val_batch, 0)
@@ -50,17 +61,17 @@ class FirstOrderGradient:
     order = 1
     needs_weight_gradients = False  # the architecture step may freeze the weights
 
-    def check_trainer(self, trainer: Any) -> None:
+    def check_trainer(self, trainer: pl.Trainer) -> None:
         """First order works with every Lightning precision."""
 
-    def backward(self, module: Any, trn_batch: Any, val_batch: Any, batch_idx: int) -> torch.Tensor:
+    def backward(self, search: DartsSearchModule, trn_batch: Any, val_batch: Any, batch_idx: int) -> torch.Tensor:
         """Fill ``.grad`` of the architecture parameters; returns the validation loss."""
-        loss = module.validation_objective(val_batch, batch_idx)
-        terms = module.architecture_loss_terms()
-        module.manual_backward(loss if terms is None else loss + terms)
+        loss = search.validation_objective(val_batch, batch_idx)
+        terms = search.architecture_loss_terms()
+        search.manual_backward(loss if terms is None else loss + terms)
         return loss.detach()
 
-    def on_epoch_end(self, module: Any = None) -> None:
+    def on_epoch_end(self, search: DartsSearchModule) -> None:
         """Nothing is pending in first order."""
 
 
@@ -80,6 +91,8 @@ class _WeightGroup:
 
 class UnrolledGradient:
     """Second-order DARTS: the unrolled architecture gradient ``g - xi * h`` (see the module docstring).
+
+    An :class:`~.parts.ArchitectureGradient`.
 
     Args:
         hessian_eps: ``eps * ||v||``, the length of the finite-difference perturbation (0.01 in the paper).
@@ -102,39 +115,42 @@ class UnrolledGradient:
     needs_weight_gradients = True  # the virtual step and v need weight gradients
 
     def __init__(self, hessian_eps: float = HESSIAN_EPS):
-        _check_positive("hessian_eps", hessian_eps)
-        self.hessian_eps = float(hessian_eps)
+        self.hessian_eps = check_positive("hessian_eps", hessian_eps)
         self.skipped_corrections = 0
         self.last_info: dict[str, Any] = {}
         self._warned_optimizer = False
         self._pending: list[tuple[torch.Tensor, Any, int, int]] = []
 
     # ------------------------------------------------------------------------------------------------ public
-    def check_trainer(self, trainer: Any) -> None:
-        """Refuse a GradScaler (``precision='16-mixed'``) before training starts."""
-        scaler = getattr(getattr(trainer, "precision_plugin", None), "scaler", None)
-        if scaler is not None:
-            raise ValueError(
-                f"second-order DARTS does not support precision={trainer.precision!r}: its GradScaler expects "
+    def check_trainer(self, trainer: pl.Trainer) -> None:
+        """Refuse a GradScaler (``precision='16-mixed'``) before training starts.
+
+        Raises:
+            ArgumentValueError: ``argument`` is ``precision`` (the trainer's).
+        """
+        plugin = trainer.precision_plugin
+        if isinstance(plugin, MixedPrecision) and plugin.scaler is not None:
+            raise ArgumentValueError(
+                "precision", f"{trainer.precision!r} is not supported by second-order DARTS: its GradScaler expects "
                 "scaled gradients, the unrolled step computes unscaled ones; use precision '32-true' or 'bf16-mixed'"
             )
 
-    def backward(self, module: Any, trn_batch: Any, val_batch: Any, batch_idx: int) -> torch.Tensor:
+    def backward(self, search: DartsSearchModule, trn_batch: Any, val_batch: Any, batch_idx: int) -> torch.Tensor:
         """Set ``.grad`` of every architecture parameter to its unrolled gradient; returns ``L_val(w', alpha)``."""
-        alphas = module.arch_parameters()
-        grads, val_loss = self.gradients(module, trn_batch, val_batch, batch_idx, alphas)
-        terms = module.architecture_loss_terms()
+        alphas = search.arch_parameters()
+        grads, val_loss = self.gradients(search, trn_batch, val_batch, batch_idx, alphas)
+        terms = search.architecture_loss_terms()
         if terms is not None:
             grads = [g + t for g, t in zip(grads, grads_of(terms, alphas), strict=False)]
         for alpha, grad in zip(alphas, grads, strict=False):
             alpha.grad = grad if alpha.grad is None else alpha.grad.copy_(grad)
         return val_loss
 
-    def gradients(self, module: Any, trn_batch: Any, val_batch: Any, batch_idx: int,
+    def gradients(self, module: DartsSearchModule, trn_batch: Any, val_batch: Any, batch_idx: int,
                   alphas: Sequence[nn.Parameter]) -> tuple[list[torch.Tensor], torch.Tensor]:
         """``(g - xi * h per alpha, L_val(w', alpha))``; weights, buffers, metrics and ``.grad`` are left as they were.
         """
-        self.poll(wait=False, module=module)
+        self.poll(wait=False)
         groups = self._weight_groups(module, {id(a) for a in alphas})
         weights = [p for group in groups for p in group.params]
         # The paper's single xi. A group with another learning rate scales its part of v by lr / xi, which keeps
@@ -179,24 +195,18 @@ class UnrolledGradient:
                     with torch.no_grad():
                         torch._foreach_copy_(weights, saved)
 
-    def on_epoch_end(self, module: Any = None) -> None:
+    def on_epoch_end(self, search: DartsSearchModule) -> None:
         """Report device-side skip flags that are still pending."""
-        self.poll(wait=True, module=module)
+        self.poll(wait=True)
 
     # --------------------------------------------------------------------------------------------- internals
-    def _virtual_step(self, module: Any, groups: list[_WeightGroup], trn_batch: Any, batch_idx: int,
+    def _virtual_step(self, module: DartsSearchModule, groups: list[_WeightGroup], trn_batch: Any, batch_idx: int,
                       alphas: Sequence[nn.Parameter]) -> None:
         weights = [p for group in groups for p in group.params]
-        flags = [a.requires_grad for a in alphas]
-        for a in alphas:  # no alpha gradient is needed here: autograd saves less
-            a.requires_grad_(False)
-        try:
+        with frozen_parameters(alphas):  # no alpha gradient is needed here: autograd saves less
             loss = loss_of(module.training_module.training_step(trn_batch, 2 * batch_idx + 1))
             grads = grads_of(loss, weights)
             del loss
-        finally:
-            for a, flag in zip(alphas, flags, strict=False):
-                a.requires_grad_(flag)
         offset = 0
         with torch.no_grad():
             for group in groups:
@@ -220,34 +230,31 @@ class UnrolledGradient:
             offset += len(group.params)
 
     @staticmethod
-    def _train_arch_gradients_at(module: Any, alphas: Sequence[nn.Parameter], weights: list[nn.Parameter],
+    def _train_arch_gradients_at(module: DartsSearchModule, alphas: Sequence[nn.Parameter], weights: list[nn.Parameter],
                                  saved: list[torch.Tensor], step: list[torch.Tensor], sign: int,
                                  trn_batch: Any, batch_idx: int) -> list[torch.Tensor]:
         """``grad_alpha L_train(w + sign * step, alpha)``; no weight gradient is computed."""
         with torch.no_grad():
             torch._foreach_copy_(weights, saved)
             torch._foreach_add_(weights, step, alpha=sign)
-        flags = [p.requires_grad for p in weights]
-        for p in weights:
-            p.requires_grad_(False)
-        try:
+        with frozen_parameters(weights):
             loss = loss_of(module.training_module.training_step(trn_batch, 2 * batch_idx + 1))
             return grads_of(loss, alphas)
-        finally:
-            for p, flag in zip(weights, flags, strict=False):
-                p.requires_grad_(flag)
 
-    def _weight_groups(self, module: Any, arch_ids: set) -> list[_WeightGroup]:
+    def _weight_groups(self, module: DartsSearchModule, arch_ids: set) -> list[_WeightGroup]:
         optimizers = module.optimizers()
         if not isinstance(optimizers, list):
             optimizers = [optimizers]
-        weight_optimizers = [opt for opt in optimizers if not getattr(opt, "is_arch_optimizer", False)]
+        arch_optimizer = module.architecture_optimizers()
+        weight_optimizers = [opt for opt in optimizers if opt is not arch_optimizer]
         if len(weight_optimizers) != 1:
             raise ValueError(
                 "second-order DARTS needs exactly one weight optimizer from the evaluator, got "
                 f"{len(weight_optimizers)}"
             )
-        optimizer = getattr(weight_optimizers[0], "optimizer", weight_optimizers[0])  # unwrap LightningOptimizer
+        optimizer = weight_optimizers[0]
+        if isinstance(optimizer, LightningOptimizer):
+            optimizer = optimizer.optimizer
         groups = []
         for group in optimizer.param_groups:
             params = [p for p in group["params"] if p.requires_grad and id(p) not in arch_ids]
@@ -266,7 +273,7 @@ class UnrolledGradient:
                                        float(group.get("weight_decay", 0.0) or 0.0), buffers))
         return groups
 
-    def _note_skip(self, usable: torch.Tensor, module: Any, batch_idx: int) -> bool | None:
+    def _note_skip(self, usable: torch.Tensor, module: DartsSearchModule, batch_idx: int) -> bool | None:
         """Whether the correction is skipped: a bool on CPU; on CUDA ``None``, the flag is read without a sync."""
         epoch = module.trainer.current_epoch
         if usable.device.type != "cuda":
@@ -281,7 +288,7 @@ class UnrolledGradient:
         self._pending.append((flag, event, epoch, batch_idx))
         return None
 
-    def poll(self, wait: bool, module: Any = None) -> None:
+    def poll(self, wait: bool) -> None:
         """Count and warn about device-side skip flags that have reached the host."""
         pending = []
         for flag, event, epoch, batch_idx in self._pending:
@@ -301,21 +308,16 @@ class UnrolledGradient:
                         self.skipped_corrections)
 
 
-def architecture_gradient(order: int = 1, *, hessian_eps: float = HESSIAN_EPS) -> Any:
-    """The gradient part for ``order`` 1 or 2.
+def architecture_gradient(order: int = 1, *, hessian_eps: float = HESSIAN_EPS) -> ArchitectureGradient:
+    """The gradient part for ``order`` 1 (first order) or 2 (second order, unrolled).
+
+    Raises:
+        ArgumentTypeError, ArgumentValueError: ``argument`` is ``order`` or ``hessian_eps``.
 
     Example::
 
         >>> architecture_gradient(2).order
         2
     """
-    if isinstance(order, bool) or order not in (1, 2):
-        raise ValueError(f"order must be 1 (first order) or 2 (second order, unrolled), got {order!r}")
+    check_int("order", order, minimum=1, maximum=2)
     return FirstOrderGradient() if order == 1 else UnrolledGradient(hessian_eps)
-
-
-def _check_positive(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be > 0 and finite, got {value}")

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from .._compat import import_nni_quietly
+from ..errors import ArgumentTypeError, ArgumentValueError
 
 with import_nni_quietly():
     from nni.nas.hub.pytorch.nasnet import FactorizedReduce
@@ -74,8 +75,9 @@ def narrow_op_factory(op_factory: Any, partial_channels: int) -> Any:
     channels=C, is_reduction_cell=...)`` per candidate; the same partials are returned with ``channels=C // K``.
 
     Raises:
-        TypeError: a factory is not a ``functools.partial`` with an int ``channels=`` keyword.
-        ValueError: ``channels`` is not divisible by ``partial_channels``.
+        ArgumentTypeError: a factory is not a ``functools.partial`` with an int ``channels=`` keyword
+            (``argument``: ``partial_channels``, the option that needs it).
+        ArgumentValueError: ``channels`` is not divisible by ``partial_channels`` (``argument``: ``partial_channels``).
 
     Example::
 
@@ -87,13 +89,13 @@ def narrow_op_factory(op_factory: Any, partial_channels: int) -> Any:
     def narrow(name: Any, factory: Any) -> Any:
         channels = factory.keywords.get("channels") if isinstance(factory, functools.partial) else None
         if not isinstance(channels, int):
-            raise TypeError(
-                f"partial channels need DARTS-style cells whose op factories are functools.partial objects with an "
-                f"int `channels=` keyword (as NNI's DARTS space builds them); candidate {name!r} is {factory!r}"
+            raise ArgumentTypeError(
+                "partial_channels", f"needs DARTS-style cells whose op factories are functools.partial objects with "
+                f"an int `channels=` keyword (as NNI's DARTS space builds them); candidate {name!r} is {factory!r}"
             )
         if channels % partial_channels:
-            raise ValueError(
-                f"partial_channels={partial_channels} must divide every cell's channel count, but candidate "
+            raise ArgumentValueError(
+                "partial_channels", f"({partial_channels}) must divide every cell's channel count, but candidate "
                 f"{name!r} has channels={channels}; choose a width divisible by {partial_channels}"
             )
         keywords = {**factory.keywords, "channels": channels // partial_channels}
@@ -103,7 +105,8 @@ def narrow_op_factory(op_factory: Any, partial_channels: int) -> Any:
         return {name: narrow(name, f) for name, f in op_factory.items()}
     if isinstance(op_factory, list):
         return [narrow(i, f) for i, f in enumerate(op_factory)]
-    raise TypeError(f"op factories must be a dict or list, got {type(op_factory).__name__}")
+    raise ArgumentTypeError("partial_channels", f"needs op factories in a dict or list, got "
+                                                f"{type(op_factory).__name__}")
 
 
 class ChannelsFirstFactorizedReduce(FactorizedReduce):

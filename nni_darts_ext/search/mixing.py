@@ -12,6 +12,12 @@ operations on the last dimension, returning search-time weights (differentiable 
 * :class:`SigmoidMixing` -- FairDARTS (github:xiaomi-automl/FairDARTS ``fairdarts/model_search.py``):
   independent ``sigmoid(alpha)`` per op.
 
+What a supernet cell asks of a mixing is declared on :class:`Mixing`: :meth:`Mixing.node_weights` (the weights
+of one node's edges, pruned ops dropped by the mixing's own rule), :attr:`Mixing.hard` (only the sampled op of an
+edge needs computing), :attr:`Mixing.share_per_pass` and :attr:`Mixing.nni_export`. NNI hands its plain
+``nn.Softmax(-1)`` to cells built under its own strategies; :func:`as_mixing` turns it into a
+:class:`SoftmaxMixing`, in one place.
+
 :meth:`Mixing.passthrough` makes ``forward`` return ``alpha`` unchanged: SDARTS perturbs the *normalised* weights
 in place of the logits during the weight step (see :mod:`nni_darts_ext.search.perturbation`).
 :meth:`Mixing.sample_once` shares one sample per ``alpha`` over a forward pass (DrNAS and GDAS sample once per
@@ -26,15 +32,18 @@ Example::
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nni_darts_ext import constants as C
+from nni_darts_ext.checks import check_positive
+from nni_darts_ext.errors import ArgumentTypeError, ArgumentValueError
 from nni_darts_ext.search.schedules import gdas_tau
 
 __all__ = [
@@ -44,6 +53,7 @@ __all__ = [
     "SigmoidMixing",
     "SoftmaxMixing",
     "apply_op_mask",
+    "as_mixing",
 ]
 
 _log = logging.getLogger(__name__)
@@ -51,23 +61,30 @@ _log = logging.getLogger(__name__)
 
 def _check_alpha(alpha: Tensor) -> None:
     if not isinstance(alpha, Tensor):
-        raise TypeError(f"alpha must be a torch.Tensor, got {type(alpha).__name__}")
+        raise ArgumentTypeError("alpha", f"must be a torch.Tensor, got {type(alpha).__name__}")
     if alpha.dim() < 1 or alpha.shape[-1] < 1:
-        raise ValueError(
-            f"alpha must have the operations on a non-empty last dimension, got shape {tuple(alpha.shape)}"
+        raise ArgumentValueError(
+            "alpha", f"must have the operations on a non-empty last dimension, got shape {tuple(alpha.shape)}"
         )
 
 
-class Mixing(nn.Module):
+class Mixing(nn.Module, metaclass=abc.ABCMeta):
     """Maps architecture logits ``alpha`` (..., n_ops) to mixing weights over the last dimension.
 
-    Subclasses implement :meth:`mix` (search-time weights, may sample) and :meth:`probs` (deterministic).
+    Subclasses implement :meth:`mix` (search-time weights, may sample) and :meth:`probs` (deterministic); a
+    mixing with its own rule for pruned ops or for a node's edges overrides :meth:`node_weights` or
+    :meth:`drop_pruned`.
 
     Attributes:
         hard: ``True`` when ``forward`` returns one-hot straight-through weights: only ops whose weight is
-            nonzero need computing (GDAS).
+            nonzero need computing (GDAS). A cell reads it once, when it is built.
         normalized: ``False`` when the weights do not sum to 1 (sigmoid): export ranks/thresholds them
-            independently.
+            independently, and pruning does not renormalise them.
+        share_per_pass: the search module opens :meth:`sample_once` around every forward pass of the supernet,
+            so all cells of a type use one weight per ``alpha`` (as the official DrNAS, GDAS and FairDARTS
+            compute them once per pass).
+        nni_export: a plain cell (no edge normalisation, no pruning, no skip limit) exports with NNI's rule
+            (edges ranked by raw ``alpha``), bit for bit NNI's DARTS export.
 
     Example::
 
@@ -80,6 +97,8 @@ class Mixing(nn.Module):
 
     hard: bool = False
     normalized: bool = True
+    share_per_pass: bool = True
+    nni_export: bool = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -104,13 +123,39 @@ class Mixing(nn.Module):
         self._samples[id(alpha)] = (alpha, weights)
         return weights
 
+    @abc.abstractmethod
     def mix(self, alpha: Tensor) -> Tensor:
         """Search-time weights (may sample; differentiable w.r.t. ``alpha``)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def probs(self, alpha: Tensor) -> Tensor:
         """Deterministic weights for export and logging."""
-        raise NotImplementedError
+
+    def node_weights(self, alphas: Sequence[Tensor], n_ops: int, mask: Tensor | None = None, *,
+                     deterministic: bool = False) -> Tensor:
+        """The ``(len(alphas), n_ops)`` weights of one node's edges (one ``alpha`` per edge).
+
+        ``alpha`` may have entries after the ``n_ops`` real ops (NNI's trailing ``none``): they take part in the
+        mixing, their weights are dropped. The mixing is called on each edge's ``alpha`` parameter itself, so that
+        :meth:`sample_once` shares one sample between the cells of a type. ``mask`` (``(len(alphas), n_ops)``
+        bool, ``None`` when nothing is pruned) drops pruned ops by :meth:`drop_pruned`.
+
+        Example::
+
+            >>> import torch
+            >>> SigmoidMixing().node_weights([torch.zeros(3), torch.zeros(3)], 2)
+            tensor([[0.5000, 0.5000],
+                    [0.5000, 0.5000]])
+        """
+        mix = self.probs if deterministic else self
+        weights = torch.stack([mix(alpha) for alpha in alphas])[:, :n_ops]
+        return weights if mask is None else self.drop_pruned(weights, mask)
+
+    def drop_pruned(self, weights: Tensor, mask: Tensor) -> Tensor:
+        """Weights with the pruned ops (``mask`` False) zeroed; renormalised when :attr:`normalized` (DrNAS'
+        rule, :func:`apply_op_mask`, without its checks: a cell's masks always keep an op per edge)."""
+        kept = weights * mask
+        return kept / kept.sum(dim=-1, keepdim=True) if self.normalized else kept
 
     def set_progress(self, epoch: int, max_epochs: int) -> None:
         """Update epoch schedules (e.g. a temperature); no-op by default."""
@@ -163,12 +208,25 @@ class SoftmaxMixing(Mixing):
         tensor([0.5000, 0.5000])
     """
 
+    share_per_pass = False  # nothing to share: a node's alphas are mixed at once
+    nni_export = True
+
     def mix(self, alpha: Tensor) -> Tensor:
         return F.softmax(alpha, dim=-1)
 
     def probs(self, alpha: Tensor) -> Tensor:
         _check_alpha(alpha)
         return F.softmax(alpha, dim=-1)
+
+    def node_weights(self, alphas: Sequence[Tensor], n_ops: int, mask: Tensor | None = None, *,
+                     deterministic: bool = False) -> Tensor:
+        """The stacked alphas of the node mixed at once; pruned entries at ``-inf`` (the softmax of the kept ops)."""
+        stacked = torch.stack(list(alphas))
+        if mask is not None:
+            keep = torch.cat([mask, torch.ones_like(mask[:, : stacked.shape[1] - n_ops])], 1)
+            stacked = stacked.masked_fill(~keep, float("-inf"))
+        # Through the module, not torch.softmax: SDARTS' passthrough hands perturbed weights straight in.
+        return (self.probs(stacked) if deterministic else self(stacked))[:, :n_ops]
 
 
 class DirichletMixing(Mixing):
@@ -229,12 +287,12 @@ class GumbelHardMixing(Mixing):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
-        if not 0 < tau_min <= tau_max:
-            raise ValueError(
-                f"need 0 < tau_min <= tau_max, got tau_min={tau_min!r}, tau_max={tau_max!r}"
-            )
-        self.tau_max = float(tau_max)
-        self.tau_min = float(tau_min)
+        tau_min = check_positive("tau_min", tau_min)
+        tau_max = check_positive("tau_max", tau_max)
+        if tau_min > tau_max:
+            raise ArgumentValueError("tau_min", f"must be <= tau_max, got tau_min={tau_min!r}, tau_max={tau_max!r}")
+        self.tau_max = tau_max
+        self.tau_min = tau_min
         self.tau = float(tau_max)
         self.generator = generator
 
@@ -265,6 +323,18 @@ class GumbelHardMixing(Mixing):
     def probs(self, alpha: Tensor) -> Tensor:
         _check_alpha(alpha)
         return F.softmax(alpha, dim=-1)
+
+    def node_weights(self, alphas: Sequence[Tensor], n_ops: int, mask: Tensor | None = None, *,
+                     deterministic: bool = False) -> Tensor:
+        """With pruned ops, a hard sample must land on a kept op: sampled over the kept entries only (per cell,
+        not shared)."""
+        if mask is None or deterministic:
+            return super().node_weights(alphas, n_ops, mask, deterministic=deterministic)
+        return self(torch.stack([alpha[:n_ops] for alpha in alphas]).masked_fill(~mask, float("-inf")))
+
+    def drop_pruned(self, weights: Tensor, mask: Tensor) -> Tensor:
+        """The pruned ops' deterministic weights zeroed, the others kept as they are (not renormalised)."""
+        return weights * mask
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, tau={self.tau:g}"
@@ -302,13 +372,34 @@ def apply_op_mask(weights: Tensor, mask: Tensor) -> Tensor:
         >>> apply_op_mask(torch.tensor([0.2, 0.3, 0.5]), torch.tensor([True, False, True]))
         tensor([0.2857, 0.0000, 0.7143])
     """
-    if not isinstance(weights, Tensor) or not isinstance(mask, Tensor):
-        raise TypeError("weights and mask must be torch.Tensor")
+    if not isinstance(weights, Tensor):
+        raise ArgumentTypeError("weights", f"must be a torch.Tensor, got {type(weights).__name__}")
+    if not isinstance(mask, Tensor):
+        raise ArgumentTypeError("mask", f"must be a torch.Tensor, got {type(mask).__name__}")
     if mask.dtype != torch.bool or mask.shape != weights.shape:
-        raise ValueError(
-            f"mask must be a bool tensor of shape {tuple(weights.shape)}, got {mask.dtype} {tuple(mask.shape)}"
+        raise ArgumentValueError(
+            "mask", f"must be a bool tensor of shape {tuple(weights.shape)}, got {mask.dtype} {tuple(mask.shape)}"
         )
     if not mask.any(dim=-1).all():
-        raise ValueError("mask must keep at least one op per choice")
+        raise ArgumentValueError("mask", "must keep at least one op per choice")
     kept = weights * mask
     return kept / kept.sum(dim=-1, keepdim=True)
+
+
+def as_mixing(module: nn.Module) -> Mixing:
+    """``module`` as a :class:`Mixing`: NNI's plain ``nn.Softmax(-1)`` (what NNI's strategies hand to the cells)
+    becomes a :class:`SoftmaxMixing`; a :class:`Mixing` is returned as it is.
+
+    Raises:
+        ArgumentTypeError: any other module (``argument``: ``mixing``), e.g. NNI's ``GumbelSoftmax``.
+
+    Example::
+
+        >>> as_mixing(nn.Softmax(-1))
+        SoftmaxMixing(hard=False, normalized=True)
+    """
+    if isinstance(module, Mixing):
+        return module
+    if type(module) is nn.Softmax and module.dim == -1:
+        return SoftmaxMixing()
+    raise ArgumentTypeError("mixing", f"must be a Mixing (or NNI's nn.Softmax(-1)), got {module!r}")

@@ -14,7 +14,11 @@ What is written once here, for every preset:
   alone, so a resumed run continues with the same values;
 * gradients nobody reads are not computed (weights frozen in the architecture step, alphas in the weight step;
   off under DDP, which expects every gradient), and channels-last on CPU;
-* DDP: architecture gradients averaged over ranks before every architecture step (:class:`DistributedArchSync`).
+* DDP: architecture gradients averaged over ranks before every architecture step (:class:`DistributedArchSync`);
+* checkpoints carry the strategy's own entries (``checkpoint_extras``: P-DARTS' stage and op masks).
+
+Every part is typed by its interface in :mod:`.parts` and checked against it when the module is built; the module
+calls nothing else on a part.
 
 Example::
 
@@ -25,31 +29,31 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.nn as nn
 
 from .._compat import import_nni_quietly
+from ..checks import check_bool, check_float, check_optional
 from ..constants import ARC_BETAS, ARC_WEIGHT_DECAY
 from ..distributed import DistributedArchSync, arch_gradient_sync_hook
+from ..errors import ArgumentTypeError
 from .cells import MixedCell
 from .gradients import FirstOrderGradient
 from .layers import ChannelsFirstFactorizedReduce
-from .mixing import Mixing, SoftmaxMixing
-from .shielding import loss_of, shielded_passes
+from .mixing import Mixing, as_mixing
+from .parts import ArchitectureGradient, ArchLossTerm, CellSchedule, Perturbation, check_parts
+from .shielding import frozen_parameters, loss_of, shielded_passes
 
 with import_nni_quietly():
     from nni.nas.hub.pytorch.nasnet import FactorizedReduce
     from nni.nas.oneshot.pytorch.differentiable import DartsLightningModule
 
-__all__ = ["DartsSearchModule", "CellSchedule"]
+__all__ = ["DartsSearchModule", "check_arc_betas", "check_arc_weight_decay"]
 
 _logger = logging.getLogger(__name__)
-
-# A per-epoch schedule of MixedCell run-time settings: (epoch, max_epochs) -> {attribute: value}.
-CellSchedule = Callable[[int, int], dict[str, Any]]
 
 
 class DartsSearchModule(DistributedArchSync, DartsLightningModule):
@@ -57,42 +61,56 @@ class DartsSearchModule(DistributedArchSync, DartsLightningModule):
 
     Args:
         training_module: the evaluator's LightningModule (its ``training_step`` gives the losses).
-        gradient: :class:`.gradients.FirstOrderGradient` or :class:`.gradients.UnrolledGradient`.
-        mixing: the strategy's :class:`.mixing.Mixing` (regularisers read it); the supernet modules hold it too.
-        regularizers: loss terms ``r(alphas, mixing, epoch=, max_epochs=)`` added to the architecture loss.
-        perturbation: SDARTS-style ``perturb(alphas, loss_fn, epoch=, max_epochs=)`` / ``restore(alphas)`` around
-            the weight step.
-        cell_schedule: ``(epoch, max_epochs) -> {MixedCell attribute: value}``, applied at every epoch start.
-        cell_settings: fixed ``MixedCell`` attributes (``max_skip_connects``, ``export_threshold``).
+        gradient: an :class:`~.parts.ArchitectureGradient` (default :class:`.gradients.FirstOrderGradient`).
+        mixing: the strategy's :class:`.mixing.Mixing` (loss terms read it); the supernet modules hold it too.
+        regularizers: :class:`~.parts.ArchLossTerm` s added to the architecture loss (regularisers, a cost).
+        perturbation: a :class:`~.parts.Perturbation` of the architecture around the weight step (SDARTS).
+        cell_schedule: a :class:`~.parts.CellSchedule` (``(epoch, max_epochs) -> {MixedCell setting: value}``),
+            applied at every epoch start.
+        cell_settings: fixed ``MixedCell`` settings (``max_skip_connects``, ``export_threshold``).
         arc_betas, arc_weight_decay: the architecture Adam's betas and weight decay.
         skip_unused_gradients: do not compute gradients that are zeroed before use (single process only).
         channels_last: run the supernet channels-last; ``None``: on for single-process CPU runs.
+        checkpoint_extras: ``() -> {key: value}`` added to every checkpoint this module saves (the strategy's
+            :meth:`~.strategy.DartsSearch.checkpoint_extras`).
         **kwargs: NNI's ``DartsLightningModule`` arguments (``arc_learning_rate``, ``gradient_clip_val``,
             ``log_prob_every_n_step``, ``warmup_epochs``, ``penalty``).
+
+    Raises:
+        ArgumentTypeError, ArgumentValueError: a part that does not implement its interface, or a bad value
+            (``argument`` names the keyword).
 
     Example::
 
         DartsSearchModule(module, gradient=FirstOrderGradient(), gradient_clip_val=5.0)
     """
 
-    def __init__(self, training_module: Any, *, gradient: Any = None, mixing: Mixing | None = None,
-                 regularizers: Sequence[Any] = (), perturbation: Any = None,
-                 cell_schedule: CellSchedule | None = None, cell_settings: dict[str, Any] | None = None,
-                 arc_betas: tuple[float, float] = ARC_BETAS, arc_weight_decay: float = ARC_WEIGHT_DECAY,
-                 skip_unused_gradients: bool = True, channels_last: bool | None = None, **kwargs: Any):
+    def __init__(self, training_module: Any, *, gradient: ArchitectureGradient | None = None,
+                 mixing: Mixing | None = None, regularizers: Sequence[ArchLossTerm] = (),
+                 perturbation: Perturbation | None = None, cell_schedule: CellSchedule | None = None,
+                 cell_settings: Mapping[str, Any] | None = None, arc_betas: tuple[float, float] = ARC_BETAS,
+                 arc_weight_decay: float = ARC_WEIGHT_DECAY, skip_unused_gradients: bool = True,
+                 channels_last: bool | None = None,
+                 checkpoint_extras: Callable[[], Mapping[str, Any]] | None = None, **kwargs: Any):
         super().__init__(training_module, **kwargs)
-        self.gradient = gradient if gradient is not None else FirstOrderGradient()
-        self.mixing = mixing
-        self.regularizers = list(regularizers)
+        self.gradient: ArchitectureGradient = gradient if gradient is not None else FirstOrderGradient()
+        self.regularizers: list[ArchLossTerm] = check_parts(regularizers=regularizers, perturbation=perturbation,
+                                                            cell_schedule=cell_schedule, gradient=self.gradient)
+        self.mixing: Mixing | None = None if mixing is None else as_mixing(mixing)
         self.perturbation = perturbation
         self.cell_schedule = cell_schedule
         self.cell_settings = dict(cell_settings or {})
-        self.arc_betas = tuple(arc_betas)
-        self.arc_weight_decay = float(arc_weight_decay)
-        self.skip_unused_gradients = bool(skip_unused_gradients)
-        self.channels_last = channels_last
+        MixedCell.check_settings(self.cell_settings, "cell_settings")
+        self.arc_betas = check_arc_betas(arc_betas)
+        self.arc_weight_decay = check_arc_weight_decay(arc_weight_decay)
+        self.skip_unused_gradients = check_bool("skip_unused_gradients", skip_unused_gradients)
+        self.channels_last = check_optional(check_bool, "channels_last", channels_last)
+        if checkpoint_extras is not None and not callable(checkpoint_extras):
+            raise ArgumentTypeError("checkpoint_extras", f"must be callable, got {type(checkpoint_extras).__name__}")
+        self.checkpoint_extras = checkpoint_extras
         self._named_arch: list[tuple[str, nn.Parameter]] | None = None
         self._mixing_modules: list[Mixing] | None = None
+        self._cells: list[MixedCell] | None = None
         self._pass_hooks: list[Any] = []
         self._weight_params: list[nn.Parameter] = []
         self._skip = False
@@ -117,6 +135,12 @@ class DartsSearchModule(DistributedArchSync, DartsLightningModule):
         """The operation logits alone (PC-DARTS' edge-normalisation ``beta`` excluded): what regularisers see."""
         return [p for n, p in self.named_arch_parameters() if "_arch_beta" not in n]
 
+    def mixed_cells(self) -> list[MixedCell]:
+        """The supernet's :class:`~.cells.MixedCell` s, in module order (empty on spaces without DARTS cells)."""
+        if self._cells is None:
+            self._cells = [m for m in self.modules() if isinstance(m, MixedCell)]
+        return self._cells
+
     def configure_architecture_optimizers(self) -> Any:
         params = self.arch_parameters()
         if not params:
@@ -132,9 +156,10 @@ class DartsSearchModule(DistributedArchSync, DartsLightningModule):
         self.gradient.check_trainer(self.trainer)
         self._named_arch = None
         self._mixing_modules = None
+        self._cells = None
         arch_ids = {id(p) for p in self.arch_parameters()}
         self._weight_params = [p for p in self.parameters() if p.requires_grad and id(p) not in arch_ids]
-        world_size = getattr(self.trainer, "world_size", 1)
+        world_size = self.trainer.world_size
         self._skip = self.skip_unused_gradients and world_size == 1
         if self.skip_unused_gradients and not self._skip:
             _logger.info("skip_unused_gradients is off with %d processes (DDP needs every gradient).", world_size)
@@ -145,7 +170,7 @@ class DartsSearchModule(DistributedArchSync, DartsLightningModule):
                     module.__class__ = ChannelsFirstFactorizedReduce
                     module.to(memory_format=torch.contiguous_format)
         self.apply_cell_settings()
-        if not self._pass_hooks and any(not isinstance(m, (SoftmaxMixing, nn.Softmax)) for m in self._mixings()):
+        if not self._pass_hooks and any(m.share_per_pass for m in self._mixings()):
             self._sample_once_per_forward()
         return super().on_fit_start()
 
@@ -160,26 +185,29 @@ class DartsSearchModule(DistributedArchSync, DartsLightningModule):
         return super().on_train_epoch_start()
 
     def on_train_epoch_end(self) -> Any:
-        on_end = getattr(self.gradient, "on_epoch_end", None)
-        if on_end is not None:
-            on_end(self)
+        self.gradient.on_epoch_end(self)
         return super().on_train_epoch_end()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Add the strategy's :attr:`checkpoint_extras` entries (P-DARTS: its stage and op masks)."""
+        if self.checkpoint_extras is not None:
+            checkpoint.update(self.checkpoint_extras())
+        super().on_save_checkpoint(checkpoint)
 
     def set_progress(self, epoch: int, max_epochs: int) -> None:
         """Apply every epoch schedule (mixing temperature, cell settings) for ``epoch`` of ``max_epochs``."""
-        for module in self.modules():
-            if isinstance(module, Mixing):
-                module.set_progress(epoch, max_epochs)
+        for mixing in self._mixings():
+            mixing.set_progress(epoch, max_epochs)
         if self.cell_schedule is not None:
-            self.apply_cell_settings(self.cell_schedule(epoch, max_epochs))
+            settings = self.cell_schedule(epoch, max_epochs)
+            MixedCell.check_settings(settings, "cell_schedule")
+            self.apply_cell_settings(settings)
 
-    def apply_cell_settings(self, settings: dict[str, Any] | None = None) -> None:
-        """Set ``MixedCell`` run-time attributes (the fixed ``cell_settings``, then ``settings``)."""
+    def apply_cell_settings(self, settings: Mapping[str, Any] | None = None) -> None:
+        """Set ``MixedCell`` run-time settings (the fixed ``cell_settings``, then ``settings``)."""
         values = {**self.cell_settings, **(settings or {})}
-        for module in self.modules():
-            if isinstance(module, MixedCell):
-                for name, value in values.items():
-                    setattr(module, name, value)
+        for cell in self.mixed_cells():
+            cell.apply_settings(values)
 
     # ------------------------------------------------------------------------------------------ objectives
     def validation_objective(self, val_batch: Any, batch_idx: int) -> torch.Tensor:
@@ -191,14 +219,13 @@ class DartsSearchModule(DistributedArchSync, DartsLightningModule):
         return loss
 
     def architecture_loss_terms(self) -> torch.Tensor | None:
-        """Sum of the regularisers on the operation logits for the current epoch; ``None`` without any."""
+        """Sum of the loss terms (:class:`~.parts.ArchLossTerm`) for the current epoch; ``None`` without any."""
         if not self.regularizers:
             return None
         epoch, max_epochs = self.trainer.current_epoch, self.trainer.max_epochs or 1
-        alphas = self.op_alphas()
         total = None
         for regularizer in self.regularizers:
-            term = regularizer(alphas, self.mixing, epoch=epoch, max_epochs=max_epochs)
+            term = regularizer.arch_loss(self, epoch=epoch, max_epochs=max_epochs)
             total = term if total is None else total + term
         return total
 
@@ -218,7 +245,7 @@ class DartsSearchModule(DistributedArchSync, DartsLightningModule):
 
         if self.warmup_epochs == 0 or self.trainer.current_epoch >= self.warmup_epochs:
             frozen = self._weight_params if self._skip and not self.gradient.needs_weight_gradients else ()
-            with _frozen(frozen):
+            with frozen_parameters(frozen):
                 self.resample()
                 arc_optim.zero_grad()
                 self.gradient.backward(self, trn_batch, val_batch, batch_idx)
@@ -226,24 +253,25 @@ class DartsSearchModule(DistributedArchSync, DartsLightningModule):
 
         self.resample()
         alphas = self.op_alphas()
-        perturbed = self.perturbation is not None
-        if perturbed:
-            self.perturbation.perturb(alphas, self._training_loss_fn(trn_batch, batch_idx),
-                                      epoch=self.trainer.current_epoch, max_epochs=self.trainer.max_epochs or 1)
+        perturbation = self.perturbation
+        held = perturbation is not None and perturbation.replaces_logits_with_weights
+        if perturbation is not None:
+            perturbation.perturb(alphas, self._training_loss_fn(trn_batch, batch_idx, held),
+                                 epoch=self.trainer.current_epoch, max_epochs=self.trainer.max_epochs or 1)
         try:
-            with _frozen(self.arch_parameters() if self._skip else ()), self._weights_held(perturbed):
+            with frozen_parameters(self.arch_parameters() if self._skip else ()), self._weights_held(held):
                 loss_and_metrics = self.training_module.training_step(trn_batch, 2 * batch_idx + 1)
                 self.advance_optimization(loss_of(loss_and_metrics), batch_idx, self.gradient_clip_val)
         finally:
-            if perturbed:
-                self.perturbation.restore(alphas)
+            if perturbation is not None:
+                perturbation.restore(alphas)
 
         self.advance_lr_schedulers(batch_idx)
         if batch_idx % self.log_prob_every_n_step == 0:
             self.log_probs(self.export_probs())
         return loss_and_metrics
 
-    def _training_loss_fn(self, trn_batch: Any, batch_idx: int) -> Callable[[], torch.Tensor]:
+    def _training_loss_fn(self, trn_batch: Any, batch_idx: int, held: bool) -> Callable[[], torch.Tensor]:
         """The weight-step loss as a function of the (perturbed) architecture weights, for SDARTS' attack.
 
         Evaluated in eval mode (BatchNorm on running statistics), as SmoothDARTS' ``Linf_PGD_alpha`` does, and
@@ -254,7 +282,7 @@ class DartsSearchModule(DistributedArchSync, DartsLightningModule):
             was_training = self.training_module.training
             self.training_module.eval()
             try:
-                with shielded_passes(self, buffers=False), self._weights_held(True):
+                with shielded_passes(self, buffers=False), self._weights_held(held):
                     return loss_of(self.training_module.training_step(trn_batch, 2 * batch_idx + 1))
             finally:
                 self.training_module.train(was_training)
@@ -287,7 +315,7 @@ class DartsSearchModule(DistributedArchSync, DartsLightningModule):
 
     @contextlib.contextmanager
     def _weights_held(self, active: bool) -> Iterator[None]:
-        """While SDARTS' perturbation holds weights in the alphas, the mixings pass them through."""
+        """While a perturbation holds weights in the alphas (SDARTS), the mixings pass them through."""
         with contextlib.ExitStack() as stack:
             if active:
                 for mixing in self._mixings():
@@ -307,23 +335,6 @@ class DartsSearchModule(DistributedArchSync, DartsLightningModule):
             return super().export_probs()
 
 
-class _frozen:
-    """Context manager: ``requires_grad_(False)`` on the given parameters, restoring each one's flag on exit."""
-
-    def __init__(self, params: Sequence[nn.Parameter]):
-        self.params = params
-        self.flags: list[bool] = []
-
-    def __enter__(self) -> None:
-        self.flags = [p.requires_grad for p in self.params]
-        for p in self.params:
-            p.requires_grad_(False)
-
-    def __exit__(self, *exc: Any) -> None:
-        for p, flag in zip(self.params, self.flags, strict=False):
-            p.requires_grad_(flag)
-
-
 def _use_channels_last(setting: bool | None, device: torch.device, world_size: int = 1) -> bool:
     """Resolve ``channels_last=None``: on for single-process CPU runs (oneDNN depthwise convolutions), off elsewhere.
 
@@ -332,3 +343,23 @@ def _use_channels_last(setting: bool | None, device: torch.device, world_size: i
     if setting is None:
         return device.type == "cpu" and world_size == 1
     return setting
+
+
+def check_arc_betas(value: Any) -> tuple[float, float]:
+    """The architecture Adam's ``betas``: two numbers in ``[0, 1)`` (``argument``: ``arc_betas``).
+
+    Example::
+
+        >>> check_arc_betas([0.5, 0.999])
+        (0.5, 0.999)
+    """
+    betas = tuple(value) if isinstance(value, Iterable) and not isinstance(value, (str, bytes)) else ()
+    if len(betas) != 2:
+        raise ArgumentTypeError("arc_betas", f"must be two numbers, got {value!r}")
+    low, high = (check_float("arc_betas", beta, low=0.0, high=1.0, high_open=True) for beta in betas)
+    return low, high
+
+
+def check_arc_weight_decay(value: Any) -> float:
+    """The architecture Adam's weight decay: a number >= 0 (``argument``: ``arc_weight_decay``)."""
+    return check_float("arc_weight_decay", value, low=0.0)

@@ -42,6 +42,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nni_darts_ext import constants as C
+from nni_darts_ext.checks import check_bool, check_float, check_int, check_positive
+from nni_darts_ext.errors import ArgumentTypeError, ArgumentValueError
 from nni_darts_ext.search.schedules import sdarts_epsilon
 
 __all__ = [
@@ -86,6 +88,8 @@ def clip_to_simplex(weights: Tensor) -> None:
 class AlphaPerturbation:
     """Perturbs the (softmax-normalised) architecture weights for one weight step; :meth:`restore` undoes it.
 
+    A :class:`~nni_darts_ext.search.parts.Perturbation`; subclasses implement ``_attack``.
+
     Args:
         epsilon_max: Radius at the end of the search (official ``--epsilon_alpha`` 0.3).
         epsilon_min: Radius at epoch 0 (0.03).
@@ -102,12 +106,10 @@ class AlphaPerturbation:
         epsilon_min: float = C.SDARTS_EPSILON_MIN,
         generator: torch.Generator | None = None,
     ) -> None:
-        if not 0 <= epsilon_min <= epsilon_max:
-            raise ValueError(
-                f"need 0 <= epsilon_min <= epsilon_max, got {epsilon_min!r}, {epsilon_max!r}"
-            )
-        self.epsilon_max = float(epsilon_max)
-        self.epsilon_min = float(epsilon_min)
+        self.epsilon_min = check_float("epsilon_min", epsilon_min, low=0.0)
+        self.epsilon_max = check_float("epsilon_max", epsilon_max, low=0.0)
+        if self.epsilon_min > self.epsilon_max:
+            raise ArgumentValueError("epsilon_min", f"must be <= epsilon_max, got {epsilon_min!r} > {epsilon_max!r}")
         self.generator = generator
         self._saved: list[Tensor] | None = None
 
@@ -130,9 +132,7 @@ class AlphaPerturbation:
     ) -> None:
         """Save the logits, replace them by their softmax and perturb those weights in place."""
         if isinstance(alphas, Tensor) or not isinstance(alphas, Sequence) or not alphas:
-            raise TypeError(
-                "alphas must be a non-empty sequence of tensors (one per choice)"
-            )
+            raise ArgumentTypeError("alphas", "must be a non-empty sequence of tensors (one per choice)")
         if self._saved is not None:
             raise RuntimeError("perturb called twice without restore")
         eps = self.epsilon(epoch, max_epochs)
@@ -147,9 +147,7 @@ class AlphaPerturbation:
         if self._saved is None:
             raise RuntimeError("restore called without perturb")
         if len(alphas) != len(self._saved):
-            raise ValueError(
-                f"restore got {len(alphas)} alphas, perturb saved {len(self._saved)}"
-            )
+            raise ArgumentValueError("alphas", f"has {len(alphas)} tensors, perturb saved {len(self._saved)}")
         with torch.no_grad():
             for alpha, saved in zip(alphas, self._saved, strict=False):
                 alpha.copy_(saved)
@@ -170,7 +168,7 @@ class AlphaPerturbation:
     def _attack(
         self, alphas: Sequence[nn.Parameter], loss_fn: Callable[[], Tensor], eps: float
     ) -> None:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not define _attack(alphas, loss_fn, eps)")
 
 
 class RandomAlphaPerturbation(AlphaPerturbation):
@@ -230,13 +228,9 @@ class PGDAlphaPerturbation(AlphaPerturbation):
         super().__init__(
             epsilon_max=epsilon_max, epsilon_min=epsilon_min, generator=generator
         )
-        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-            raise ValueError(f"steps must be an int >= 1, got {steps!r}")
-        if not step_scale > 0:
-            raise ValueError(f"step_scale must be > 0, got {step_scale!r}")
-        self.steps = steps
-        self.step_scale = float(step_scale)
-        self.random_start = bool(random_start)
+        self.steps = check_int("steps", steps, minimum=1)
+        self.step_scale = check_positive("step_scale", step_scale)
+        self.random_start = check_bool("random_start", random_start)
         self.last_losses: tuple[float, float] | None = (
             None  # (unperturbed, attacked) of the last perturb
         )

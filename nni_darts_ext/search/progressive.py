@@ -25,6 +25,8 @@ import torch
 from torch import Tensor
 
 from nni_darts_ext import constants as C
+from nni_darts_ext.checks import check_float, check_int
+from nni_darts_ext.errors import ArgumentTypeError, ArgumentValueError
 from nni_darts_ext.search.selection import (
     Selection,
     edge_slices,
@@ -59,14 +61,12 @@ class Stage:
     width_increase: int = 0
 
     def __post_init__(self) -> None:
-        if self.num_cells < 1 or self.ops_kept < 1 or self.epochs < 1:
-            raise ValueError(f"num_cells, ops_kept and epochs must be >= 1: {self}")
-        if not 0 <= self.warmup_epochs <= self.epochs:
-            raise ValueError(f"warmup_epochs must be in [0, epochs]: {self}")
-        if not 0.0 <= self.skip_dropout < 1.0:
-            raise ValueError(f"skip_dropout must be in [0, 1): {self}")
-        if self.width_increase < 0:
-            raise ValueError(f"width_increase must be >= 0: {self}")
+        check_int("num_cells", self.num_cells, minimum=1)
+        check_int("ops_kept", self.ops_kept, minimum=1)
+        check_int("epochs", self.epochs, minimum=1)
+        check_int("warmup_epochs", self.warmup_epochs, minimum=0, maximum=self.epochs)
+        check_float("skip_dropout", self.skip_dropout, low=0.0, high=1.0, high_open=True)
+        check_int("width_increase", self.width_increase, minimum=0)
 
 
 PDARTS_CIFAR10_STAGES: tuple[Stage, ...] = tuple(
@@ -113,30 +113,25 @@ def prune_ops(
         [[True, False, True, False]]
     """
     if not isinstance(weights, Tensor) or weights.dim() != 2:
-        raise TypeError("weights must be a 2-D torch.Tensor (edges x ops)")
+        raise ArgumentTypeError("weights", "must be a 2-D torch.Tensor (edges x ops)")
     if (
         not isinstance(current_mask, Tensor)
         or current_mask.dtype != torch.bool
         or current_mask.shape != weights.shape
     ):
-        raise ValueError(
-            f"current_mask must be a bool tensor of shape {tuple(weights.shape)}"
-        )
-    if not isinstance(keep, int) or keep < 1:
-        raise ValueError(f"keep must be an int >= 1, got {keep!r}")
+        raise ArgumentValueError("current_mask", f"must be a bool tensor of shape {tuple(weights.shape)}")
+    check_int("keep", keep, minimum=1)
     zero_index = None
     if drop_zero:
         if op_names is None or len(op_names) != weights.shape[1]:
-            raise ValueError("drop_zero needs op_names, one per op column")
+            raise ArgumentValueError("op_names", "must name every op column when drop_zero is set")
         zero_index = list(op_names).index(_ZERO_OP) if _ZERO_OP in op_names else None
     scores = weights.detach().cpu().double().tolist()
     mask = current_mask.detach().cpu().clone()
     for edge, row in enumerate(scores):
         active = [op for op in range(len(row)) if mask[edge, op]]
         if keep > len(active):
-            raise ValueError(
-                f"edge {edge} has {len(active)} active ops, cannot keep {keep}"
-            )
+            raise ArgumentValueError("keep", f"({keep}): edge {edge} has {len(active)} active ops, cannot keep {keep}")
         drop = len(active) - keep
         if drop and zero_index is not None and zero_index in active:
             active.remove(zero_index)
@@ -198,8 +193,7 @@ def limit_skip_connects(
         >>> limit_skip_connects(w, ["skip_connect", "conv"], k=1)  # 4 skips selected: the 3 weakest go
         [[(0, 'skip_connect'), (1, 'conv')], [(0, 'conv'), (2, 'conv')], [(1, 'conv'), (3, 'conv')]]
     """
-    if not isinstance(k, int) or k < 0:
-        raise ValueError(f"k must be an int >= 0, got {k!r}")
+    check_int("k", k, minimum=0)
 
     def select(allowed: Tensor | None) -> Selection:
         if threshold is None:

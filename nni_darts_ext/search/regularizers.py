@@ -2,7 +2,8 @@
 
 An :class:`ArchRegularizer` is called with the list of logits tensors (one per choice, ops on the last
 dimension), the :class:`~nni_darts_ext.search.mixing.Mixing` in use and the epoch; it returns a scalar already
-weighted by its schedule.
+weighted by its schedule. It is an :class:`~nni_darts_ext.search.parts.ArchLossTerm`: the search module calls
+:meth:`ArchRegularizer.arch_loss`, which hands it the search's operation logits and mixing.
 
 * :class:`DirichletPriorRegularizer` -- DrNAS: pulls the Dirichlet towards its prior ``Dirichlet(1)``; ``l2``
   (official default: an Adam weight decay of ``1e-3`` on alpha, written here as ``0.5 * 1e-3 * ||alpha||^2``,
@@ -29,7 +30,10 @@ import torch
 from torch import Tensor
 
 from nni_darts_ext import constants as C
+from nni_darts_ext.checks import check_choice, check_float, check_int, check_optional
+from nni_darts_ext.errors import ArgumentTypeError, ArgumentValueError
 from nni_darts_ext.search.mixing import DirichletMixing, Mixing
+from nni_darts_ext.search.parts import SearchState
 from nni_darts_ext.search.schedules import beta_darts_weight
 
 __all__ = [
@@ -44,22 +48,19 @@ _DRNAS_KINDS = ("l2", "kl")
 
 def _check_alphas(alphas: Sequence[Tensor]) -> None:
     if isinstance(alphas, Tensor) or not isinstance(alphas, Sequence) or not alphas:
-        raise TypeError(
-            "alphas must be a non-empty sequence of tensors (one per choice)"
-        )
+        raise ArgumentTypeError("alphas", "must be a non-empty sequence of tensors (one per choice)")
     for alpha in alphas:
         if not isinstance(alpha, Tensor):
-            raise TypeError(
-                f"every alpha must be a torch.Tensor, got {type(alpha).__name__}"
-            )
+            raise ArgumentTypeError("alphas", f"must hold torch.Tensor, got {type(alpha).__name__}")
         if alpha.dim() < 1 or alpha.shape[-1] < 1:
-            raise ValueError(
-                f"every alpha needs the ops on a non-empty last dimension, got {tuple(alpha.shape)}"
-            )
+            raise ArgumentValueError("alphas", f"need the ops on a non-empty last dimension, got {tuple(alpha.shape)}")
 
 
 class ArchRegularizer:
     """A scalar loss term on the architecture logits, weighted by its own schedule.
+
+    Subclasses implement ``__call__(alphas, mixing, *, epoch, max_epochs)``; :meth:`arch_loss` (the
+    :class:`~nni_darts_ext.search.parts.ArchLossTerm` interface) calls it with the search's operation logits.
 
     Example::
 
@@ -70,9 +71,14 @@ class ArchRegularizer:
     """
 
     def __call__(
-        self, alphas: Sequence[Tensor], mixing: Mixing, *, epoch: int, max_epochs: int
+        self, alphas: Sequence[Tensor], mixing: Mixing | None, *, epoch: int, max_epochs: int
     ) -> Tensor:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not define __call__(alphas, mixing, *, epoch, "
+                                  "max_epochs)")
+
+    def arch_loss(self, search: SearchState, *, epoch: int, max_epochs: int) -> Tensor:
+        """The term on ``search.op_alphas()`` with ``search.mixing``."""
+        return self(search.op_alphas(), search.mixing, epoch=epoch, max_epochs=max_epochs)
 
 
 class DirichletPriorRegularizer(ArchRegularizer):
@@ -95,15 +101,11 @@ class DirichletPriorRegularizer(ArchRegularizer):
     def __init__(
         self, *, kind: str = C.DRNAS_REG_TYPE, scale: float = C.DRNAS_REG_SCALE
     ) -> None:
-        if kind not in _DRNAS_KINDS:
-            raise ValueError(f"kind must be one of {_DRNAS_KINDS}, got {kind!r}")
-        if not scale >= 0:
-            raise ValueError(f"scale must be >= 0, got {scale!r}")
-        self.kind = kind
-        self.scale = float(scale)
+        self.kind = check_choice("kind", kind, _DRNAS_KINDS)
+        self.scale = check_float("scale", scale, low=0.0)
 
     def __call__(
-        self, alphas: Sequence[Tensor], mixing: Mixing, *, epoch: int, max_epochs: int
+        self, alphas: Sequence[Tensor], mixing: Mixing | None, *, epoch: int, max_epochs: int
     ) -> Tensor:
         del mixing, epoch, max_epochs
         _check_alphas(alphas)
@@ -142,12 +144,8 @@ class BetaRegularizer(ArchRegularizer):
         weight_max: float = C.BETA_DARTS_WEIGHT_MAX,
         horizon: int | None = C.BETA_DARTS_WEIGHT_HORIZON,
     ) -> None:
-        if not weight_max >= 0:
-            raise ValueError(f"weight_max must be >= 0, got {weight_max!r}")
-        if horizon is not None and (not isinstance(horizon, int) or horizon < 1):
-            raise ValueError(f"horizon must be None or an int >= 1, got {horizon!r}")
-        self.weight_max = float(weight_max)
-        self.horizon = horizon
+        self.weight_max = check_float("weight_max", weight_max, low=0.0)
+        self.horizon = check_optional(check_int, "horizon", horizon, minimum=1)
 
     def weight(self, epoch: int, max_epochs: int) -> float:
         """The schedule's weight in ``epoch``."""
@@ -163,7 +161,7 @@ class BetaRegularizer(ArchRegularizer):
         ).mean()
 
     def __call__(
-        self, alphas: Sequence[Tensor], mixing: Mixing, *, epoch: int, max_epochs: int
+        self, alphas: Sequence[Tensor], mixing: Mixing | None, *, epoch: int, max_epochs: int
     ) -> Tensor:
         del mixing
         return self.weight(epoch, max_epochs) * self.loss(alphas)
@@ -184,12 +182,10 @@ class ZeroOneLoss(ArchRegularizer):
     """
 
     def __init__(self, *, weight: float = C.FAIR_DARTS_ZERO_ONE_WEIGHT) -> None:
-        if not weight >= 0:
-            raise ValueError(f"weight must be >= 0, got {weight!r}")
-        self.weight = float(weight)
+        self.weight = check_float("weight", weight, low=0.0)
 
     def __call__(
-        self, alphas: Sequence[Tensor], mixing: Mixing, *, epoch: int, max_epochs: int
+        self, alphas: Sequence[Tensor], mixing: Mixing | None, *, epoch: int, max_epochs: int
     ) -> Tensor:
         del mixing, epoch, max_epochs
         _check_alphas(alphas)

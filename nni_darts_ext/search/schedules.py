@@ -22,8 +22,11 @@ Example::
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from nni_darts_ext import constants as C
+from nni_darts_ext.checks import check_choice, check_float, check_int, check_positive
+from nni_darts_ext.errors import ArgumentValueError
 
 __all__ = [
     "beta_darts_weight",
@@ -36,15 +39,17 @@ __all__ = [
 _DECAYS = ("linear", "cosine")
 
 
-def _check_epoch(epoch: int, max_epochs: int | None = None) -> None:
-    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
-        raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
-    if max_epochs is not None and (
-        not isinstance(max_epochs, int)
-        or isinstance(max_epochs, bool)
-        or max_epochs < 1
-    ):
-        raise ValueError(f"max_epochs must be an int >= 1, got {max_epochs!r}")
+def _check_epoch(epoch: Any, max_epochs: Any = None) -> None:
+    check_int("epoch", epoch, minimum=0)
+    if max_epochs is not None:
+        check_int("max_epochs", max_epochs, minimum=1)
+
+
+def _check_interval(low_name: str, low: Any, high_name: str, high: Any, *, positive: bool = False) -> None:
+    """``0 <= low <= high`` (``0 < low`` with ``positive``), each named in the error."""
+    low_value = check_positive(low_name, low) if positive else check_float(low_name, low, low=0.0)
+    if low_value > check_float(high_name, high, low=0.0):
+        raise ArgumentValueError(low_name, f"must be <= {high_name}, got {low!r} > {high!r}")
 
 
 def darts_minus_skip_weight(
@@ -70,13 +75,9 @@ def darts_minus_skip_weight(
         (1.0, 0.02)
     """
     _check_epoch(epoch, max_epochs)
-    if decay not in _DECAYS:
-        raise ValueError(f"decay must be one of {_DECAYS}, got {decay!r}")
-    if not 0 <= start_epoch < max_epochs:
-        raise ValueError(f"start_epoch must be in [0, max_epochs), got {start_epoch!r}")
-    stop = max_epochs if stop_epoch is None else stop_epoch
-    if stop < start_epoch:
-        raise ValueError(f"stop_epoch must be >= start_epoch, got {stop_epoch!r}")
+    check_choice("decay", decay, _DECAYS)
+    check_int("start_epoch", start_epoch, minimum=0, maximum=max_epochs - 1)
+    stop = max_epochs if stop_epoch is None else check_int("stop_epoch", stop_epoch, minimum=start_epoch)
     if epoch < start_epoch:
         return float(initial)
     at = min(epoch, stop)
@@ -101,10 +102,7 @@ def gdas_tau(
         6.0
     """
     _check_epoch(epoch, max_epochs)
-    if not 0 < tau_min <= tau_max:
-        raise ValueError(
-            f"need 0 < tau_min <= tau_max, got tau_min={tau_min!r}, tau_max={tau_max!r}"
-        )
+    _check_interval("tau_min", tau_min, "tau_max", tau_max, positive=True)
     if max_epochs == 1:
         return float(tau_max)
     at = min(epoch, max_epochs - 1)
@@ -127,10 +125,8 @@ def beta_darts_weight(
         5.0
     """
     _check_epoch(epoch)
-    if not isinstance(horizon, int) or horizon < 1:
-        raise ValueError(f"horizon must be an int >= 1, got {horizon!r}")
-    if weight_max < 0:
-        raise ValueError(f"weight_max must be >= 0, got {weight_max!r}")
+    check_int("horizon", horizon, minimum=1)
+    check_float("weight_max", weight_max, low=0.0)
     return float(weight_max) * epoch / horizon
 
 
@@ -149,10 +145,7 @@ def sdarts_epsilon(
         0.165
     """
     _check_epoch(epoch, max_epochs)
-    if not 0 <= epsilon_min <= epsilon_max:
-        raise ValueError(
-            f"need 0 <= epsilon_min <= epsilon_max, got {epsilon_min!r}, {epsilon_max!r}"
-        )
+    _check_interval("epsilon_min", epsilon_min, "epsilon_max", epsilon_max)
     return (
         float(epsilon_min)
         + (float(epsilon_max) - float(epsilon_min)) * epoch / max_epochs
@@ -179,12 +172,8 @@ def pdarts_skip_dropout(
         (0.48, 0.5)
     """
     _check_epoch(epoch, stage_epochs)
-    if not 0.0 <= stage_rate < 1.0:
-        raise ValueError(f"stage_rate must be in [0, 1), got {stage_rate!r}")
-    if not 0 <= warmup_epochs <= stage_epochs:
-        raise ValueError(
-            f"warmup_epochs must be in [0, stage_epochs], got {warmup_epochs!r}"
-        )
+    check_float("stage_rate", stage_rate, low=0.0, high=1.0, high_open=True)
+    check_int("warmup_epochs", warmup_epochs, minimum=0, maximum=stage_epochs)
     if epoch < warmup_epochs:
         return float(stage_rate) * (stage_epochs - epoch - 1) / stage_epochs
     return float(stage_rate) * math.exp(-(epoch - warmup_epochs) * decay)
@@ -193,6 +182,8 @@ def pdarts_skip_dropout(
 class DartsMinusSkipSchedule:
     """Cell schedule of DARTS-: the auxiliary skip weight of every edge for an epoch (:func:`darts_minus_skip_weight`).
 
+    A :class:`~nni_darts_ext.search.parts.CellSchedule`.
+
     Example::
 
         >>> DartsMinusSkipSchedule()(25, 50)
@@ -200,8 +191,8 @@ class DartsMinusSkipSchedule:
     """
 
     def __init__(self, *, initial: float = C.DARTS_MINUS_SKIP_BETA, decay: str = C.DARTS_MINUS_DECAY):
-        self.initial = initial
-        self.decay = decay
+        self.initial = check_float("initial", initial, low=0.0)
+        self.decay = check_choice("decay", decay, _DECAYS)
 
     def __call__(self, epoch: int, max_epochs: int) -> dict[str, float]:
         weight = darts_minus_skip_weight(epoch, max_epochs=max_epochs, initial=self.initial, decay=self.decay)

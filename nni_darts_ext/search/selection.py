@@ -29,6 +29,8 @@ import torch
 from torch import Tensor
 
 from nni_darts_ext import constants as C
+from nni_darts_ext.checks import check_float
+from nni_darts_ext.errors import ArgumentTypeError, ArgumentValueError
 
 __all__ = ["Selection", "edge_slices", "select_by_threshold", "select_top_inputs"]
 
@@ -51,7 +53,7 @@ def edge_slices(n_edges: int) -> list[slice]:
         start += fan_in
         fan_in += 1
     if start != n_edges:
-        raise ValueError(f"{n_edges} edges is not a DARTS cell (2 + 3 + 4 + ... edges)")
+        raise ArgumentValueError("n_edges", f"({n_edges}) is not a DARTS cell's edge count (2 + 3 + 4 + ... edges)")
     return slices
 
 
@@ -62,19 +64,15 @@ def _allowed_weights(
     exclude: Sequence[str],
 ) -> Tensor:
     if not isinstance(edge_weights, Tensor) or edge_weights.dim() != 2:
-        raise TypeError("edge_weights must be a 2-D torch.Tensor (edges x ops)")
+        raise ArgumentTypeError("edge_weights", "must be a 2-D torch.Tensor (edges x ops)")
     if len(op_names) != edge_weights.shape[1]:
-        raise ValueError(
-            f"op_names has {len(op_names)} names for {edge_weights.shape[1]} op columns"
-        )
+        raise ArgumentValueError("op_names", f"has {len(op_names)} names for {edge_weights.shape[1]} op columns")
     allowed = torch.tensor(
         [name not in exclude for name in op_names], dtype=torch.bool
     ).expand_as(edge_weights)
     if mask is not None:
         if mask.dtype != torch.bool or mask.shape != edge_weights.shape:
-            raise ValueError(
-                f"mask must be a bool tensor of shape {tuple(edge_weights.shape)}"
-            )
+            raise ArgumentValueError("mask", f"must be a bool tensor of shape {tuple(edge_weights.shape)}")
         allowed = allowed & mask.cpu()
     weights = edge_weights.detach().cpu().double()
     return torch.where(allowed, weights, torch.full_like(weights, float("-inf")))
@@ -135,8 +133,7 @@ def select_by_threshold(
         >>> select_by_threshold(w, ["a", "b"])
         [[(0, 'a'), (1, 'b')], []]
     """
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold must be in [0, 1], got {threshold!r}")
+    check_float("threshold", threshold, low=0.0, high=1.0)
     weights = _allowed_weights(edge_weights, op_names, mask, exclude)
     best, _ = _best_ops(weights)
     starts = [rows.start for rows in edge_slices(weights.shape[0])]

@@ -2,7 +2,8 @@
 
 Second-order DARTS, SDARTS-ADV's attack and the Hessian health check run the evaluator module's
 ``training_step`` several times per step; none of those passes may update BatchNorm statistics, torchmetrics
-accumulators or the logged values. :func:`shielded_passes` restores all of them afterwards.
+accumulators or the logged values. :func:`shielded_passes` restores all of them afterwards, and
+:func:`frozen_parameters` keeps a pass from computing gradients nobody reads.
 
 Example::
 
@@ -19,12 +20,17 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from .._compat import import_nni_quietly
+
+with import_nni_quietly():
+    from nni.nas.oneshot.pytorch.base_lightning import BaseOneShotLightningModule
+
 try:  # torchmetrics comes with NNI's evaluators; without it there are no metric accumulators to protect.
     from torchmetrics import Metric as _Metric
 except ImportError:  # pragma: no cover - torchmetrics is a dependency of NNI's evaluator
     _Metric = None
 
-__all__ = ["shielded_passes", "loss_of", "detached_copies", "grads_of"]
+__all__ = ["shielded_passes", "loss_of", "detached_copies", "frozen_parameters", "grads_of"]
 
 
 def loss_of(output: Any) -> torch.Tensor:
@@ -60,6 +66,29 @@ def grads_of(loss: torch.Tensor, inputs: Sequence[torch.Tensor]) -> list[torch.T
     return [torch.zeros_like(x) if g is None else g.contiguous() for x, g in zip(inputs, grads, strict=False)]
 
 
+@contextlib.contextmanager
+def frozen_parameters(params: Sequence[nn.Parameter]) -> Iterator[None]:
+    """``requires_grad_(False)`` on ``params`` inside the block; each one's own flag comes back on exit.
+
+    Example::
+
+        >>> w = nn.Parameter(torch.ones(1))
+        >>> with frozen_parameters([w]):
+        ...     w.requires_grad
+        False
+        >>> w.requires_grad
+        True
+    """
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(params, flags, strict=True):
+            p.requires_grad_(flag)
+
+
 def _no_log(*args: Any, **kwargs: Any) -> None:
     """Stand-in for ``LightningModule.log``/``log_dict`` during shielded passes."""
 
@@ -76,7 +105,8 @@ def _clone_state(value: Any) -> Any:
 
 
 def _metric_snapshot(metric: Any) -> dict[str, Any]:
-    names = list(getattr(metric, "_defaults", {})) + [n for n in _METRIC_BOOKKEEPING if hasattr(metric, n)]
+    # torchmetrics' states are named in Metric._defaults; the bookkeeping attributes vary between its versions.
+    names = list(metric._defaults) + [n for n in _METRIC_BOOKKEEPING if hasattr(metric, n)]
     return {name: _clone_state(getattr(metric, name)) for name in names}
 
 
@@ -84,7 +114,8 @@ def _metric_snapshot(metric: Any) -> dict[str, Any]:
 def shielded_passes(module: nn.Module, *, buffers: bool = True) -> Iterator[None]:
     """Silence ``module.training_module``'s ``log``/``log_dict``; restore every buffer and metric state on exit.
 
-    ``module`` is a one-shot module (it has ``training_module``) or any ``nn.Module``. ``buffers=False`` leaves
+    ``module`` is a one-shot module (NNI's ``BaseOneShotLightningModule``: its ``training_module`` logs) or any
+    ``nn.Module``. ``buffers=False`` leaves
     buffers alone: for passes in eval mode, which change none, and whose backward still reads them (BatchNorm's
     running statistics), so they must not be written before it runs.
 
@@ -93,7 +124,7 @@ def shielded_passes(module: nn.Module, *, buffers: bool = True) -> Iterator[None
         with shielded_passes(oneshot_module):
             extra_loss = loss_of(oneshot_module.training_module.training_step(batch, 0))
     """
-    inner = getattr(module, "training_module", module)
+    inner = module.training_module if isinstance(module, BaseOneShotLightningModule) else module
     missing = object()
     saved_attrs = {name: inner.__dict__.get(name, missing) for name in ("log", "log_dict")}
     owners: list[tuple[nn.Module, str, torch.Tensor]] = []

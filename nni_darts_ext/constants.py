@@ -60,6 +60,7 @@ __all__ = [
     "STATISTICS_SAMPLE",
     "MEMORY_CACHE_BYTES",
     "IMAGEFOLDER_TEST_FRACTION",
+    "NATIVE_DATASET_SIZE",
 ]
 
 # Per-channel statistics of the CIFAR-10 training set, as in quark0/darts cnn/utils.py _data_transforms_cifar10.
@@ -143,6 +144,9 @@ CUTOUT_FRACTION = 0.5
 STATISTICS_SAMPLE = 10_000
 # dataset.cache: auto keeps decoded images in memory when they take at most this many bytes (ours: 2 GiB).
 MEMORY_CACHE_BYTES = 2 * 1024**3
+# Native sizes of the torchvision datasets read from local files (torchvision docs: CIFAR-100 and SVHN 32x32 RGB,
+# MNIST and Fashion-MNIST 28x28 grayscale), and CIFAR-10's.
+NATIVE_DATASET_SIZE: dict[str, int] = {"cifar10": 32, "cifar100": 32, "svhn": 32, "mnist": 28, "fashion-mnist": 28}
 # imagefolder without a test/ folder: the held-out test fraction (ours: as DIGITS_TEST_FRACTION).
 IMAGEFOLDER_TEST_FRACTION = 0.2
 # scikit-learn's load_digits: 1797 grey 8x8 images with pixel values 0..16.

@@ -42,6 +42,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
+from . import recipes
 from .checks import check_bool, check_choice, check_float, check_int, check_optional
 from .constants import (
     CROP_PADDING_DIVISOR,
@@ -65,10 +66,10 @@ __all__ = [
 _logger = logging.getLogger(__name__)
 
 #: ``dataset.name`` values this module reads.
-OWN_DATASETS: tuple[str, ...] = ("imagefolder", "npz", "cifar100", "mnist", "fashion-mnist", "svhn")
+OWN_DATASETS: tuple[str, ...] = recipes.OWN_DATASETS
 #: ``dataset.cache``: ``memory`` decodes every image once and keeps it; ``none`` decodes on every access;
 #: ``auto`` keeps them when they take at most ``constants.MEMORY_CACHE_BYTES``.
-CACHE_MODES: tuple[str, ...] = ("auto", "memory", "none")
+CACHE_MODES: tuple[str, ...] = recipes.CACHE_MODES
 #: Suffixes read as images (torchvision's ``IMG_EXTENSIONS`` and GIF); other files are ignored and counted.
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm",
                                    ".ppm")

@@ -60,7 +60,10 @@ __all__ = [
     "DataInfo",
     "ImageDataset",
     "OwnImages",
+    "augmentation",
+    "digits_info",
     "load_images",
+    "memory_bytes",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -161,7 +164,7 @@ def _pixels(image: PIL.Image.Image, channels: int) -> np.ndarray:
 
 def _to_tensor(array: np.ndarray, image_size: int) -> torch.Tensor:
     """``HxWxC`` array as a ``CxSxS`` tensor (its dtype kept), resized (bilinear, antialiased) when needed."""
-    tensor = torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+    tensor = torch.from_numpy(array.transpose(2, 0, 1).copy())
     if tensor.shape[1:] == (image_size, image_size):
         return tensor
     resized = torch.nn.functional.interpolate(tensor[None].float(), size=(image_size, image_size), mode="bilinear",
@@ -690,6 +693,20 @@ def _convert(images: torch.Tensor, own: int, channels: int, image_size: int) -> 
     resized = torch.nn.functional.interpolate(images.float(), size=(image_size, image_size), mode="bilinear",
                                               antialias=True, align_corners=False)
     return resized.round().clamp(0, _UINT8_MAX).to(torch.uint8) if images.dtype == torch.uint8 else resized
+
+
+def digits_info(image_size: int) -> DataInfo:
+    """The :class:`DataInfo` basics of scikit-learn's digits as :mod:`nni_darts_ext.data` serves them (3 equal
+    channels, normalised by ``constants.DIGITS_MEAN`` / ``DIGITS_STD``); counts are filled in by the caller.
+
+    Example::
+
+        digits_info(8).classes[:3]   # ['0', '1', '2']
+    """
+    from .constants import DIGITS_MEAN, DIGITS_STD
+
+    return DataInfo(name="digits", classes=[str(i) for i in range(10)], num_classes=10, in_channels=3,
+                    image_size=image_size, mean=[DIGITS_MEAN] * 3, std=[DIGITS_STD] * 3, images={}, per_class={})
 
 
 def memory_bytes(info: DataInfo) -> int:

@@ -37,7 +37,7 @@ from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from .._compat import cpu_has_native_bf16, import_nni_quietly
+from .._compat import cpu_has_native_bf16
 from ..arch import NAMED_ARCHS, build_model, load_arch, normalize_arch
 from ..callbacks import (
     AlphaHistory,
@@ -56,18 +56,21 @@ from ..compile import CompileModel
 from ..constants import ARC_BETAS, ARC_WEIGHT_DECAY, NUM_CLASSES
 from ..data import search_dataloaders
 from ..distributed import launched_rank
-from ..errors import CheckpointError, DatasetError, UsageError
+from ..errors import ArgumentValueError, CheckpointError, DatasetError, UsageError
 from ..evaluator import darts_evaluator, darts_trainer
+from ..io import atomic_write_json
 from ..nni_trial import TRIAL_VALIDATION_FRACTION
 from ..recipe_data import RecipeData, retrain_loaders, test_loader
 from ..recipes import Recipe, RecipeError
 from ..resumable_data import ExactResume
 from ..search import darts_strategy
+from ..space import check_image_size, darts_space, default_stem
 from ..training_module import DartsClassificationModule
 from .options import RunOptions
 from .run_folder import (
     ARCH_FILE,
     CHECKPOINT_DIR,
+    DATASET_FILE,
     TENSORBOARD_DIR,
     check_out_dir_on_rank,
     check_search_resume,
@@ -84,8 +87,10 @@ __all__ = [
     "assemble_search",
     "check_device",
     "data_errors",
+    "data_shape",
     "per_device_batch",
     "resolve_arch",
+    "write_dataset_info",
 ]
 
 # Lightning's default logging interval (Trainer(log_every_n_steps=50)); lowered to the epoch length on tiny data
@@ -122,6 +127,7 @@ class Assembly:
         evaluator, space, strategy: NNI's evaluator, model space and one-shot strategy (search).
         epoch_log, alpha_history, health: the recording callbacks (the last two for a search only).
         arch, arch_name: the fixed architecture and where it came from (retrain).
+        info, stem: the data's :class:`~nni_darts_ext.datasets.DataInfo` and the net's stem.
     """
 
     command: str
@@ -150,6 +156,8 @@ class Assembly:
     health: SearchHealthMonitor | None = None
     arch: dict | None = None
     arch_name: str | None = None
+    info: Any = None
+    stem: str | None = None
 
 
 # ---------------------------------------------------------------------------------------------------------- checks
@@ -230,6 +238,34 @@ def data_errors(build: Callable[[], Any]) -> Any:
         raise UsageError(str(exc)) from None
     except TypeError as exc:  # e.g. cifar10 without a data_dir
         raise UsageError(f"dataset.data_dir: {exc}") from None
+
+
+def data_shape(data: RecipeData, stem: str | None, *, key: str, test: bool = True) -> tuple[Any, str]:
+    """The run's :class:`~nni_darts_ext.datasets.DataInfo` and the stem (``stem``, or the default for the images'
+    size), with images too small for that stem's net refused as UsageError stating the minimum.
+
+    Example::
+
+        info, stem = data_shape(data, recipe.search.stem, key="search.stem")
+    """
+    info = data_errors(lambda: data.info(test=test))
+    stem = stem or default_stem(info.image_size)
+    try:
+        check_image_size(info.image_size, stem)
+    except ArgumentValueError as exc:
+        where = "dataset.image_size" if data.recipe.dataset.image_size is not None else "the images"
+        raise UsageError(f"{where}: {exc.problem.replace('is ', '', 1)} ({key} {stem})") from None
+    return info, stem
+
+
+def write_dataset_info(out: Path, info: Any) -> None:
+    """``out/dataset.json``: the run's :class:`~nni_darts_ext.datasets.DataInfo` (read by evaluate and deploy).
+
+    Example::
+
+        write_dataset_info(Path("runs/r"), data.info())
+    """
+    atomic_write_json(out / DATASET_FILE, info.to_dict())
 
 
 def check_resumable(path: Path, module: Any = None) -> None:
@@ -352,7 +388,8 @@ def _run_callbacks(
     return callbacks, epoch_log, logger
 
 
-def _module(section: Any, num_epochs: int, *, auxiliary_weight: float, drop_path_prob: float | None) -> Any:
+def _module(section: Any, num_epochs: int, *, auxiliary_weight: float, drop_path_prob: float | None,
+            num_classes: int = NUM_CLASSES) -> Any:
     return DartsClassificationModule(
         learning_rate=section.learning_rate,
         weight_decay=section.weight_decay,
@@ -361,7 +398,7 @@ def _module(section: Any, num_epochs: int, *, auxiliary_weight: float, drop_path
         max_epochs=num_epochs,
         auxiliary_loss_weight=auxiliary_weight,
         drop_path_prob=drop_path_prob,
-        num_classes=NUM_CLASSES,
+        num_classes=num_classes,
     )
 
 
@@ -436,11 +473,10 @@ def assemble_search(recipe: Recipe, options: RunOptions, *, data: RecipeData | N
         dataset, batch_size=s.batch_size, train_fraction=s.train_fraction, seed=recipe.seed,
         num_workers=recipe.dataset.num_workers,
     )
+    info, stem = data_shape(data, s.stem, key="search.stem")
     strategy = _strategy(recipe)
-    with import_nni_quietly():
-        from nni.nas.hub.pytorch import DARTS
-
-    space = DARTS(width=s.width, num_cells=s.cells, dataset="cifar")
+    space = darts_space(num_classes=info.num_classes, in_channels=info.in_channels, image_size=info.image_size,
+                        width=s.width, num_cells=s.cells, stem=stem)
     history = AlphaHistory()
     callbacks, epoch_log, logger = _run_callbacks(out, "search", options, learning_rate=s.learning_rate,
                                                   resume_from=resume_from)
@@ -458,6 +494,7 @@ def assemble_search(recipe: Recipe, options: RunOptions, *, data: RecipeData | N
             eta_min=s.eta_min,
             max_epochs=s.epochs,
             auxiliary_loss_weight=0.0,  # the search space has no auxiliary head
+            num_classes=info.num_classes,
             **_trainer_settings(
                 options, accelerator, devices, callbacks=callbacks, logger=logger, default_root_dir=str(out),
                 log_every_n_steps=_log_every(min(len(train_loader), len(val_loader))),
@@ -468,7 +505,7 @@ def assemble_search(recipe: Recipe, options: RunOptions, *, data: RecipeData | N
         world_size=devices * options.num_nodes, rank=rank, data=data, batch_size=s.batch_size, out=out,
         resume_from=resume_from, train_loader=train_loader, val_loader=val_loader, module=evaluator.module,
         trainer=evaluator.trainer, evaluator=evaluator, space=space, strategy=strategy, epoch_log=epoch_log,
-        alpha_history=history, health=health,
+        alpha_history=history, health=health, info=info, stem=stem,
     )
 
 
@@ -509,11 +546,14 @@ def assemble_retrain(recipe: Recipe, arch: Any, options: RunOptions, *, data: Re
     data_errors(lambda: data.split(train=True, cutout=r.cutout))
     if held_out is None:
         data_errors(lambda: data.split(train=False))
+    info, stem = data_shape(data, r.stem, key="retrain.stem", test=held_out is None)
     model = build_model(
         arch_dict, width=r.width, num_cells=r.cells, auxiliary_loss=r.auxiliary_weight > 0,
-        drop_path_prob=r.drop_path_prob, image_size=recipe.image_size,
+        drop_path_prob=r.drop_path_prob, image_size=info.image_size, num_classes=info.num_classes,
+        in_channels=info.in_channels, stem=stem,
     )
-    module = _module(r, r.epochs, auxiliary_weight=r.auxiliary_weight, drop_path_prob=r.drop_path_prob)
+    module = _module(r, r.epochs, auxiliary_weight=r.auxiliary_weight, drop_path_prob=r.drop_path_prob,
+                     num_classes=info.num_classes)
     module.set_model(model)
     if resume_from is not None:
         check_resumable(resume_from, module)
@@ -540,6 +580,7 @@ def assemble_retrain(recipe: Recipe, arch: Any, options: RunOptions, *, data: Re
         world_size=world, rank=rank, data=data, batch_size=batch_size, out=out, resume_from=resume_from,
         train_loader=train_loader, val_loader=val_loader, test_loader=test_loader, validation=validation,
         model=model, module=module, trainer=trainer, epoch_log=epoch_log, arch=arch_dict, arch_name=arch_name,
+        info=info, stem=stem,
     )
 
 
@@ -566,7 +607,9 @@ def assemble_evaluate(
     accelerator, devices = check_device(options.accelerator, options.devices)
     data = data or RecipeData(recipe)
     r = recipe.retrain
-    module = _module(r, 1, auxiliary_weight=r.auxiliary_weight if auxiliary else 0.0, drop_path_prob=0.0)
+    info = data_errors(lambda: data.info())
+    module = _module(r, 1, auxiliary_weight=r.auxiliary_weight if auxiliary else 0.0, drop_path_prob=0.0,
+                     num_classes=info.num_classes)
     module.set_model(model)
     loader = data_errors(lambda: test_loader(data, batch_size=r.batch_size))
     with _trainer_errors():
@@ -578,5 +621,5 @@ def assemble_evaluate(
     return Assembly(
         command="evaluate", recipe=recipe, options=options, accelerator=accelerator, devices=devices,
         world_size=devices * options.num_nodes, rank=launched_rank(), data=data, batch_size=r.batch_size, out=out,
-        test_loader=loader, model=model, module=module, trainer=trainer,
+        test_loader=loader, model=model, module=module, trainer=trainer, info=info,
     )

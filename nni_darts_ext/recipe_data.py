@@ -80,17 +80,24 @@ class RecipeData:
     def info(self, *, test: bool = True) -> Any:
         """The :class:`~nni_darts_ext.datasets.DataInfo` of the run's data (built splits with ``max_samples``).
 
-        ``test=False``: the test split is neither built nor counted (a selection retrain never reads it).
+        ``test=False``: the test split is neither built nor counted (a selection retrain never reads it). The test
+        split of cifar10 / digits are counted only when a stage has built them (a search does not need the test
+        split, an evaluation not the training split); with neither built, the training split is built.
         """
         from .datasets import DataInfo, digits_info
 
-        train = self.split(train=True)
-        splits = {"train": train, **({"test": self.split(train=False)} if test else {})}
+        wanted = {"train": True, "test": test}
+        if self.own:
+            splits = {name: self.split(train=name == "train") for name, want in wanted.items() if want}
+        else:
+            built = {("train" if train else "test"): split for (train, _), split in self._splits.items()}
+            splits = {name: built[name] for name, want in wanted.items() if want and name in built}
+            splits = splits or {"train": self.split(train=True)}
         if self.own:
             base = self.images().info
         else:
             base = digits_info(self.recipe.image_size) if self.recipe.dataset.name == "digits" else \
-                cifar10_info(train)
+                cifar10_info(next(iter(splits.values())))
         counts = {name: _targets(split) for name, split in splits.items()}
         return DataInfo(
             name=base.name, classes=base.classes, num_classes=base.num_classes, in_channels=base.in_channels,

@@ -607,11 +607,11 @@ def assemble_evaluate(
     accelerator, devices = check_device(options.accelerator, options.devices)
     data = data or RecipeData(recipe)
     r = recipe.retrain
+    loader = data_errors(lambda: test_loader(data, batch_size=r.batch_size))
     info = data_errors(lambda: data.info())
     module = _module(r, 1, auxiliary_weight=r.auxiliary_weight if auxiliary else 0.0, drop_path_prob=0.0,
                      num_classes=info.num_classes)
     module.set_model(model)
-    loader = data_errors(lambda: test_loader(data, batch_size=r.batch_size))
     with _trainer_errors():
         trainer = darts_trainer(**_trainer_settings(
             options, accelerator, devices, logger=False, enable_checkpointing=False,

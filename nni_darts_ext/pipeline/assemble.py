@@ -64,7 +64,7 @@ from ..recipe_data import RecipeData, retrain_loaders, test_loader
 from ..recipes import Recipe, RecipeError
 from ..resumable_data import ExactResume
 from ..search import darts_strategy
-from ..space import check_image_size, darts_space, default_stem
+from ..space import check_image_size, darts_space, default_stem, min_image_size
 from ..training_module import DartsClassificationModule
 from .options import RunOptions
 from .run_folder import (
@@ -252,9 +252,11 @@ def data_shape(data: RecipeData, stem: str | None, *, key: str, test: bool = Tru
     stem = stem or default_stem(info.image_size)
     try:
         check_image_size(info.image_size, stem)
-    except ArgumentValueError as exc:
-        where = "dataset.image_size" if data.recipe.dataset.image_size is not None else "the images"
-        raise UsageError(f"{where}: {exc.problem.replace('is ', '', 1)} ({key} {stem})") from None
+    except ArgumentValueError:
+        where = "dataset.image_size" if data.recipe.dataset.image_size is not None else "the images' size"
+        raise UsageError(f"{where}: {info.image_size} px is too small for the DARTS net with the {stem} stem "
+                         f"({key}): the minimum is {min_image_size(stem)} px; set dataset.image_size to "
+                         f"{min_image_size(stem)} or more") from None
     return info, stem
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_own_data import write_folder
 
 from nni_darts_ext.cli import main
-from test_own_data import write_folder
 
 pytestmark = pytest.mark.e2e  # runs the CLI
 

@@ -211,3 +211,24 @@ def test_data_info_round_trip(tmp_path):
     assert DataInfo.from_dict(info.to_dict()) == info
     assert {"name", "classes", "num_classes", "in_channels", "image_size", "mean", "std", "images", "per_class",
             "skipped"} <= set(info.to_dict())
+
+
+def _example():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "own_images.py"
+    spec = importlib.util.spec_from_file_location("example_own_images", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_example_writes_folders_the_loader_reads(tmp_path):
+    example = _example()
+    example.write_gray(tmp_path / "gray", classes=3, size=25, seed=0)
+    example.write_rgb(tmp_path / "rgb", size=48, seed=0)
+    gray = load_images("imagefolder", tmp_path / "gray").info
+    rgb = load_images("imagefolder", tmp_path / "rgb").info
+    assert (gray.num_classes, gray.in_channels, gray.image_size) == (3, 1, 25)
+    assert (rgb.num_classes, rgb.in_channels, rgb.image_size) == (4, 3, 48)
+    assert rgb.classes == ["china-left", "china-right", "flower-left", "flower-right"]

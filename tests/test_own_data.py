@@ -232,3 +232,45 @@ def test_example_writes_folders_the_loader_reads(tmp_path):
     assert (gray.num_classes, gray.in_channels, gray.image_size) == (3, 1, 25)
     assert (rgb.num_classes, rgb.in_channels, rgb.image_size) == (4, 3, 48)
     assert rgb.classes == ["china-left", "china-right", "flower-left", "flower-right"]
+
+
+def test_augmentation_crops_flips_and_cuts_at_any_size(tmp_path):
+    from nni_darts_ext.datasets import augmentation
+    from nni_darts_ext.recipe_data import scaled_cutout
+
+    steps = augmentation(40, flip=False, cutout=scaled_cutout(16, 40)).transforms
+    assert steps[0].padding == [5, 5, 5, 5] and len(steps) == 2  # 40 // 8 padding, no flip, Cutout
+    assert steps[1].length == 20
+    torch.manual_seed(0)
+    image = torch.ones(1, 40, 40)
+    out = augmentation(40, flip=True, cutout=20)(image)
+    assert out.shape == (1, 40, 40) and (out == 0).sum() >= 10 * 10  # a clipped 20 px square is at least 10x10
+    assert scaled_cutout(None, 64) is None and scaled_cutout(16, 64) == 32
+
+
+@pytest.mark.parametrize(("override", "key"), [
+    ("dataset.in_channels=2", "dataset.in_channels"),
+    ("dataset.cache=disk", "dataset.cache"),
+    ("dataset.test_fraction=1.0", "dataset.test_fraction"),
+    ("dataset.std=[0.0]", "dataset.std[0]"),
+    ("dataset.mean=[0.5]", "dataset.mean"),
+    ("search.stem=resnet", "search.stem"),
+    ("retrain.stem=resnet", "retrain.stem"),
+])
+def test_recipe_keys_of_own_datasets_are_checked(override, key):
+    from nni_darts_ext.errors import RecipeError
+    from nni_darts_ext.recipes import load_recipe
+
+    with pytest.raises(RecipeError, match=key.replace("[", r"\[").replace("]", r"\]")):
+        load_recipe("demo", ["dataset.name=imagefolder", "dataset.data_dir=data", override])
+
+
+def test_own_keys_are_refused_for_builtin_datasets():
+    from nni_darts_ext.errors import RecipeError
+    from nni_darts_ext.recipes import load_recipe
+
+    with pytest.raises(RecipeError, match="dataset.in_channels: only read by own datasets"):
+        load_recipe("demo", ["dataset.in_channels=1"])
+    recipe = load_recipe("demo", ["dataset.name=imagefolder", "dataset.data_dir=data", "dataset.image_size=null",
+                                  "search.stem=imagenet", "dataset.mean=[0.5]", "dataset.std=[0.2]"])
+    assert recipe.image_size is None and recipe.search.stem == "imagenet"

@@ -50,7 +50,7 @@ from .constants import (
     MEMORY_CACHE_BYTES,
     STATISTICS_SAMPLE,
 )
-from .errors import BadImageError, DataFolderError, DatasetError, ImageSizeError, LabelError
+from .errors import ArrayDataError, BadImageError, DataFolderError, DatasetError, ImageSizeError
 from .transforms import Cutout
 
 __all__ = [
@@ -487,25 +487,30 @@ def _array_images(x: np.ndarray, where: str) -> torch.Tensor:
     elif x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
         x = x.transpose(0, 3, 1, 2)
     elif not (x.ndim == 4 and x.shape[1] in (1, 3)):
-        raise LabelError(f"{where}: images must be N x H x W, N x H x W x C or N x C x H x W with C 1 or 3, "
-                         f"got shape {x.shape}")
+        raise ArrayDataError(f"{where}: images must be N x H x W, N x H x W x C or N x C x H x W with C 1 or 3, "
+                             f"got shape {x.shape}")
     if x.dtype == np.uint8:
         return torch.from_numpy(np.ascontiguousarray(x))
     if not np.issubdtype(x.dtype, np.floating):
-        raise LabelError(f"{where}: images must be uint8 (0..255) or float (0..1), got {x.dtype}")
+        raise ArrayDataError(f"{where}: images must be uint8 (0..255) or float (0..1), got {x.dtype}")
+    if x.size and not (np.isfinite(x).all() and x.min() >= 0.0 and x.max() <= 1.0):
+        low, high = np.nanmin(x), np.nanmax(x)
+        low, high = np.nanmin(x), np.nanmax(x)
+        raise ArrayDataError(f"{where}: float images must hold values in 0..1 (got {low:g}..{high:g}); scale "
+                             "them, or store uint8 0..255")
     return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
 
 
 def _array_labels(y: Any, n: int, num_classes: int | None, where: str) -> list[int]:
     y = np.asarray(y)
     if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
-        raise LabelError(f"{where}: labels must be a 1-D array of integers, got {y.dtype} of shape {y.shape}")
+        raise ArrayDataError(f"{where}: labels must be a 1-D array of integers, got {y.dtype} of shape {y.shape}")
     if len(y) != n:
-        raise LabelError(f"{where}: {len(y)} labels for {n} images; there must be one label per image")
+        raise ArrayDataError(f"{where}: {len(y)} labels for {n} images; there must be one label per image")
     if len(y) and (y.min() < 0 or (num_classes is not None and y.max() >= num_classes)):
         bad = int(y.min()) if y.min() < 0 else int(y.max())
         top = f"0..{num_classes - 1}" if num_classes is not None else ">= 0"
-        raise LabelError(f"{where}: label {bad} is out of range (labels must be {top})")
+        raise ArrayDataError(f"{where}: label {bad} is out of range (labels must be {top})")
     return [int(v) for v in y]
 
 
@@ -533,11 +538,11 @@ def _npz(path: Path) -> tuple[dict[str, tuple[Any, Any]], list[str] | None]:
         with np.load(path, allow_pickle=False) as archive:
             missing = [key for key in ("x_train", "y_train", "x_test", "y_test") if key not in archive.files]
             if missing:
-                raise LabelError(f"{path}: missing array(s) {', '.join(missing)} (has: {', '.join(archive.files)})")
+                raise ArrayDataError(f"{path}: missing array(s) {', '.join(missing)} (has: {', '.join(archive.files)})")
             splits = {split: (archive[f"x_{split}"], archive[f"y_{split}"]) for split in _SPLITS}
             classes = [str(c) for c in archive["classes"].tolist()] if "classes" in archive.files else None
     except (OSError, ValueError, EOFError) as exc:  # not a zip / a pickled object array
-        raise LabelError(f"{path}: cannot read the .npz file ({type(exc).__name__}: {exc})") from None
+        raise ArrayDataError(f"{path}: cannot read the .npz file ({type(exc).__name__}: {exc})") from None
     return splits, classes
 
 
@@ -593,7 +598,7 @@ def _load_torchvision(cls: Any, root: Path, **kwargs: Any) -> Any:
     try:
         return cls(str(root), download=False, **kwargs)
     except (RuntimeError, ValueError, KeyError, OSError, EOFError, pickle.UnpicklingError, IndexError) as exc:
-        raise LabelError(f"{root}: the files do not load ({type(exc).__name__}: {exc})") from None
+        raise ArrayDataError(f"{root}: the files do not load ({type(exc).__name__}: {exc})") from None
 
 
 # ------------------------------------------------------------------------------------------------------ entry
@@ -620,7 +625,7 @@ def load_images(
 
     Raises:
         FileNotFoundError: missing files of a torchvision dataset or the ``.npz`` file (names folder and files).
-        DataFolderError, BadImageError, ImageSizeError, LabelError: unusable data (one line naming it).
+        DataFolderError, BadImageError, ImageSizeError, ArrayDataError: unusable data (one line naming it).
         ArgumentTypeError, ArgumentValueError: a bad argument.
 
     Example::

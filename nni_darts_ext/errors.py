@@ -32,11 +32,11 @@ __all__ = [
     "ArgumentValueError",
     "ArchError",
     "CheckpointError",
+    "ArrayDataError",
     "BadImageError",
     "DataFolderError",
     "DatasetError",
     "ImageSizeError",
-    "LabelError",
     "NonFiniteLossError",
     "RecipeError",
     "RunInterrupted",
@@ -140,8 +140,9 @@ class ImageSizeError(DatasetError):
     """Images of differing sizes without ``dataset.image_size``, or images too small for the net's reductions."""
 
 
-class LabelError(DatasetError):
-    """Labels that do not fit their images: out of range, not integers, or not one per image (``.npz`` files)."""
+class ArrayDataError(DatasetError):
+    """Arrays of images and labels that cannot be used (an ``.npz`` file, torchvision's files): labels out of range,
+    not integers or not one per image, images of an unknown layout or value range, files that do not load."""
 
 
 class CheckpointError(ValueError):

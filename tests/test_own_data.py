@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from nni_darts_ext.datasets import DataInfo, load_images
-from nni_darts_ext.errors import BadImageError, DataFolderError, ImageSizeError, LabelError
+from nni_darts_ext.errors import ArrayDataError, BadImageError, DataFolderError, ImageSizeError
 
 FORMATS = {"png": "PNG", "jpg": "JPEG", "bmp": "BMP", "gif": "GIF", "tiff": "TIFF", "webp": "WEBP"}
 
@@ -149,10 +149,10 @@ def test_npz_layouts_and_label_checks(tmp_path):
     assert images.info.in_channels == 3 and images.info.classes == ["0", "1", "2"]
     assert torch.equal(images.train.images[1], images.test.images[1])  # NCHW and NHWC read alike
     np.savez(path, x_train=x[:, 0].astype(np.float32) / 255, y_train=y, x_test=x[:, 0], y_test=np.array([0, 1, 5, 0, 1, 2]))
-    with pytest.raises(LabelError, match="label 5 is out of range"):
+    with pytest.raises(ArrayDataError, match="label 5 is out of range"):
         load_images("npz", path)
     np.savez(path, x_train=x, y_train=y[:5], x_test=x, y_test=y)
-    with pytest.raises(LabelError, match="5 labels for 6 images"):
+    with pytest.raises(ArrayDataError, match="5 labels for 6 images"):
         load_images("npz", path)
 
 
@@ -274,3 +274,25 @@ def test_own_keys_are_refused_for_builtin_datasets():
     recipe = load_recipe("demo", ["dataset.name=imagefolder", "dataset.data_dir=data", "dataset.image_size=null",
                                   "search.stem=imagenet", "dataset.mean=[0.5]", "dataset.std=[0.2]"])
     assert recipe.image_size is None and recipe.search.stem == "imagenet"
+
+
+def test_statistics_of_a_large_split_come_from_a_seeded_sample(tmp_path, monkeypatch):
+    from nni_darts_ext import datasets
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, (12, 8, 8), dtype=np.uint8)
+    y = np.arange(12) % 2
+    np.savez(tmp_path / "set.npz", x_train=x, y_train=y, x_test=x, y_test=y)
+    monkeypatch.setattr(datasets, "STATISTICS_SAMPLE", 5)
+    first = load_images("npz", tmp_path / "set.npz", seed=1).info
+    again = load_images("npz", tmp_path / "set.npz", seed=1).info
+    assert first.mean == again.mean
+    rows = torch.randperm(12, generator=torch.Generator().manual_seed(1))[:5]
+    assert first.mean[0] == pytest.approx(float(torch.from_numpy(x)[rows].double().mean() / 255), abs=1e-6)
+
+
+def test_npz_float_images_must_be_0_to_1(tmp_path):
+    x = np.full((4, 8, 8), 3.0, np.float32)
+    np.savez(tmp_path / "set.npz", x_train=x, y_train=np.array([0, 1, 0, 1]), x_test=x, y_test=np.array([0, 1, 0, 1]))
+    with pytest.raises(ArrayDataError, match="0..1"):
+        load_images("npz", tmp_path / "set.npz")

@@ -122,12 +122,14 @@ class SearchSection:
     momentum: float = MISSING
     weight_decay: float = MISSING
     eta_min: float = MISSING
-    gradient_clip: float = MISSING
-    arc_learning_rate: float = MISSING
-    arc_betas: tuple[float, float] = MISSING
-    arc_weight_decay: float = MISSING
-    warmup_epochs: int = MISSING
-    # PC-DARTS: 1/K of each edge's channels go through the candidate ops; null for other strategies.
+    # The strategy's settings below: null means the strategy preset's own (nni_darts_ext.search.presets); a value
+    # given wins over the preset's, also when it equals DARTS' default.
+    gradient_clip: float | None = MISSING
+    arc_learning_rate: float | None = MISSING
+    arc_betas: tuple[float, float] | None = MISSING
+    arc_weight_decay: float | None = MISSING
+    warmup_epochs: int | None = MISSING
+    # 1/K of each edge's channels go through the candidate ops (PC-DARTS; any preset takes it).
     partial_channels: int | None = MISSING
     # Architecture-gradient order, 1 or 2; null: the strategy preset's own.
     order: int | None = None
@@ -603,25 +605,23 @@ def _validate_search(s: SearchSection) -> None:
     if s.strategy not in strategies:
         raise RecipeError(f"search.strategy: unknown strategy {s.strategy!r}; known: {', '.join(strategies)}")
     _in_range("search.train_fraction", s.train_fraction, 0.0, 1.0, low_open=True, high_open=True)
-    _positive("search.arc_learning_rate", s.arc_learning_rate)
-    for i, beta in enumerate(s.arc_betas):
+    if s.arc_learning_rate is not None:
+        _positive("search.arc_learning_rate", s.arc_learning_rate)
+    for i, beta in enumerate(s.arc_betas or ()):
         _in_range(f"search.arc_betas[{i}]", beta, 0.0, 1.0, low_open=False, high_open=True)
-    _at_least("search.arc_weight_decay", s.arc_weight_decay, 0.0)
-    _at_least("search.warmup_epochs", s.warmup_epochs, 0)
-    if s.warmup_epochs >= s.epochs:
-        raise RecipeError(
-            f"search.warmup_epochs: {s.warmup_epochs} leaves no epoch for the architecture "
-            f"(search.epochs is {s.epochs}); lower it or raise search.epochs"
-        )
+    if s.arc_weight_decay is not None:
+        _at_least("search.arc_weight_decay", s.arc_weight_decay, 0.0)
+    if s.warmup_epochs is not None:
+        _at_least("search.warmup_epochs", s.warmup_epochs, 0)
+        if s.warmup_epochs >= s.epochs:
+            raise RecipeError(
+                f"search.warmup_epochs: {s.warmup_epochs} leaves no epoch for the architecture "
+                f"(search.epochs is {s.epochs}); lower it or raise search.epochs"
+            )
+    # Whether partial_channels fits the strategy and the supernet is the strategy's to say (DartsSearch.check_space,
+    # called when the search is assembled); only its range is checked here.
     if s.partial_channels is not None:
         _at_least("search.partial_channels", s.partial_channels, 1)
-        if s.strategy != "pc-darts":
-            raise RecipeError(
-                "search.partial_channels: only used by strategy 'pc-darts' "
-                f"(strategy is {s.strategy!r}); set it to null"
-            )
-        if s.width % s.partial_channels:
-            raise RecipeError(f"search.partial_channels: {s.partial_channels} does not divide search.width {s.width}")
     _one_of("search.order", s.order, ARCHITECTURE_ORDERS)
     _at_least("search.hessian_every", s.hessian_every, 0)
     _one_of("search.early_stop", s.early_stop, EARLY_STOP_RULES)

@@ -53,10 +53,10 @@ from ..callbacks import (
 )
 from ..checkpoint import AtomicCheckpointIO, read_checkpoint, state_dict_mismatch
 from ..compile import CompileModel
-from ..constants import ARC_BETAS, ARC_WEIGHT_DECAY, NUM_CLASSES
+from ..constants import NUM_CLASSES
 from ..data import search_dataloaders
 from ..distributed import launched_rank
-from ..errors import CheckpointError, DatasetError, UsageError
+from ..errors import ArgumentError, CheckpointError, DatasetError, UsageError
 from ..evaluator import darts_evaluator, darts_trainer
 from ..nni_trial import TRIAL_VALIDATION_FRACTION
 from ..recipe_data import RecipeData, retrain_loaders, test_loader
@@ -83,9 +83,13 @@ __all__ = [
     "assemble_retrain",
     "assemble_search",
     "check_device",
+    "check_search",
     "data_errors",
     "per_device_batch",
     "resolve_arch",
+    "search_space",
+    "search_strategy",
+    "strategy_overrides",
 ]
 
 # Lightning's default logging interval (Trainer(log_every_n_steps=50)); lowered to the epoch length on tiny data
@@ -366,44 +370,99 @@ def _module(section: Any, num_epochs: int, *, auxiliary_weight: float, drop_path
 
 
 # ---------------------------------------------------------------------------------------------------------- search
-def _strategy(recipe: Recipe) -> Any:
-    """The recipe's strategy preset; options a preset does not take become RecipeError naming the key."""
+#: The strategy arguments a recipe sets, with their recipe keys. A key whose value is null leaves the preset's own
+#: value; any value given is passed and wins, also when it equals DARTS' default.
+STRATEGY_RECIPE_KEYS: dict[str, str] = {
+    "arc_learning_rate": "search.arc_learning_rate",
+    "arc_betas": "search.arc_betas",
+    "arc_weight_decay": "search.arc_weight_decay",
+    "warmup_epochs": "search.warmup_epochs",
+    "gradient_clip_val": "search.gradient_clip",
+    "partial_channels": "search.partial_channels",
+    "order": "search.order",
+    "max_skip_connects": "export.max_skip_connects",
+}
+
+
+def strategy_overrides(recipe: Recipe) -> dict[str, Any]:
+    """The keyword arguments the recipe gives its strategy preset: every non-null value of
+    :data:`STRATEGY_RECIPE_KEYS`, then ``search.strategy_options``.
+
+    Example::
+
+        >>> strategy_overrides(load_recipe("fair-darts"))["arc_betas"]
+        (0.9, 0.999)
+    """
     s = recipe.search
-    kwargs: dict[str, Any] = {
+    values = {
         "arc_learning_rate": s.arc_learning_rate,
-        "gradient_clip_val": s.gradient_clip,
+        "arc_betas": None if s.arc_betas is None else tuple(s.arc_betas),
+        "arc_weight_decay": s.arc_weight_decay,
         "warmup_epochs": s.warmup_epochs,
+        "gradient_clip_val": s.gradient_clip,
+        "partial_channels": s.partial_channels,
+        "order": s.order,
+        "max_skip_connects": recipe.export.max_skip_connects,
     }
-    keys = {"arc_learning_rate": "search.arc_learning_rate", "gradient_clip_val": "search.gradient_clip",
-            "warmup_epochs": "search.warmup_epochs"}
-    # The architecture Adam's betas and weight decay: passed only when they differ from DARTS' (NNI's, the paper's),
-    # so that a preset with its own (fair-darts' betas, drnas' regulariser in place of weight decay) keeps them.
-    if tuple(s.arc_betas) != tuple(ARC_BETAS):
-        kwargs["arc_betas"] = tuple(s.arc_betas)
-        keys["arc_betas"] = "search.arc_betas"
-    if s.arc_weight_decay != ARC_WEIGHT_DECAY:
-        kwargs["arc_weight_decay"] = s.arc_weight_decay
-        keys["arc_weight_decay"] = "search.arc_weight_decay"
-    if s.partial_channels is not None:
-        kwargs["partial_channels"] = s.partial_channels
-        keys["partial_channels"] = "search.partial_channels"
-    order = s.order
-    if order is not None:
-        kwargs["order"] = order
-        keys["order"] = "search.order"
-    max_skip_connects = recipe.export.max_skip_connects
-    if max_skip_connects is not None:
-        kwargs["max_skip_connects"] = max_skip_connects
-        keys["max_skip_connects"] = "export.max_skip_connects"
-    for name, value in dict(s.strategy_options or {}).items():
-        kwargs[name] = value
-        keys[name] = f"search.strategy_options.{name}"
+    overrides = {name: value for name, value in values.items() if value is not None}
+    overrides.update(dict(s.strategy_options or {}))
+    return overrides
+
+
+def search_strategy(recipe: Recipe, space: Any = None) -> Any:
+    """The recipe's strategy preset with :func:`strategy_overrides` applied and, given ``space``, checked against it
+    (:meth:`~nni_darts_ext.search.DartsSearch.check_space`).
+
+    Raises:
+        RecipeError: an argument the preset refuses (its type, its value, an argument it does not take, an option
+            the space cannot take), naming the recipe key it came from; a preset's own warm-up that leaves no epoch.
+
+    Example::
+
+        strategy = search_strategy(load_recipe("drnas", ["search.partial_channels=4"]), DARTS(width=16, num_cells=8))
+    """
+    s = recipe.search
+    options = dict(s.strategy_options or {})
     try:
-        return darts_strategy(s.strategy, **kwargs)
-    except TypeError as exc:
-        named = next((key for arg, key in keys.items() if repr(arg) in str(exc) or f"'{arg}'" in str(exc)), None)
-        key = named or "search.strategy"
-        raise RecipeError(f"{key}: strategy {s.strategy!r} does not take it ({exc})") from None
+        strategy = darts_strategy(s.strategy, **strategy_overrides(recipe))
+        if space is not None:
+            strategy.check_space(space)
+    except ArgumentError as exc:
+        if exc.argument in options:
+            key = f"search.strategy_options.{exc.argument}"
+        else:
+            key = STRATEGY_RECIPE_KEYS.get(exc.argument)
+        if key is None:
+            raise RecipeError(f"search.strategy: {s.strategy!r}: {exc}") from None
+        raise RecipeError(f"{key}: {exc.problem} (strategy {s.strategy!r})") from None
+    if s.warmup_epochs is None and strategy.warmup_epochs >= s.epochs:
+        raise RecipeError(f"search.warmup_epochs: null gives the {s.strategy!r} preset's own {strategy.warmup_epochs}, "
+                          f"which leaves no epoch for the architecture (search.epochs is {s.epochs}); set it or "
+                          "raise search.epochs")
+    return strategy
+
+
+def search_space(recipe: Recipe) -> Any:
+    """The recipe's DARTS model space (``nni.nas.hub.pytorch.DARTS`` of ``search.width`` x ``search.cells``).
+
+    Example::
+
+        space = search_space(load_recipe("demo"))
+    """
+    with import_nni_quietly():
+        from nni.nas.hub.pytorch import DARTS
+
+    return DARTS(width=recipe.search.width, num_cells=recipe.search.cells, dataset="cifar")
+
+
+def check_search(recipe: Recipe) -> None:
+    """Build the recipe's strategy and check it against its space (:func:`search_strategy`), for commands that check
+    a whole recipe before they write anything (a multi-seed search, a demo).
+
+    Raises:
+        RecipeError: as :func:`search_strategy`.
+    """
+    search_strategy(recipe, search_space(recipe))
 
 
 def assemble_search(recipe: Recipe, options: RunOptions, *, data: RecipeData | None = None) -> Assembly:
@@ -436,11 +495,8 @@ def assemble_search(recipe: Recipe, options: RunOptions, *, data: RecipeData | N
         dataset, batch_size=s.batch_size, train_fraction=s.train_fraction, seed=recipe.seed,
         num_workers=recipe.dataset.num_workers,
     )
-    strategy = _strategy(recipe)
-    with import_nni_quietly():
-        from nni.nas.hub.pytorch import DARTS
-
-    space = DARTS(width=s.width, num_cells=s.cells, dataset="cifar")
+    space = search_space(recipe)
+    strategy = search_strategy(recipe, space)
     history = AlphaHistory()
     callbacks, epoch_log, logger = _run_callbacks(out, "search", options, learning_rate=s.learning_rate,
                                                   resume_from=resume_from)

@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from nni_darts_ext.errors import InspectError
 from nni_darts_ext.health import (
     HEALTH_FILE,
     HEALTH_PLOT,
@@ -26,7 +27,7 @@ from nni_darts_ext.health import (
     read_health_records,
 )
 
-__all__ = ["InspectError", "format_report", "inspect_run"]
+__all__ = ["format_report", "inspect_run"]
 
 # The output layout of ``nni-darts search`` (pipeline.run_search).
 _CONFIG = "config.yaml"
@@ -36,10 +37,6 @@ _LAST_CHECKPOINT = "last.ckpt"
 _PLOTS = ("alphas.png", "cells.png", HEALTH_PLOT)
 _TENSORBOARD = "tensorboard"
 _ACCURACY_KEYS = ("val_acc", "train_acc")
-
-
-class InspectError(ValueError):
-    """The folder is missing, not a folder, or not an ``nni-darts search`` output; the message is one line."""
 
 
 def _read_config(path: Path, notes: list[str]) -> dict[str, Any] | None:

@@ -27,12 +27,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from lightning_fabric.plugins.precision.precision import _PRECISION_INPUT
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
@@ -84,6 +86,7 @@ __all__ = [
     "assemble_search",
     "check_device",
     "check_search",
+    "lightning_precisions",
     "data_errors",
     "per_device_batch",
     "resolve_arch",
@@ -219,6 +222,10 @@ def per_device_batch(global_batch: int, world_size: int, *, key: str, devices: i
     return global_batch // world_size
 
 
+#: The dataset arguments a recipe sets (nni_darts_ext.data.get_dataset's), with their recipe keys.
+_DATA_RECIPE_KEYS = {"root": "dataset.data_dir", "image_size": "dataset.image_size", "cutout": "retrain.cutout"}
+
+
 def data_errors(build: Callable[[], Any]) -> Any:
     """``build()`` with missing or corrupt data turned into UsageError naming the files.
 
@@ -232,8 +239,11 @@ def data_errors(build: Callable[[], Any]) -> Any:
         raise UsageError(f"{exc} (set --data-dir)") from None
     except DatasetError as exc:
         raise UsageError(str(exc)) from None
-    except TypeError as exc:  # e.g. cifar10 without a data_dir
-        raise UsageError(f"dataset.data_dir: {exc}") from None
+    except ArgumentError as exc:  # e.g. cifar10 without a data_dir
+        key = _DATA_RECIPE_KEYS.get(exc.argument)
+        if key is None:
+            raise
+        raise UsageError(f"{key}: {exc.problem}") from None
 
 
 def check_resumable(path: Path, module: Any = None) -> None:
@@ -284,6 +294,9 @@ def _trainer_settings(options: RunOptions, accelerator: str, devices: int, **kwa
         "enable_model_summary": False,
     }
     if options.precision is not None:
+        if options.precision not in lightning_precisions():
+            raise UsageError(f"--precision {options.precision}: expected one of "
+                             f"{', '.join(map(str, lightning_precisions()))}")
         settings["precision"] = options.precision
         on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
         if options.precision.startswith("bf16") and on_cpu and not cpu_has_native_bf16():
@@ -302,16 +315,31 @@ def _trainer_settings(options: RunOptions, accelerator: str, devices: int, **kwa
     return settings
 
 
+def lightning_precisions() -> tuple[str | int, ...]:
+    """The ``precision`` values Lightning's trainer takes (its ``_PRECISION_INPUT`` type: ``"32-true"``,
+    ``"bf16-mixed"``, ``16``, ...); ``--precision`` is checked against them before a trainer is built.
+
+    Example::
+
+        >>> "bf16-mixed" in lightning_precisions()
+        True
+    """
+    def flat(tp: Any) -> tuple:
+        return tuple(value for arg in typing.get_args(tp) for value in (flat(arg) if typing.get_args(arg) else (arg,)))
+
+    return flat(_PRECISION_INPUT)
+
+
 @contextlib.contextmanager
 def _trainer_errors() -> Iterator[None]:
-    """Lightning's refusals of trainer options (bad --precision, ...) as UsageError."""
+    """Lightning's refusals of trainer options (``--strategy``, ``--num-nodes`` with an accelerator, ...) as
+    UsageError; ``--precision`` is checked before (:func:`lightning_precisions`)."""
     try:
         yield
     except (ValueError, MisconfigurationException) as exc:
         text = str(exc).strip()
         first_line = text.splitlines()[0] if text else type(exc).__name__
-        flag = "--precision" if "recision" in first_line else "trainer options"
-        raise UsageError(f"{flag}: {first_line}") from None
+        raise UsageError(f"trainer options: {first_line}") from None
 
 
 def _log_every(n_batches: int) -> int:
@@ -433,12 +461,12 @@ def search_strategy(recipe: Recipe, space: Any = None) -> Any:
         else:
             key = STRATEGY_RECIPE_KEYS.get(exc.argument)
         if key is None:
-            raise RecipeError(f"search.strategy: {s.strategy!r}: {exc}") from None
-        raise RecipeError(f"{key}: {exc.problem} (strategy {s.strategy!r})") from None
+            raise RecipeError(f"search.strategy: {s.strategy!r}: {exc}", key="search.strategy") from None
+        raise RecipeError(f"{key}: {exc.problem} (strategy {s.strategy!r})", key=key) from None
     if s.warmup_epochs is None and strategy.warmup_epochs >= s.epochs:
         raise RecipeError(f"search.warmup_epochs: null gives the {s.strategy!r} preset's own {strategy.warmup_epochs}, "
                           f"which leaves no epoch for the architecture (search.epochs is {s.epochs}); set it or "
-                          "raise search.epochs")
+                          "raise search.epochs", key="search.warmup_epochs")
     return strategy
 
 

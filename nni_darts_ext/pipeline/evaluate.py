@@ -10,13 +10,13 @@ Example::
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 from ..arch import build_model, count_parameters
 from ..checkpoint import load_weights, read_state_dict, shape_of_weights, strip_prefix
+from ..checks import PathLike
 from ..errors import CheckpointError, UsageError
 from ..io import atomic_write_json
 from ..recipe_data import RecipeData
@@ -30,7 +30,6 @@ from .runtime import device_name, quiet_nni, run_facts
 
 __all__ = ["run_evaluate"]
 
-PathLike = str | os.PathLike
 
 # Any drop-path probability > 0 gives NNI's DropPath-wrapped op layout (its value is irrelevant in eval mode).
 _STRUCTURAL_DROP_PATH = 0.1

@@ -287,13 +287,13 @@ def _options(args: argparse.Namespace, out: str | None) -> Any:
 
 def _duration(flag: str, text: str | None) -> float | None:
     from .durations import parse_duration
-    from .errors import UsageError
+    from .errors import ArgumentError, UsageError
 
     if text is None:
         return None
     try:
         return parse_duration(text)
-    except (TypeError, ValueError) as exc:
+    except ArgumentError as exc:
         raise UsageError(f"{flag} {text}: {exc}") from None
 
 

@@ -5,8 +5,6 @@ Sizes: digits at 8x8, 64 images per split, width 4, 3 cells, batch 16, one epoch
 
 from __future__ import annotations
 
-import functools
-
 import pytest
 import torch
 
@@ -91,22 +89,9 @@ def test_the_strategys_refusal_is_reported_with_the_recipe_key(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ through the CLI
-@pytest.fixture(scope="module")
-def nni_home(tmp_path_factory):
-    """NNI's experiment manifest redirected to a temporary folder."""
-    from nni_darts_ext._compat import import_nni_quietly
-
-    with import_nni_quietly():
-        from nni.nas.experiment import experiment as nni_experiment
-
-    home = tmp_path_factory.mktemp("nni-experiments")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(nni_experiment, "Experiments", functools.partial(nni_experiment.Experiments, home_dir=str(home)))
-        yield home
-
-
+# (NNI's experiment manifest goes to the session's private HOME, set in conftest.py)
 @pytest.mark.e2e
-def test_drnas_advice_partial_channels_works_and_a_default_value_wins_through_the_cli(tmp_path, nni_home):
+def test_drnas_advice_partial_channels_works_and_a_default_value_wins_through_the_cli(tmp_path):
     """The drnas recipe's advice ``--set search.partial_channels=4``, with DARTS' arc weight decay written out."""
     out = tmp_path / "run"
     code = main(["search", "--recipe", "drnas", "--out", str(out), "--quiet", "--threads", "1", "--accelerator",

@@ -44,7 +44,12 @@ from nni_darts_ext.health import (
     write_health_records,
 )
 
+from .._compat import import_nni_quietly
 from ..checks import check_int, check_optional
+
+with import_nni_quietly():
+    from nni.nas.evaluator.pytorch.lightning import SupervisedLearningModule
+    from nni.nas.oneshot.pytorch.base_lightning import BaseOneShotLightningModule
 
 __all__ = ["EARLY_STOP_RULES", "SearchHealthMonitor"]
 
@@ -81,11 +86,11 @@ def _sorted_arch_parameters(module: Any) -> list[torch.Tensor]:
 def _default_loss(pl_module: Any, batch: Any) -> torch.Tensor:
     """Validation loss of the wrapped training module on ``batch``: ``criterion(forward(x), y)``.
 
-    Falls back to ``training_step(batch, 0)`` (loss tensor or dict with ``'loss'``) when the module has no
-    ``criterion``; its ``self.log`` calls are discarded.
+    Falls back to ``training_step(batch, 0)`` (loss tensor or dict with ``'loss'``) when the module is not an NNI
+    ``SupervisedLearningModule`` (which holds a ``criterion``); its ``self.log`` calls are discarded.
     """
-    training_module = getattr(pl_module, "training_module", pl_module)
-    criterion = getattr(training_module, "criterion", None)
+    training_module = pl_module.training_module if isinstance(pl_module, BaseOneShotLightningModule) else pl_module
+    criterion = training_module.criterion if isinstance(training_module, SupervisedLearningModule) else None
     if criterion is not None and isinstance(batch, (list, tuple)) and len(batch) == 2:
         x, y = batch
         output = training_module(x)

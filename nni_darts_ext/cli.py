@@ -502,8 +502,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     recipe = _recipe(args, "demo")
     out = Path(args.out)
-    print(f"nni-darts demo: recipe {recipe.name}, {recipe.dataset.name} {recipe.image_size}x{recipe.image_size}, "
-          f"output in {out}", flush=True)
+    size = f" {recipe.image_size}x{recipe.image_size}" if recipe.image_size is not None else ""
+    print(f"nni-darts demo: recipe {recipe.name}, {recipe.dataset.name}{size}, output in {out}", flush=True)
     summary = run_demo(recipe, _options(args, args.out), baseline=args.baseline,
                        report=lambda line: print(f"  {line}", flush=True))
     print(f"  test accuracy {summary['test_accuracy']:.4f} ({summary['params']:,} parameters, searched cell)"

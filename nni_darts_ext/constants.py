@@ -51,6 +51,15 @@ __all__ = [
     "SELECTION_HELD_OUT_FRACTION",
     "SIGNIFICANCE_LEVEL",
     "STATISTICAL_POWER",
+    "STEM_REDUCTIONS",
+    "LAST_STAGE_MIN_MAP",
+    "IMAGENET_STEM_MIN_SIZE",
+    "CROP_PADDING_DIVISOR",
+    "CUTOUT_FRACTION",
+    "STATISTICS_SAMPLE",
+    "MEMORY_CACHE_BYTES",
+    "IMAGEFOLDER_TEST_FRACTION",
+    "NATIVE_DATASET_SIZE",
 ]
 
 # Per-channel statistics of the CIFAR-10 training set, as in quark0/darts cnn/utils.py _data_transforms_cifar10.
@@ -108,6 +117,16 @@ MIN_NUM_CELLS = 3
 NATIVE_IMAGE_SIZE: dict[str, int] = {"cifar": 32, "imagenet": 224}
 # Spatial size of the auxiliary head's pooled map at native size (its next conv has kernel 2, nasnet.py).
 AUX_HEAD_POOLED_SIZE = 2
+# Stride-2 steps of the DARTS net per stem (NNI nasnet.py NDS.__init__): the cifar stem keeps the resolution and
+# the cells reduce twice; the imagenet stem halves three times (stem0: two stride-2 convs, stem1: one), then the
+# cells' two reductions.
+STEM_REDUCTIONS: dict[str, int] = {"cifar": 2, "imagenet": 5}
+# The smallest map side the last stage may work on (ours): 2x2, the map NNI's auxiliary head convolves with its
+# 2x2 kernel (nasnet.py AuxiliaryHead), so an input must be at least 2 * 2 ** STEM_REDUCTIONS[stem] px (8 / 64).
+LAST_STAGE_MIN_MAP = 2
+# Images of this side and more get the imagenet stem unless a recipe says otherwise (ours: the smallest size at
+# which the imagenet stem leaves a LAST_STAGE_MIN_MAP map, 2 * 2 ** 5).
+IMAGENET_STEM_MIN_SIZE = 64
 # An arch file (32 keys of JSON, or one Genotype(...) line) is a few KiB; refuse anything above 1 MiB unread.
 MAX_ARCH_FILE_BYTES = 1 << 20
 
@@ -115,6 +134,20 @@ MAX_ARCH_FILE_BYTES = 1 << 20
 # (quark0/darts cnn/utils.py _data_transforms_cifar10: RandomCrop(32, padding=4)).
 CIFAR10_IMAGE_SIZE = 32
 CIFAR10_PADDING = 4
+# The DARTS random crop pads CIFAR-10's 32 px by 4 (quark0/darts cnn/utils.py): image_size // 8 for any size.
+CROP_PADDING_DIVISOR = 8
+# DARTS' Cutout is 16 px on 32 px CIFAR-10 (quark0/darts cnn/train.py --cutout_length 16): half the side.
+CUTOUT_FRACTION = 0.5
+# Mean / std of an own dataset: from at most this many training images, a seeded sample (ours: bounds the time
+# spent on statistics of a large folder).
+STATISTICS_SAMPLE = 10_000
+# dataset.cache: auto keeps decoded images in memory when they take at most this many bytes (ours: 2 GiB).
+MEMORY_CACHE_BYTES = 2 * 1024**3
+# Native sizes of the torchvision datasets read from local files (torchvision docs: CIFAR-100 and SVHN 32x32 RGB,
+# MNIST and Fashion-MNIST 28x28 grayscale), and CIFAR-10's.
+NATIVE_DATASET_SIZE: dict[str, int] = {"cifar10": 32, "cifar100": 32, "svhn": 32, "mnist": 28, "fashion-mnist": 28}
+# imagefolder without a test/ folder: the held-out test fraction (ours: as DIGITS_TEST_FRACTION).
+IMAGEFOLDER_TEST_FRACTION = 0.2
 # scikit-learn's load_digits: 1797 grey 8x8 images with pixel values 0..16.
 DIGITS_NATIVE_SIZE = 8
 # Our fixed stratified split of digits: 20% test (train_test_split(test_size=0.2, stratify=y, random_state=0)).

@@ -451,6 +451,9 @@ def get_dataset(
     * ``"digits"``: :func:`digits` at ``image_size`` (default ``constants.DIGITS_IMAGE_SIZE`` = 16), with
       ``Cutout(cutout)`` on the training split when ``cutout`` is given; ``root``, ``download`` and ``verify``
       are ignored (the data ships with scikit-learn).
+    * an own dataset (``imagefolder``, ``npz``, ``cifar100``, ``mnist``, ``fashion-mnist``, ``svhn``):
+      :func:`nni_darts_ext.datasets.load_images` of ``root`` at ``image_size``, the split with the generalised
+      DARTS augmentation (Cutout ``cutout`` px) for training; defaults for the other settings.
 
     Raises:
         ValueError: unknown ``name`` (lists the known ones), ``cutout`` longer than the image (names both),
@@ -462,8 +465,13 @@ def get_dataset(
         train_set = get_dataset("cifar10", train=True, root="data", cutout=16)
         test_set = get_dataset("digits", train=False)
     """
+    from .datasets import OWN_DATASETS, load_images
+
+    if name in OWN_DATASETS:  # read (and checked) on every call: build both splits from one load_images instead
+        images = load_images(name, root, image_size=image_size)
+        return images.dataset(train=check_bool("train", train), cutout=cutout)
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
+        raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join((*DATASETS, *OWN_DATASETS))}")
     train = check_bool("train", train)
     if cutout is not None:
         cutout = check_int("cutout", cutout, minimum=1)

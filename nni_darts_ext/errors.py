@@ -35,8 +35,12 @@ __all__ = [
     "ArgumentValueError",
     "ArchError",
     "CheckpointError",
+    "BadImageError",
+    "DataFolderError",
     "DatasetError",
+    "ImageSizeError",
     "InspectError",
+    "LabelError",
     "NonFiniteLossError",
     "OutputWriteError",
     "RecipeError",
@@ -166,6 +170,32 @@ class ArchError(ValueError):
 
 class DatasetError(ValueError):
     """A dataset file exists but cannot be used (corrupt, truncated, wrong format or checksum)."""
+
+
+class DataFolderError(DatasetError):
+    """A dataset folder that cannot be used as given: missing or empty, fewer than 2 classes, a class without
+    images in a split, train and test with different classes; the message names the folder and classes."""
+
+
+class BadImageError(DatasetError):
+    """An image file that cannot be decoded (unreadable, truncated, not what its suffix says); ``path`` names it."""
+
+    def __init__(self, path: Path, problem: str):
+        super().__init__(f"{path}: cannot read the image ({problem}); fix or remove it, or set "
+                         "dataset.skip_bad_images=true to skip such files")
+        self.path = Path(path)
+        self.problem = problem
+
+    def __reduce__(self) -> Any:
+        return type(self), (self.path, self.problem)
+
+
+class ImageSizeError(DatasetError):
+    """Images of differing sizes without ``dataset.image_size``, or images too small for the net's reductions."""
+
+
+class LabelError(DatasetError):
+    """Labels that do not fit their images: out of range, not integers, or not one per image (``.npz`` files)."""
 
 
 class CheckpointError(ValueError):

@@ -43,9 +43,12 @@ from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBas
 from .constants import (
     CIFAR10_IMAGE_SIZE,
     DIGITS_IMAGE_SIZE,
+    IMAGEFOLDER_TEST_FRACTION,
     MIN_NUM_CELLS,
+    NATIVE_DATASET_SIZE,
     SELECTION_EPOCHS,
     SELECTION_HELD_OUT_FRACTION,
+    STEM_REDUCTIONS,
 )
 from .errors import RecipeError
 
@@ -68,6 +71,12 @@ __all__ = [
     "SELECT_RULES",
 ]
 
+#: ``dataset.name`` values read by nni_darts_ext.datasets (listed here too: this module imports nothing heavy).
+OWN_DATASETS = ("imagefolder", "npz", "cifar100", "mnist", "fashion-mnist", "svhn")
+#: ``dataset.cache`` values (nni_darts_ext.datasets.CACHE_MODES).
+CACHE_MODES = ("auto", "memory", "none")
+#: ``search.stem`` / ``retrain.stem`` values (nni_darts_ext.space.STEMS).
+STEMS = tuple(STEM_REDUCTIONS)
 #: The recipe the CLI uses when none is named: the smallest, a few minutes on a CPU.
 DEFAULT_RECIPE = "demo"
 #: ``search.order``: first-order (1) or second-order, unrolled (2) architecture gradients (DARTS paper, Sec. 2.3).
@@ -95,17 +104,34 @@ _MAX_QUOTED_CHARS = 40
 
 @dataclass(frozen=True)
 class DatasetSection:
-    """Which data, where. ``name``: ``cifar10`` or ``digits``."""
+    """Which data, where. ``name``: ``cifar10``, ``digits``, or an own dataset (``imagefolder``, ``npz``,
+    ``cifar100``, ``mnist``, ``fashion-mnist``, ``svhn``: nni_darts_ext.datasets)."""
 
     name: str = MISSING
-    # Folder holding cifar-10-batches-py (ignored for digits). Relative paths are relative to the working folder.
+    # Folder holding cifar-10-batches-py (ignored for digits), the image folder (train/CLASS/*, test/CLASS/*), the
+    # .npz file, or the torchvision files. Relative paths are relative to the working folder.
     data_dir: str | None = MISSING
-    # Input size in pixels; null: the default (32 for CIFAR-10, 16 for digits). CIFAR-10 only takes 32.
+    # Input size in pixels; null: the default (32 for CIFAR-10, 16 for digits, the images' own size for an own
+    # dataset). CIFAR-10 only takes 32.
     image_size: int | None = MISSING
     # DataLoader worker processes.
     num_workers: int = MISSING
     # Use at most this many images of each split (a seeded random subset): for smoke tests; null: all.
     max_samples: int | None = MISSING
+    # The rest is read by own datasets only.
+    # Input channels, 1 or 3; null: 1 when every image is grayscale, else 3.
+    in_channels: int | None = None
+    # imagefolder without a test/ folder: this fraction of each class is held out (seeded by `seed`) for testing.
+    test_fraction: float = IMAGEFOLDER_TEST_FRACTION
+    # Random horizontal flips in training (false for digits, text and anything that must not be mirrored).
+    flip: bool = True
+    # auto: decoded images kept in memory when they fit (constants.MEMORY_CACHE_BYTES); memory: always; none: never.
+    cache: str = "auto"
+    # Skip unreadable images (reported in the log and summary.json) instead of stopping.
+    skip_bad_images: bool = False
+    # Per-channel mean / std of the normalisation (pixel values 0..1); null: computed from the training split.
+    mean: list[float] | None = None
+    std: list[float] | None = None
 
 
 @dataclass(frozen=True)
@@ -143,6 +169,8 @@ class SearchSection:
     seeds: list[int] | None = None
     # How a multi-seed search picks its cell: one of SELECT_RULES.
     select: str = "val"
+    # The supernet's stem, cifar or imagenet (NNI's DARTS stems); null: imagenet for images of 64 px and more.
+    stem: str | None = None
 
 
 @dataclass(frozen=True)
@@ -163,6 +191,8 @@ class RetrainSection:
     cutout: int | None = MISSING
     # Gradient-norm clip; null: no clipping.
     gradient_clip: float | None = MISSING
+    # The fixed net's stem, cifar or imagenet; null: imagenet for images of 64 px and more.
+    stem: str | None = None
 
 
 @dataclass(frozen=True)
@@ -208,11 +238,14 @@ class Recipe:
         return lines + yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
 
     @property
-    def image_size(self) -> int:
-        """The effective input size: ``dataset.image_size`` or the dataset's own."""
+    def image_size(self) -> int | None:
+        """The effective input size: ``dataset.image_size`` or the dataset's own (None for an image folder or an
+        ``.npz`` file, whose size is known once read: ``RecipeData.info.image_size``)."""
         if self.dataset.image_size is not None:
             return self.dataset.image_size
-        return CIFAR10_IMAGE_SIZE if self.dataset.name == "cifar10" else DIGITS_IMAGE_SIZE
+        if self.dataset.name == "digits":
+            return DIGITS_IMAGE_SIZE
+        return NATIVE_DATASET_SIZE.get(self.dataset.name)
 
 
 def _to_plain(value: Any) -> Any:
@@ -576,8 +609,10 @@ def _validate_dataset(recipe: Recipe) -> None:
     from .data import DATASETS
 
     d = recipe.dataset
-    if d.name not in DATASETS:
-        raise RecipeError(f"dataset.name: unknown dataset {d.name!r}; known: {', '.join(DATASETS)}", key="dataset.name")
+    known = (*DATASETS, *OWN_DATASETS)
+    if d.name not in known:
+        raise RecipeError(f"dataset.name: unknown dataset {d.name!r}; known: {', '.join(known)}", key="dataset.name")
+    _validate_own_dataset(d)
     if d.image_size is not None:
         _at_least("dataset.image_size", d.image_size, 1)
         if d.name == "cifar10" and d.image_size != CIFAR10_IMAGE_SIZE:
@@ -589,6 +624,33 @@ def _validate_dataset(recipe: Recipe) -> None:
     _at_least("dataset.num_workers", d.num_workers, 0)
     if d.max_samples is not None:
         _at_least("dataset.max_samples", d.max_samples, 2)
+
+
+def _validate_own_dataset(d: DatasetSection) -> None:
+    """The keys read by own datasets: checked always; refused for cifar10 / digits when they are not the default."""
+    if d.name not in OWN_DATASETS:
+        defaults = DatasetSection(name=d.name, data_dir=None, image_size=None, num_workers=0, max_samples=None)
+        for key in ("in_channels", "mean", "std", "cache", "skip_bad_images", "test_fraction", "flip"):
+            if getattr(d, key) != getattr(defaults, key):
+                raise RecipeError(f"dataset.{key}: only read by own datasets ({', '.join(OWN_DATASETS)}); "
+                                  f"{d.name} has its own; leave it at {getattr(defaults, key)!r}")
+    if d.in_channels is not None and d.in_channels not in (1, 3):
+        raise RecipeError(f"dataset.in_channels: must be null, 1 or 3, got {d.in_channels}")
+    _in_range("dataset.test_fraction", d.test_fraction, 0.0, 1.0, low_open=True, high_open=True)
+    if d.cache not in CACHE_MODES:
+        raise RecipeError(f"dataset.cache: must be one of {', '.join(map(repr, CACHE_MODES))}, got {d.cache!r}")
+    for key in ("mean", "std"):
+        values = getattr(d, key)
+        if values is None:
+            continue
+        if len(values) not in (1, 3):
+            raise RecipeError(f"dataset.{key}: one value per channel (1 or 3), got {len(values)}")
+        if d.in_channels is not None and len(values) != d.in_channels:
+            raise RecipeError(f"dataset.{key}: {len(values)} value(s) for dataset.in_channels {d.in_channels}")
+        for i, value in enumerate(values):
+            (_positive if key == "std" else _finite)(f"dataset.{key}[{i}]", value)
+    if (d.mean is None) != (d.std is None):
+        raise RecipeError("dataset.mean: set mean and std together (or both null: computed from the training split)")
 
 
 def _validate_training(section_name: str, s: SearchSection | RetrainSection) -> None:
@@ -658,6 +720,7 @@ def _validate_search(s: SearchSection) -> None:
                 f"search.seeds: seed {repeated[0]} is listed twice; each seed runs one search",
                 key="search.seeds",
             )
+    _one_of("search.stem", s.stem, STEMS)
     if s.select not in SELECT_RULES:
         raise RecipeError(
             f"search.select: must be one of {', '.join(map(repr, SELECT_RULES))}, got {s.select!r}",
@@ -674,9 +737,10 @@ def _validate_retrain(recipe: Recipe) -> None:
     r = recipe.retrain
     _at_least("retrain.auxiliary_weight", r.auxiliary_weight, 0.0)
     _in_range("retrain.drop_path_prob", r.drop_path_prob, 0.0, 1.0, low_open=False, high_open=True)
+    _one_of("retrain.stem", r.stem, STEMS)
     if r.cutout is not None:
         _at_least("retrain.cutout", r.cutout, 1)
-        if r.cutout > recipe.image_size:
+        if recipe.image_size is not None and r.cutout > recipe.image_size:
             raise RecipeError(
                 f"retrain.cutout: {r.cutout} is longer than the {recipe.image_size}x{recipe.image_size} images",
                 key="retrain.cutout",

@@ -147,7 +147,7 @@ def test_wrong_types_name_the_key(override, key, words):
         ("retrain.drop_path_prob=1.0", "retrain.drop_path_prob"),
         ("retrain.drop_path_prob=-0.1", "retrain.drop_path_prob"),
         ("search.strategy=second-best", "search.strategy"),
-        ("dataset.name=mnist", "dataset.name"),
+        ("dataset.name=imagenet", "dataset.name"),
         ("search.cells=2", "search.cells"),
         ("search.learning_rate=.nan", "search.learning_rate"),
         ("search.eta_min=1.0", "search.eta_min"),

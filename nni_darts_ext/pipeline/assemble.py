@@ -39,7 +39,7 @@ from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from .._compat import cpu_has_native_bf16, import_nni_quietly
+from .._compat import cpu_has_native_bf16
 from ..arch import NAMED_ARCHS, build_model, load_arch, normalize_arch
 from ..callbacks import (
     AlphaHistory,
@@ -58,18 +58,21 @@ from ..compile import CompileModel
 from ..constants import NUM_CLASSES
 from ..data import search_dataloaders
 from ..distributed import launched_rank
-from ..errors import ArgumentError, CheckpointError, DatasetError, UsageError
+from ..errors import ArgumentError, ArgumentValueError, CheckpointError, DatasetError, UsageError
 from ..evaluator import darts_evaluator, darts_trainer
+from ..io import atomic_write_json
 from ..nni_trial import TRIAL_VALIDATION_FRACTION
 from ..recipe_data import RecipeData, retrain_loaders, test_loader
 from ..recipes import Recipe, RecipeError
 from ..resumable_data import ExactResume
 from ..search import darts_strategy
+from ..space import check_image_size, darts_space, default_stem, min_image_size
 from ..training_module import DartsClassificationModule
 from .options import RunOptions
 from .run_folder import (
     ARCH_FILE,
     CHECKPOINT_DIR,
+    DATASET_FILE,
     TENSORBOARD_DIR,
     check_out_dir_on_rank,
     check_search_resume,
@@ -88,11 +91,13 @@ __all__ = [
     "check_search",
     "lightning_precisions",
     "data_errors",
+    "data_shape",
     "per_device_batch",
     "resolve_arch",
     "search_space",
     "search_strategy",
     "strategy_overrides",
+    "write_dataset_info",
 ]
 
 # Lightning's default logging interval (Trainer(log_every_n_steps=50)); lowered to the epoch length on tiny data
@@ -129,6 +134,7 @@ class Assembly:
         evaluator, space, strategy: NNI's evaluator, model space and one-shot strategy (search).
         epoch_log, alpha_history, health: the recording callbacks (the last two for a search only).
         arch, arch_name: the fixed architecture and where it came from (retrain).
+        info, stem: the data's :class:`~nni_darts_ext.datasets.DataInfo` and the net's stem.
     """
 
     command: str
@@ -157,6 +163,8 @@ class Assembly:
     health: SearchHealthMonitor | None = None
     arch: dict | None = None
     arch_name: str | None = None
+    info: Any = None
+    stem: str | None = None
 
 
 # ---------------------------------------------------------------------------------------------------------- checks
@@ -244,6 +252,36 @@ def data_errors(build: Callable[[], Any]) -> Any:
         if key is None:
             raise
         raise UsageError(f"{key}: {exc.problem}") from None
+
+
+def data_shape(data: RecipeData, stem: str | None, *, key: str, test: bool = True) -> tuple[Any, str]:
+    """The run's :class:`~nni_darts_ext.datasets.DataInfo` and the stem (``stem``, or the default for the images'
+    size), with images too small for that stem's net refused as UsageError stating the minimum.
+
+    Example::
+
+        info, stem = data_shape(data, recipe.search.stem, key="search.stem")
+    """
+    info = data_errors(lambda: data.info(test=test))
+    stem = stem or default_stem(info.image_size)
+    try:
+        check_image_size(info.image_size, stem)
+    except ArgumentValueError:
+        where = "dataset.image_size" if data.recipe.dataset.image_size is not None else "the images' size"
+        raise UsageError(f"{where}: {info.image_size} px is too small for the DARTS net with the {stem} stem "
+                         f"({key}): the minimum is {min_image_size(stem)} px; set dataset.image_size to "
+                         f"{min_image_size(stem)} or more") from None
+    return info, stem
+
+
+def write_dataset_info(out: Path, info: Any) -> None:
+    """``out/dataset.json``: the run's :class:`~nni_darts_ext.datasets.DataInfo` (read by evaluate and deploy).
+
+    Example::
+
+        write_dataset_info(Path("runs/r"), data.info())
+    """
+    atomic_write_json(out / DATASET_FILE, info.to_dict())
 
 
 def check_resumable(path: Path, module: Any = None) -> None:
@@ -384,7 +422,8 @@ def _run_callbacks(
     return callbacks, epoch_log, logger
 
 
-def _module(section: Any, num_epochs: int, *, auxiliary_weight: float, drop_path_prob: float | None) -> Any:
+def _module(section: Any, num_epochs: int, *, auxiliary_weight: float, drop_path_prob: float | None,
+            num_classes: int = NUM_CLASSES) -> Any:
     return DartsClassificationModule(
         learning_rate=section.learning_rate,
         weight_decay=section.weight_decay,
@@ -393,7 +432,7 @@ def _module(section: Any, num_epochs: int, *, auxiliary_weight: float, drop_path
         max_epochs=num_epochs,
         auxiliary_loss_weight=auxiliary_weight,
         drop_path_prob=drop_path_prob,
-        num_classes=NUM_CLASSES,
+        num_classes=num_classes,
     )
 
 
@@ -470,17 +509,21 @@ def search_strategy(recipe: Recipe, space: Any = None) -> Any:
     return strategy
 
 
-def search_space(recipe: Recipe) -> Any:
-    """The recipe's DARTS model space (``nni.nas.hub.pytorch.DARTS`` of ``search.width`` x ``search.cells``).
+def search_space(recipe: Recipe, info: Any = None, stem: str | None = None) -> Any:
+    """The recipe's DARTS model space (:func:`~nni_darts_ext.space.darts_space` of ``search.width`` x
+    ``search.cells``) for the data described by ``info`` (a :class:`~nni_darts_ext.datasets.DataInfo`; ``None``:
+    10 classes of 3-channel images of the recipe's size, enough to check a strategy against the space).
 
     Example::
 
         space = search_space(load_recipe("demo"))
     """
-    with import_nni_quietly():
-        from nni.nas.hub.pytorch import DARTS
-
-    return DARTS(width=recipe.search.width, num_cells=recipe.search.cells, dataset="cifar")
+    s = recipe.search
+    if info is None:
+        return darts_space(image_size=recipe.image_size or 32, width=s.width, num_cells=s.cells,
+                           stem=stem or s.stem)
+    return darts_space(num_classes=info.num_classes, in_channels=info.in_channels, image_size=info.image_size,
+                       width=s.width, num_cells=s.cells, stem=stem)
 
 
 def check_search(recipe: Recipe) -> None:
@@ -523,7 +566,8 @@ def assemble_search(recipe: Recipe, options: RunOptions, *, data: RecipeData | N
         dataset, batch_size=s.batch_size, train_fraction=s.train_fraction, seed=recipe.seed,
         num_workers=recipe.dataset.num_workers,
     )
-    space = search_space(recipe)
+    info, stem = data_shape(data, s.stem, key="search.stem")
+    space = search_space(recipe, info, stem)
     strategy = search_strategy(recipe, space)
     history = AlphaHistory()
     callbacks, epoch_log, logger = _run_callbacks(out, "search", options, learning_rate=s.learning_rate,
@@ -542,6 +586,7 @@ def assemble_search(recipe: Recipe, options: RunOptions, *, data: RecipeData | N
             eta_min=s.eta_min,
             max_epochs=s.epochs,
             auxiliary_loss_weight=0.0,  # the search space has no auxiliary head
+            num_classes=info.num_classes,
             **_trainer_settings(
                 options, accelerator, devices, callbacks=callbacks, logger=logger, default_root_dir=str(out),
                 log_every_n_steps=_log_every(min(len(train_loader), len(val_loader))),
@@ -552,7 +597,7 @@ def assemble_search(recipe: Recipe, options: RunOptions, *, data: RecipeData | N
         world_size=devices * options.num_nodes, rank=rank, data=data, batch_size=s.batch_size, out=out,
         resume_from=resume_from, train_loader=train_loader, val_loader=val_loader, module=evaluator.module,
         trainer=evaluator.trainer, evaluator=evaluator, space=space, strategy=strategy, epoch_log=epoch_log,
-        alpha_history=history, health=health,
+        alpha_history=history, health=health, info=info, stem=stem,
     )
 
 
@@ -593,11 +638,14 @@ def assemble_retrain(recipe: Recipe, arch: Any, options: RunOptions, *, data: Re
     data_errors(lambda: data.split(train=True, cutout=r.cutout))
     if held_out is None:
         data_errors(lambda: data.split(train=False))
+    info, stem = data_shape(data, r.stem, key="retrain.stem", test=held_out is None)
     model = build_model(
         arch_dict, width=r.width, num_cells=r.cells, auxiliary_loss=r.auxiliary_weight > 0,
-        drop_path_prob=r.drop_path_prob, image_size=recipe.image_size,
+        drop_path_prob=r.drop_path_prob, image_size=info.image_size, num_classes=info.num_classes,
+        in_channels=info.in_channels, stem=stem,
     )
-    module = _module(r, r.epochs, auxiliary_weight=r.auxiliary_weight, drop_path_prob=r.drop_path_prob)
+    module = _module(r, r.epochs, auxiliary_weight=r.auxiliary_weight, drop_path_prob=r.drop_path_prob,
+                     num_classes=info.num_classes)
     module.set_model(model)
     if resume_from is not None:
         check_resumable(resume_from, module)
@@ -624,6 +672,7 @@ def assemble_retrain(recipe: Recipe, arch: Any, options: RunOptions, *, data: Re
         world_size=world, rank=rank, data=data, batch_size=batch_size, out=out, resume_from=resume_from,
         train_loader=train_loader, val_loader=val_loader, test_loader=test_loader, validation=validation,
         model=model, module=module, trainer=trainer, epoch_log=epoch_log, arch=arch_dict, arch_name=arch_name,
+        info=info, stem=stem,
     )
 
 
@@ -650,9 +699,11 @@ def assemble_evaluate(
     accelerator, devices = check_device(options.accelerator, options.devices)
     data = data or RecipeData(recipe)
     r = recipe.retrain
-    module = _module(r, 1, auxiliary_weight=r.auxiliary_weight if auxiliary else 0.0, drop_path_prob=0.0)
-    module.set_model(model)
     loader = data_errors(lambda: test_loader(data, batch_size=r.batch_size))
+    info = data_errors(lambda: data.info())
+    module = _module(r, 1, auxiliary_weight=r.auxiliary_weight if auxiliary else 0.0, drop_path_prob=0.0,
+                     num_classes=info.num_classes)
+    module.set_model(model)
     with _trainer_errors():
         trainer = darts_trainer(**_trainer_settings(
             options, accelerator, devices, logger=False, enable_checkpointing=False,
@@ -662,5 +713,5 @@ def assemble_evaluate(
     return Assembly(
         command="evaluate", recipe=recipe, options=options, accelerator=accelerator, devices=devices,
         world_size=devices * options.num_nodes, rank=launched_rank(), data=data, batch_size=r.batch_size, out=out,
-        test_loader=loader, model=model, module=module, trainer=trainer,
+        test_loader=loader, model=model, module=module, trainer=trainer, info=info,
     )

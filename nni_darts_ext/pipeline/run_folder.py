@@ -24,6 +24,8 @@ __all__ = [
     "CELLS_PLOT",
     "CHECKPOINT_DIR",
     "CONFIG_FILE",
+    "CONFUSION_PLOT",
+    "DATASET_FILE",
     "GENOTYPE_FILE",
     "LAST_CHECKPOINT",
     "MODEL_FILE",
@@ -49,10 +51,12 @@ CELLS_PLOT = "cells.png"
 ALPHAS_PLOT = "alphas.png"
 ALPHAS_FILE = "alphas.json"
 MODEL_FILE = "model.pt"
+DATASET_FILE = "dataset.json"
+CONFUSION_PLOT = "confusion.png"
 # Files whose presence means DIR already holds a run (refused without --resume, so nothing is overwritten).
 _RUN_MARKERS = (CHECKPOINT_DIR, SUMMARY_FILE, CONFIG_FILE, MODEL_FILE, ARCH_FILE)
 #: Recipe keys that shape the search supernet: a search checkpoint only fits the values it was started with.
-_SEARCH_SHAPE_KEYS = ("width", "cells", "strategy", "partial_channels")
+_SEARCH_SHAPE_KEYS = ("width", "cells", "strategy", "partial_channels", "stem")
 
 
 def check_out_dir(out: PathLike | None, resume: bool) -> tuple[Path, Path | None]:

@@ -287,13 +287,13 @@ def _options(args: argparse.Namespace, out: str | None) -> Any:
 
 def _duration(flag: str, text: str | None) -> float | None:
     from .durations import parse_duration
-    from .errors import UsageError
+    from .errors import ArgumentError, UsageError
 
     if text is None:
         return None
     try:
         return parse_duration(text)
-    except (TypeError, ValueError) as exc:
+    except ArgumentError as exc:
         raise UsageError(f"{flag} {text}: {exc}") from None
 
 
@@ -560,10 +560,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_USAGE
         torch.set_num_threads(threads)
 
-    from .errors import ArchError, RecipeError, RunInterrupted, UsageError
-    from .inspect_run import InspectError
-    from .io import EXIT_OUTPUT_WRITE_FAILED, OutputWriteError, ignore_file_size_signal
-    from .run_lock import RunLockedError
+    from .errors import (
+        ArchError,
+        InspectError,
+        OutputWriteError,
+        RecipeError,
+        RunInterrupted,
+        RunLockedError,
+        UsageError,
+    )
+    from .io import EXIT_OUTPUT_WRITE_FAILED, ignore_file_size_signal
 
     # Training commands import Lightning anyway; the others (plot, convert, recipes, inspect) stay light.
     bad_input: tuple = (UsageError, RecipeError, ArchError, InspectError, RunLockedError)

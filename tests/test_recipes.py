@@ -122,7 +122,7 @@ def test_unknown_keys_name_the_key(override, key):
         ("search.learning_rate=yes", "search.learning_rate", "expected float, got bool"),
         ("search.strategy=3", "search.strategy", "expected string, got int"),
         ("retrain.cutout=[1]", "retrain.cutout", "expected int or null, got list"),
-        ("search.arc_betas=[0.5]", "search.arc_betas", "expected a list"),
+        ("search.arc_betas=[0.5]", "search.arc_betas", "expected [float, float] or null, got list"),
         ("seed=1.5", "seed", "expected int"),
     ],
 )
@@ -152,7 +152,7 @@ def test_wrong_types_name_the_key(override, key, words):
         ("search.learning_rate=.nan", "search.learning_rate"),
         ("search.eta_min=1.0", "search.eta_min"),
         ("search.warmup_epochs=50", "search.warmup_epochs"),
-        ("search.partial_channels=4", "search.partial_channels"),
+        ("search.partial_channels=0", "search.partial_channels"),
         ("dataset.image_size=16", "dataset.image_size"),
         ("seed=-1", "seed"),
     ],

@@ -27,12 +27,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from lightning_fabric.plugins.precision.precision import _PRECISION_INPUT
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
@@ -53,10 +55,10 @@ from ..callbacks import (
 )
 from ..checkpoint import AtomicCheckpointIO, read_checkpoint, state_dict_mismatch
 from ..compile import CompileModel
-from ..constants import ARC_BETAS, ARC_WEIGHT_DECAY, NUM_CLASSES
+from ..constants import NUM_CLASSES
 from ..data import search_dataloaders
 from ..distributed import launched_rank
-from ..errors import ArgumentValueError, CheckpointError, DatasetError, UsageError
+from ..errors import ArgumentError, ArgumentValueError, CheckpointError, DatasetError, UsageError
 from ..evaluator import darts_evaluator, darts_trainer
 from ..io import atomic_write_json
 from ..nni_trial import TRIAL_VALIDATION_FRACTION
@@ -86,10 +88,15 @@ __all__ = [
     "assemble_retrain",
     "assemble_search",
     "check_device",
+    "check_search",
+    "lightning_precisions",
     "data_errors",
     "data_shape",
     "per_device_batch",
     "resolve_arch",
+    "search_space",
+    "search_strategy",
+    "strategy_overrides",
     "write_dataset_info",
 ]
 
@@ -223,6 +230,12 @@ def per_device_batch(global_batch: int, world_size: int, *, key: str, devices: i
     return global_batch // world_size
 
 
+#: The dataset arguments a recipe sets (nni_darts_ext.data.get_dataset's), with their recipe keys.
+_DATA_RECIPE_KEYS = {"root": "dataset.data_dir", "image_size": "dataset.image_size", "cutout": "retrain.cutout",
+                     "in_channels": "dataset.in_channels", "test_fraction": "dataset.test_fraction",
+                     "cache": "dataset.cache", "skip_bad_images": "dataset.skip_bad_images", "flip": "dataset.flip"}
+
+
 def data_errors(build: Callable[[], Any]) -> Any:
     """``build()`` with missing or corrupt data turned into UsageError naming the files.
 
@@ -236,8 +249,11 @@ def data_errors(build: Callable[[], Any]) -> Any:
         raise UsageError(f"{exc} (set --data-dir)") from None
     except DatasetError as exc:
         raise UsageError(str(exc)) from None
-    except TypeError as exc:  # e.g. cifar10 without a data_dir
-        raise UsageError(f"dataset.data_dir: {exc}") from None
+    except ArgumentError as exc:  # e.g. cifar10 without a data_dir
+        key = _DATA_RECIPE_KEYS.get(exc.argument)
+        if key is None:
+            raise
+        raise UsageError(f"{key}: {exc.problem}") from None
 
 
 def data_shape(data: RecipeData, stem: str | None, *, key: str, test: bool = True) -> tuple[Any, str]:
@@ -318,6 +334,9 @@ def _trainer_settings(options: RunOptions, accelerator: str, devices: int, **kwa
         "enable_model_summary": False,
     }
     if options.precision is not None:
+        if options.precision not in lightning_precisions():
+            raise UsageError(f"--precision {options.precision}: expected one of "
+                             f"{', '.join(map(str, lightning_precisions()))}")
         settings["precision"] = options.precision
         on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
         if options.precision.startswith("bf16") and on_cpu and not cpu_has_native_bf16():
@@ -336,16 +355,31 @@ def _trainer_settings(options: RunOptions, accelerator: str, devices: int, **kwa
     return settings
 
 
+def lightning_precisions() -> tuple[str | int, ...]:
+    """The ``precision`` values Lightning's trainer takes (its ``_PRECISION_INPUT`` type: ``"32-true"``,
+    ``"bf16-mixed"``, ``16``, ...); ``--precision`` is checked against them before a trainer is built.
+
+    Example::
+
+        >>> "bf16-mixed" in lightning_precisions()
+        True
+    """
+    def flat(tp: Any) -> tuple:
+        return tuple(value for arg in typing.get_args(tp) for value in (flat(arg) if typing.get_args(arg) else (arg,)))
+
+    return flat(_PRECISION_INPUT)
+
+
 @contextlib.contextmanager
 def _trainer_errors() -> Iterator[None]:
-    """Lightning's refusals of trainer options (bad --precision, ...) as UsageError."""
+    """Lightning's refusals of trainer options (``--strategy``, ``--num-nodes`` with an accelerator, ...) as
+    UsageError; ``--precision`` is checked before (:func:`lightning_precisions`)."""
     try:
         yield
     except (ValueError, MisconfigurationException) as exc:
         text = str(exc).strip()
         first_line = text.splitlines()[0] if text else type(exc).__name__
-        flag = "--precision" if "recision" in first_line else "trainer options"
-        raise UsageError(f"{flag}: {first_line}") from None
+        raise UsageError(f"trainer options: {first_line}") from None
 
 
 def _log_every(n_batches: int) -> int:
@@ -405,44 +439,103 @@ def _module(section: Any, num_epochs: int, *, auxiliary_weight: float, drop_path
 
 
 # ---------------------------------------------------------------------------------------------------------- search
-def _strategy(recipe: Recipe) -> Any:
-    """The recipe's strategy preset; options a preset does not take become RecipeError naming the key."""
+#: The strategy arguments a recipe sets, with their recipe keys. A key whose value is null leaves the preset's own
+#: value; any value given is passed and wins, also when it equals DARTS' default.
+STRATEGY_RECIPE_KEYS: dict[str, str] = {
+    "arc_learning_rate": "search.arc_learning_rate",
+    "arc_betas": "search.arc_betas",
+    "arc_weight_decay": "search.arc_weight_decay",
+    "warmup_epochs": "search.warmup_epochs",
+    "gradient_clip_val": "search.gradient_clip",
+    "partial_channels": "search.partial_channels",
+    "order": "search.order",
+    "max_skip_connects": "export.max_skip_connects",
+}
+
+
+def strategy_overrides(recipe: Recipe) -> dict[str, Any]:
+    """The keyword arguments the recipe gives its strategy preset: every non-null value of
+    :data:`STRATEGY_RECIPE_KEYS`, then ``search.strategy_options``.
+
+    Example::
+
+        >>> strategy_overrides(load_recipe("fair-darts"))["arc_betas"]
+        (0.9, 0.999)
+    """
     s = recipe.search
-    kwargs: dict[str, Any] = {
+    values = {
         "arc_learning_rate": s.arc_learning_rate,
-        "gradient_clip_val": s.gradient_clip,
+        "arc_betas": None if s.arc_betas is None else tuple(s.arc_betas),
+        "arc_weight_decay": s.arc_weight_decay,
         "warmup_epochs": s.warmup_epochs,
+        "gradient_clip_val": s.gradient_clip,
+        "partial_channels": s.partial_channels,
+        "order": s.order,
+        "max_skip_connects": recipe.export.max_skip_connects,
     }
-    keys = {"arc_learning_rate": "search.arc_learning_rate", "gradient_clip_val": "search.gradient_clip",
-            "warmup_epochs": "search.warmup_epochs"}
-    # The architecture Adam's betas and weight decay: passed only when they differ from DARTS' (NNI's, the paper's),
-    # so that a preset with its own (fair-darts' betas, drnas' regulariser in place of weight decay) keeps them.
-    if tuple(s.arc_betas) != tuple(ARC_BETAS):
-        kwargs["arc_betas"] = tuple(s.arc_betas)
-        keys["arc_betas"] = "search.arc_betas"
-    if s.arc_weight_decay != ARC_WEIGHT_DECAY:
-        kwargs["arc_weight_decay"] = s.arc_weight_decay
-        keys["arc_weight_decay"] = "search.arc_weight_decay"
-    if s.partial_channels is not None:
-        kwargs["partial_channels"] = s.partial_channels
-        keys["partial_channels"] = "search.partial_channels"
-    order = s.order
-    if order is not None:
-        kwargs["order"] = order
-        keys["order"] = "search.order"
-    max_skip_connects = recipe.export.max_skip_connects
-    if max_skip_connects is not None:
-        kwargs["max_skip_connects"] = max_skip_connects
-        keys["max_skip_connects"] = "export.max_skip_connects"
-    for name, value in dict(s.strategy_options or {}).items():
-        kwargs[name] = value
-        keys[name] = f"search.strategy_options.{name}"
+    overrides = {name: value for name, value in values.items() if value is not None}
+    overrides.update(dict(s.strategy_options or {}))
+    return overrides
+
+
+def search_strategy(recipe: Recipe, space: Any = None) -> Any:
+    """The recipe's strategy preset with :func:`strategy_overrides` applied and, given ``space``, checked against it
+    (:meth:`~nni_darts_ext.search.DartsSearch.check_space`).
+
+    Raises:
+        RecipeError: an argument the preset refuses (its type, its value, an argument it does not take, an option
+            the space cannot take), naming the recipe key it came from; a preset's own warm-up that leaves no epoch.
+
+    Example::
+
+        strategy = search_strategy(load_recipe("drnas", ["search.partial_channels=4"]), DARTS(width=16, num_cells=8))
+    """
+    s = recipe.search
+    options = dict(s.strategy_options or {})
     try:
-        return darts_strategy(s.strategy, **kwargs)
-    except TypeError as exc:
-        named = next((key for arg, key in keys.items() if repr(arg) in str(exc) or f"'{arg}'" in str(exc)), None)
-        key = named or "search.strategy"
-        raise RecipeError(f"{key}: strategy {s.strategy!r} does not take it ({exc})") from None
+        strategy = darts_strategy(s.strategy, **strategy_overrides(recipe))
+        if space is not None:
+            strategy.check_space(space)
+    except ArgumentError as exc:
+        if exc.argument in options:
+            key = f"search.strategy_options.{exc.argument}"
+        else:
+            key = STRATEGY_RECIPE_KEYS.get(exc.argument)
+        if key is None:
+            raise RecipeError(f"search.strategy: {s.strategy!r}: {exc}", key="search.strategy") from None
+        raise RecipeError(f"{key}: {exc.problem} (strategy {s.strategy!r})", key=key) from None
+    if s.warmup_epochs is None and strategy.warmup_epochs >= s.epochs:
+        raise RecipeError(f"search.warmup_epochs: null gives the {s.strategy!r} preset's own {strategy.warmup_epochs}, "
+                          f"which leaves no epoch for the architecture (search.epochs is {s.epochs}); set it or "
+                          "raise search.epochs", key="search.warmup_epochs")
+    return strategy
+
+
+def search_space(recipe: Recipe, info: Any = None, stem: str | None = None) -> Any:
+    """The recipe's DARTS model space (:func:`~nni_darts_ext.space.darts_space` of ``search.width`` x
+    ``search.cells``) for the data described by ``info`` (a :class:`~nni_darts_ext.datasets.DataInfo`; ``None``:
+    10 classes of 3-channel images of the recipe's size, enough to check a strategy against the space).
+
+    Example::
+
+        space = search_space(load_recipe("demo"))
+    """
+    s = recipe.search
+    if info is None:
+        return darts_space(image_size=recipe.image_size or 32, width=s.width, num_cells=s.cells,
+                           stem=stem or s.stem)
+    return darts_space(num_classes=info.num_classes, in_channels=info.in_channels, image_size=info.image_size,
+                       width=s.width, num_cells=s.cells, stem=stem)
+
+
+def check_search(recipe: Recipe) -> None:
+    """Build the recipe's strategy and check it against its space (:func:`search_strategy`), for commands that check
+    a whole recipe before they write anything (a multi-seed search, a demo).
+
+    Raises:
+        RecipeError: as :func:`search_strategy`.
+    """
+    search_strategy(recipe, search_space(recipe))
 
 
 def assemble_search(recipe: Recipe, options: RunOptions, *, data: RecipeData | None = None) -> Assembly:
@@ -476,9 +569,8 @@ def assemble_search(recipe: Recipe, options: RunOptions, *, data: RecipeData | N
         num_workers=recipe.dataset.num_workers,
     )
     info, stem = data_shape(data, s.stem, key="search.stem")
-    strategy = _strategy(recipe)
-    space = darts_space(num_classes=info.num_classes, in_channels=info.in_channels, image_size=info.image_size,
-                        width=s.width, num_cells=s.cells, stem=stem)
+    space = search_space(recipe, info, stem)
+    strategy = search_strategy(recipe, space)
     history = AlphaHistory()
     callbacks, epoch_log, logger = _run_callbacks(out, "search", options, learning_rate=s.learning_rate,
                                                   resume_from=resume_from)

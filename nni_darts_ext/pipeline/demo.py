@@ -21,7 +21,7 @@ from ..errors import UsageError
 from ..io import atomic_write_json
 from ..recipe_data import RecipeData
 from ..recipes import Recipe
-from .assemble import check_device, data_errors, write_dataset_info
+from .assemble import check_device, check_search, data_errors, write_dataset_info
 from .options import RunOptions
 from .retrain import run_retrain
 from .run_folder import (
@@ -65,6 +65,7 @@ def run_demo(recipe: Recipe, options: RunOptions, *, baseline: str | None = None
     if not options.resume and any((out / name).exists() for name in (SUMMARY_FILE, *_STAGES)):
         raise UsageError(f"--out {out}: already holds a demo; pass --resume to continue it or choose another folder")
     check_device(options.accelerator, options.devices, search=True)
+    check_search(recipe)
     data = RecipeData(recipe)
     info = data_errors(lambda: data.info())
     with holding_run_lock(out, options):

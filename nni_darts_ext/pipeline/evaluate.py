@@ -18,6 +18,7 @@ from typing import Any
 
 from ..arch import build_model, count_parameters
 from ..checkpoint import load_weights, read_state_dict, shape_of_weights, strip_prefix
+from ..checks import PathLike
 from ..datasets import DataInfo
 from ..errors import ArgumentValueError, CheckpointError, UsageError
 from ..io import atomic_write_json
@@ -33,7 +34,6 @@ from .runtime import device_name, quiet_nni, run_facts
 
 __all__ = ["run_evaluate"]
 
-PathLike = str | os.PathLike
 
 # Any drop-path probability > 0 gives NNI's DropPath-wrapped op layout (its value is irrelevant in eval mode).
 _STRUCTURAL_DROP_PATH = 0.1

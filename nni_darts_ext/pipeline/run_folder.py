@@ -9,9 +9,9 @@ Example::
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from ..checks import PathLike
 from ..errors import UsageError
 from ..io import atomic_write_text
 from ..recipes import Recipe, RecipeError, load_recipe
@@ -38,7 +38,6 @@ __all__ = [
     "write_config",
 ]
 
-PathLike = str | os.PathLike
 
 # Output layout of a run folder.
 CHECKPOINT_DIR = "checkpoints"
@@ -100,7 +99,7 @@ def usable_out_dir(out: PathLike | None) -> Path:
 
 
 def refuse_if_in_use(out: Path) -> None:
-    """Raise :class:`~nni_darts_ext.run_lock.RunLockedError` (pid and host) at once if a live run holds ``out``.
+    """Raise :class:`~nni_darts_ext.errors.RunLockedError` (pid and host) at once if a live run holds ``out``.
 
     Only looks when a lock file exists (it writes nothing otherwise); a stale lock is taken over and released.
     """

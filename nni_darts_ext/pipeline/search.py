@@ -25,7 +25,7 @@ from ..arch import (
     to_genotype,
 )
 from ..checkpoint import allow_checkpoint_globals
-from ..distributed import all_gather_max_abs_diff
+from ..distributed import DistributedArchSync, all_gather_max_abs_diff
 from ..errors import RunInterrupted
 from ..health import HEALTH_FILE, HEALTH_PLOT
 from ..io import atomic_write_json, atomic_write_text
@@ -137,8 +137,9 @@ def _search(built: Any, recipe: Recipe, options: RunOptions) -> dict[str, Any]:
                      health.stop_epoch, health.go_back_epoch)
 
     oneshot = strategy.oneshot_module  # a property
-    ranks = getattr(oneshot, "distributed_report", None)
-    if ranks is None:  # a preset without DistributedArchSync: measure here (a collective, on every rank)
+    if isinstance(oneshot, DistributedArchSync):
+        ranks = oneshot.distributed_report
+    else:  # a preset without DistributedArchSync: measure here (a collective, on every rank)
         arch_params = oneshot.arch_parameters()
         order = {id(p): i for i, p in enumerate(oneshot.parameters())}
         ranks = {"world_size": trainer.world_size,

@@ -151,3 +151,17 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, kind):
     assert code == 2
     assert len(err.splitlines()) == 1 and message in err, err
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_evaluate_refuses_data_of_other_classes(gray_runs, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "R"
+    shutil.copytree(gray_runs["R"], run, ignore=shutil.ignore_patterns("checkpoints", "tensorboard"))
+    info = json.loads((run / "dataset.json").read_text())
+    (run / "dataset.json").write_text(json.dumps({**info, "classes": ["cat", "fox"]}))
+    code = main(["evaluate", "--arch", str(run), "--weights", str(run / "model.pt"), "--quiet", *THREADS,
+                 "--out", str(tmp_path / "E")])
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]  # skip warnings aside
+    assert code == 2 and len(errors) == 1 and "[cat, fox]" in errors[0] and "[cat, dog]" in errors[0]
+    assert not (tmp_path / "E").exists()

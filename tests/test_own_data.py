@@ -296,3 +296,25 @@ def test_npz_float_images_must_be_0_to_1(tmp_path):
     np.savez(tmp_path / "set.npz", x_train=x, y_train=np.array([0, 1, 0, 1]), x_test=x, y_test=np.array([0, 1, 0, 1]))
     with pytest.raises(ArrayDataError, match="0..1"):
         load_images("npz", tmp_path / "set.npz")
+
+
+def test_a_later_run_takes_the_statistics_a_run_wrote(tmp_path):
+    import json
+
+    from nni_darts_ext.pipeline.assemble import run_statistics
+    from nni_darts_ext.recipe_data import RecipeData
+    from nni_darts_ext.recipes import load_recipe
+
+    write_folder(tmp_path / "data")
+    run = tmp_path / "S"
+    run.mkdir()
+    info = load_images("imagefolder", tmp_path / "data").info
+    (run / "dataset.json").write_text(json.dumps({**info.to_dict(), "mean": [0.25], "std": [0.5]}))
+    recipe = load_recipe("demo", ["dataset.name=imagefolder", f"dataset.data_dir={tmp_path / 'data'}",
+                                  "dataset.image_size=null"])
+    statistics = run_statistics(recipe, [run])
+    assert statistics == ([0.25], [0.5])
+    assert RecipeData(recipe, statistics=statistics).info().mean == [0.25]
+    given = load_recipe("demo", ["dataset.name=imagefolder", "dataset.data_dir=x", "dataset.mean=[0.1]",
+                                 "dataset.std=[0.2]"])
+    assert run_statistics(given, [run]) is None  # the recipe's own values win

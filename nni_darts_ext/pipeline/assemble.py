@@ -25,6 +25,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import typing
@@ -93,6 +94,8 @@ __all__ = [
     "data_errors",
     "data_shape",
     "per_device_batch",
+    "read_dataset_info",
+    "run_statistics",
     "resolve_arch",
     "search_space",
     "search_strategy",
@@ -284,6 +287,44 @@ def write_dataset_info(out: Path, info: Any) -> None:
         write_dataset_info(Path("runs/r"), data.info())
     """
     atomic_write_json(out / DATASET_FILE, info.to_dict())
+
+
+def read_dataset_info(folder: Path) -> Any:
+    """``folder/dataset.json`` as a :class:`~nni_darts_ext.datasets.DataInfo`, or None when there is none.
+
+    Raises:
+        UsageError: the file exists but is not a dataset description.
+
+    Example::
+
+        saved = read_dataset_info(Path("runs/r"))
+    """
+    from ..datasets import DataInfo
+
+    path = folder / DATASET_FILE
+    if not path.is_file():
+        return None
+    try:
+        return DataInfo.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError) as exc:
+        raise UsageError(f"{path}: not a dataset description ({exc})") from None
+
+
+def run_statistics(recipe: Recipe, folders: list[Path]) -> tuple[list[float], list[float]] | None:
+    """The mean / std a previous run of the same dataset wrote (the first of ``folders`` with a ``dataset.json``),
+    for a run whose recipe leaves them to be computed; else None.
+
+    Example::
+
+        RecipeData(recipe, statistics=run_statistics(recipe, [Path("runs/s")]))
+    """
+    if recipe.dataset.mean is not None:
+        return None
+    for folder in folders:
+        saved = read_dataset_info(folder)
+        if saved is not None:
+            return (saved.mean, saved.std) if saved.name == recipe.dataset.name else None
+    return None
 
 
 def check_resumable(path: Path, module: Any = None) -> None:
@@ -633,7 +674,10 @@ def assemble_retrain(recipe: Recipe, arch: Any, options: RunOptions, *, data: Re
     world = devices * options.num_nodes
     batch_size = per_device_batch(r.batch_size, world, key="retrain.batch_size", devices=devices,
                                   num_nodes=options.num_nodes)
-    data = data or RecipeData(recipe)
+    if data is None:  # the statistics of the search that found the arch, when it is a run's
+        source = Path(arch) if isinstance(arch, (str, os.PathLike)) else None
+        folders = [source if source.is_dir() else source.parent] if source is not None and source.exists() else []
+        data = RecipeData(recipe, statistics=run_statistics(recipe, folders))
 
     seed_everything(recipe.seed)
     # Datasets first: missing data is reported before the net is built.

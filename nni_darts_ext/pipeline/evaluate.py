@@ -10,7 +10,6 @@ Example::
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -25,11 +24,19 @@ from ..io import atomic_write_json
 from ..plotting import plot_confusion
 from ..recipe_data import RecipeData
 from ..recipes import Recipe
-from .assemble import assemble_evaluate, check_device, data_errors, data_shape, resolve_arch, write_dataset_info
+from .assemble import (
+    assemble_evaluate,
+    check_device,
+    data_errors,
+    data_shape,
+    read_dataset_info,
+    resolve_arch,
+    write_dataset_info,
+)
 from .options import RunOptions
 from .pretrained import PRETRAINED, fetch_pretrained
 from .retrain import measure_test
-from .run_folder import CHECKPOINT_DIR, CONFUSION_PLOT, DATASET_FILE, SUMMARY_FILE
+from .run_folder import CHECKPOINT_DIR, CONFUSION_PLOT, SUMMARY_FILE
 from .runtime import device_name, quiet_nni, run_facts
 
 __all__ = ["run_evaluate"]
@@ -88,7 +95,8 @@ def run_evaluate(
             raise UsageError(f"--out {out}: already holds {SUMMARY_FILE}; choose another folder")
     saved = _saved_info(weights, arch)
     if data is None:
-        data = RecipeData(recipe, statistics=(saved.mean, saved.std) if saved is not None else None)
+        usable = saved is not None and saved.name == recipe.dataset.name and recipe.dataset.mean is None
+        data = RecipeData(recipe, statistics=(saved.mean, saved.std) if usable else None)
 
     if pretrained is not None:
         if arch is not None:
@@ -176,12 +184,9 @@ def _saved_info(weights: PathLike | None, arch: Any) -> DataInfo | None:
     if isinstance(arch, (str, os.PathLike)) and Path(arch).expanduser().is_dir():
         folders.append(Path(arch).expanduser())
     for folder in folders:
-        path = folder / DATASET_FILE
-        if path.is_file():
-            try:
-                return DataInfo.from_dict(json.loads(path.read_text(encoding="utf-8")))
-            except (OSError, ValueError, TypeError) as exc:
-                raise UsageError(f"{path}: not a dataset description ({exc})") from None
+        saved = read_dataset_info(folder)
+        if saved is not None:
+            return saved
     return None
 
 

@@ -128,6 +128,11 @@ def _bad(tmp_path: Path, kind: str) -> tuple[list[str], str]:
     if kind == "too-small-imagenet":
         write_folder(data, size=40)
         return folder + ["dataset.image_size=null", "search.stem=imagenet"], "minimum is 64 px"
+    if kind in ("mnist-missing", "svhn-missing"):
+        data.mkdir()
+        name = kind.removesuffix("-missing")
+        return [f"dataset.name={name}", f"dataset.data_dir={data}", "dataset.image_size=null"], (
+            "MNIST/raw" if name == "mnist" else "train_32x32.mat")
     x = np.zeros((4, 8, 8), np.uint8)
     labels = np.array([0, 1, 0, 1])
     data.mkdir()
@@ -142,7 +147,7 @@ def _bad(tmp_path: Path, kind: str) -> tuple[list[str], str]:
 
 @pytest.mark.parametrize("kind", ["missing", "empty", "one-class", "class-without-test-image", "classes-differ",
                                   "truncated", "too-small", "too-small-imagenet", "npz-label-range",
-                                  "npz-length"])
+                                  "npz-length", "mnist-missing", "svhn-missing"])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, kind):
     settings, message = _bad(tmp_path, kind)
     out = tmp_path / "out"

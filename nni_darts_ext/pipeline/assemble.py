@@ -56,7 +56,7 @@ from ..callbacks import (
 )
 from ..checkpoint import AtomicCheckpointIO, read_checkpoint, state_dict_mismatch
 from ..compile import CompileModel
-from ..constants import NUM_CLASSES
+from ..constants import CIFAR10_IMAGE_SIZE, NUM_CLASSES
 from ..data import search_dataloaders
 from ..distributed import launched_rank
 from ..errors import ArgumentError, ArgumentValueError, CheckpointError, DatasetError, UsageError
@@ -562,9 +562,11 @@ def search_space(recipe: Recipe, info: Any = None, stem: str | None = None) -> A
         space = search_space(load_recipe("demo"))
     """
     s = recipe.search
-    if info is None:
-        return darts_space(image_size=recipe.image_size or 32, width=s.width, num_cells=s.cells,
-                           stem=stem or s.stem)
+    if info is None:  # only the strategy is checked against it: a size the stem takes (the data's is checked later)
+        stem = stem or s.stem
+        size = recipe.image_size or CIFAR10_IMAGE_SIZE
+        size = max(size, min_image_size(stem or default_stem(size)))
+        return darts_space(image_size=size, width=s.width, num_cells=s.cells, stem=stem)
     return darts_space(num_classes=info.num_classes, in_channels=info.in_channels, image_size=info.image_size,
                        width=s.width, num_cells=s.cells, stem=stem)
 
@@ -610,6 +612,7 @@ def assemble_search(recipe: Recipe, options: RunOptions, *, data: RecipeData | N
         num_workers=recipe.dataset.num_workers,
     )
     info, stem = data_shape(data, s.stem, key="search.stem")
+    data_shape(data, recipe.retrain.stem, key="retrain.stem")  # the summary counts the retrain net's parameters
     space = search_space(recipe, info, stem)
     strategy = search_strategy(recipe, space)
     history = AlphaHistory()

@@ -8,6 +8,7 @@ from __future__ import annotations
 __all__ = [
     "CIFAR10_MEAN",
     "CIFAR10_STD",
+    "CIFAR10_CLASSES",
     "NUM_CLASSES",
     "PRIMITIVES",
     "CELL_TYPES",
@@ -57,6 +58,11 @@ __all__ = [
 # Per-channel statistics of the CIFAR-10 training set, as in quark0/darts cnn/utils.py _data_transforms_cifar10.
 CIFAR10_MEAN: tuple[float, float, float] = (0.49139968, 0.48215827, 0.44653124)
 CIFAR10_STD: tuple[float, float, float] = (0.24703233, 0.24348505, 0.26158768)
+
+# CIFAR-10 class names in label order (the dataset's batches.meta `label_names`, as torchvision's CIFAR10.classes).
+CIFAR10_CLASSES: tuple[str, ...] = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)
 
 # NNI's DARTS space is fixed to 10 classes for dataset='cifar' (nasnet.py NDS.num_labels).
 NUM_CLASSES = 10

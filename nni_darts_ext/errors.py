@@ -33,7 +33,9 @@ __all__ = [
     "ArchError",
     "CheckpointError",
     "DatasetError",
+    "ExportError",
     "NonFiniteLossError",
+    "ParityError",
     "ProfileError",
     "RecipeError",
     "RunInterrupted",
@@ -117,6 +119,15 @@ class DatasetError(ValueError):
 
 class CheckpointError(ValueError):
     """A checkpoint cannot be used: unreadable, not a full Lightning checkpoint, or not this run's net."""
+
+
+class ExportError(ValueError):
+    """An exported model that cannot be used: missing, truncated, altered since export (its checksum in
+    ``model_card.json`` differs), or without the model card that says how to feed it; the message names the file."""
+
+
+class ParityError(RuntimeError):
+    """An exported model's logits differ from the PyTorch net's beyond the tolerance (nothing was exported)."""
 
 
 class ProfileError(RuntimeError):

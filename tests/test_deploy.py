@@ -141,3 +141,12 @@ def test_unloadable_file_is_export_error(tmp_path, name):
         format_of_file(path).load(path, threads=1)
     with pytest.raises(ExportError):
         format_of_file(tmp_path / "model.h5")
+
+
+def test_demo_folder_means_its_retrain(tmp_path):
+    trained, _ = _fake_run(tmp_path / "demo" / "retrain", "darts-v2", aux=False, drop_path=0.0)
+    run = load_run(tmp_path / "demo")
+    assert run.folder == tmp_path / "demo" / "retrain"
+    images = torch.randn(2, 3, SIZE, SIZE)
+    with torch.no_grad():
+        assert torch.allclose(run.net(images), trained.eval()(images))

@@ -106,7 +106,8 @@ def _move_into_place(tmp: Path, out: Path) -> None:
 
 def run_export(run_dir: PathLike, *, formats: Sequence[str] = tuple(FORMATS), out: PathLike | None = None,
                include_preprocessing: bool = False, latency_repeats: int = LATENCY_REPEATS) -> dict[str, Any]:
-    """Export the retrained net of ``run_dir`` into ``out`` (default ``RUN_DIR/export``); returns the model card.
+    """Export the retrained net of ``run_dir`` (a retrain folder, or a demo folder: its ``retrain/``) into ``out``
+    (default ``RUN_DIR/export``); returns the model card.
 
     Writes ``model.onnx`` and/or ``model.ts``, ``parity.json``, ``model_card.json``, ``model_card.md``,
     ``cells.png`` and ``recipe.yaml`` (the run's recipe, which ``evaluate --model`` reads). Latency is measured
@@ -124,7 +125,7 @@ def run_export(run_dir: PathLike, *, formats: Sequence[str] = tuple(FORMATS), ou
 
     names = _formats(formats)
     run = load_run(run_dir)
-    out_dir = Path(out).expanduser() if out is not None else run.folder / EXPORT_DIR
+    out_dir = Path(out).expanduser() if out is not None else Path(run_dir).expanduser() / EXPORT_DIR
     data = RecipeData(run.recipe)
     info = run_dataset_info(run.folder, run.recipe, data)
     images, labels = test_images(run.recipe, data, MAX_PARITY_IMAGES)

@@ -72,7 +72,7 @@ def _open_run(folder: Path) -> OpenedModel:
     from .export import _eager
     from .inference import Named, load_run
 
-    run = load_run(folder)
+    run = load_run(folder)  # a retrain folder, or a demo folder's retrain/
     info = run_dataset_info(run.folder, run.recipe, RecipeData(run.recipe))
     pre = {"included": False, "image_size": int(info["image_size"]), "in_channels": int(info["in_channels"]),
            "resize": "bilinear", "scale": "1/255", "mean": list(info["mean"]), "std": list(info["std"])}

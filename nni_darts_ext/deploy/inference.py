@@ -25,8 +25,11 @@ from ..checkpoint import load_weights, read_state_dict
 from ..checks import PathLike
 from ..errors import ArchError, CheckpointError, RecipeError, UsageError
 
-__all__ = ["PIXEL_SCALE", "Named", "Preprocessed", "Run", "inference_form", "load_run", "to_pixels"]
+__all__ = ["DEMO_RETRAIN_DIR", "PIXEL_SCALE", "Named", "Preprocessed", "Run", "inference_form", "load_run",
+           "retrain_folder", "to_pixels"]
 
+#: The sub-folder of an ``nni-darts demo`` folder that holds its retrain (``runs/demo/retrain``).
+DEMO_RETRAIN_DIR = "retrain"
 #: Pixel values of the input of a net with preprocessing in the graph are 0..255 (8-bit images).
 PIXEL_SCALE = 255.0
 
@@ -55,8 +58,24 @@ def inference_form(net: nn.Module) -> nn.Module:
     return net.eval().requires_grad_(False)
 
 
+def retrain_folder(run_dir: PathLike) -> Path:
+    """The retrain folder of ``run_dir``: itself, or its ``retrain/`` when it is a ``demo`` folder.
+
+    Example::
+
+        retrain_folder("runs/demo")      # Path('runs/demo/retrain')
+    """
+    from ..pipeline.run_folder import MODEL_FILE
+
+    folder = Path(run_dir).expanduser()
+    if not (folder / MODEL_FILE).is_file() and (folder / DEMO_RETRAIN_DIR / MODEL_FILE).is_file():
+        return folder / DEMO_RETRAIN_DIR
+    return folder
+
+
 def load_run(run_dir: PathLike) -> Run:
-    """Read a retrain folder (config.yaml, arch.json, model.pt) into its inference net.
+    """Read a retrain folder (config.yaml, arch.json, model.pt), or a demo folder's ``retrain/``, into its
+    inference net.
 
     Raises:
         UsageError: a file missing or unreadable, or ``model.pt`` does not fit the arch and recipe (one line).
@@ -68,7 +87,7 @@ def load_run(run_dir: PathLike) -> Run:
     from ..pipeline.run_folder import ARCH_FILE, CONFIG_FILE, MODEL_FILE
     from ..recipes import load_recipe
 
-    folder = Path(run_dir).expanduser()
+    folder = retrain_folder(run_dir)
     if not folder.is_dir():
         raise UsageError(f"{folder}: no such run folder")
     for name in (CONFIG_FILE, ARCH_FILE, MODEL_FILE):

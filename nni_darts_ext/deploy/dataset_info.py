@@ -17,11 +17,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..checks import PathLike
 from ..constants import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, DIGITS_MEAN, DIGITS_STD, NUM_CLASSES
 from ..errors import UsageError
 
-__all__ = ["DATASET_FILE", "INFO_KEYS", "run_dataset_info"]
+__all__ = ["DATASET_FILE", "INFO_KEYS", "run_dataset_info", "images_of_test_split"]
 
 DATASET_FILE = "dataset.json"
 #: The keys every dataset description has (``per_class`` and ``skipped`` are optional).
@@ -78,3 +80,17 @@ def run_dataset_info(run_dir: PathLike, recipe: Any, data: Any) -> dict[str, Any
     if path.is_file():
         return _read_dataset_file(path)
     return _derived_info(recipe, data)
+
+
+def images_of_test_split(data: Any, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``limit`` (default: all) test images of ``data`` (RecipeData), normalised as in training, and
+    their labels.
+
+    Example::
+
+        images, labels = images_of_test_split(RecipeData(recipe), 512)
+    """
+    split = data.split(train=False)
+    n = len(split) if limit is None else min(limit, len(split))
+    items = [split[i] for i in range(n)]
+    return torch.stack([image for image, _ in items]), torch.tensor([label for _, label in items])

@@ -29,45 +29,23 @@ from ..checks import PathLike
 from ..errors import UsageError
 from ..io import atomic_write_json, atomic_write_text
 from ..profile import count_macs, count_params
-from .dataset_info import run_dataset_info
-from .formats import FORMATS, INPUT_NAME, Runner
+from .dataset_info import images_of_test_split, run_dataset_info
+from .formats import FORMATS, INPUT_NAME, eager_runner
 from .inference import Named, Preprocessed, load_run, to_pixels
 from .latency import LATENCY_REPEATS, measure_latency
-from .model_card import CARD_VERSION, sha256_of, write_model_card
+from .model_card import CARD_VERSION, RECIPE_FILE, sha256_of, write_model_card
 from .parity import MAX_PARITY_IMAGES, check_parity
 
-__all__ = ["EXPORT_DIR", "PARITY_FILE", "RECIPE_FILE", "run_export", "test_images"]
+__all__ = ["EXPORT_DIR", "PARITY_FILE", "run_export"]
 
 _logger = logging.getLogger("nni_darts_ext.pipeline")
 
 EXPORT_DIR = "export"
 PARITY_FILE = "parity.json"
-RECIPE_FILE = "recipe.yaml"
 CELLS_PLOT = "cells.png"
 _EXAMPLE_BATCH = 2  # > 1, so the exporters keep the batch axis symbolic
 _FOLDER_MODE = 0o777
 _MACS_COUNTER = "ptflops 'pytorch' backend: convolutions, linear layers, BatchNorm, activations, pooling, sums"
-
-
-def test_images(recipe: Any, data: Any, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The run's test images (normalised, as the net was trained on them) and labels; the first ``limit``.
-
-    Example::
-
-        images, labels = test_images(recipe, RecipeData(recipe), 512)
-    """
-    split = data.split(train=False)
-    n = len(split) if limit is None else min(limit, len(split))
-    items = [split[i] for i in range(n)]
-    return torch.stack([image for image, _ in items]), torch.tensor([label for _, label in items])
-
-
-def _eager(module: torch.nn.Module) -> Runner:
-    def run(images: Any) -> Any:
-        with torch.no_grad():
-            return module(torch.from_numpy(images)).numpy()
-
-    return run
 
 
 def _formats(names: Sequence[str]) -> list[str]:
@@ -128,7 +106,7 @@ def run_export(run_dir: PathLike, *, formats: Sequence[str] = tuple(FORMATS), ou
     out_dir = Path(out).expanduser() if out is not None else Path(run_dir).expanduser() / EXPORT_DIR
     data = RecipeData(run.recipe)
     info = run_dataset_info(run.folder, run.recipe, data)
-    images, labels = test_images(run.recipe, data, MAX_PARITY_IMAGES)
+    images, labels = images_of_test_split(data, MAX_PARITY_IMAGES)
     size, channels = int(info["image_size"]), int(info["in_channels"])
     if tuple(images.shape[1:]) != (channels, size, size):
         raise UsageError(f"{run.folder}: test images are {tuple(images.shape[1:])}, the data description says "
@@ -144,7 +122,7 @@ def run_export(run_dir: PathLike, *, formats: Sequence[str] = tuple(FORMATS), ou
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     os.chmod(tmp, _FOLDER_MODE & ~_umask())  # mkdtemp's 0o700, as a normal folder would be
     try:
-        files, parity, runners = {}, {}, {"eager": _eager(module)}
+        files, parity, runners = {}, {}, {"eager": eager_runner(module)}
         for name in names:
             fmt = FORMATS[name]
             _logger.info("export: writing %s", fmt.file_name)

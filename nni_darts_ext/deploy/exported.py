@@ -21,9 +21,9 @@ import torch
 
 from ..checks import PathLike
 from ..errors import ExportError
-from .formats import FORMATS, Runner, format_of_file
+from .formats import FORMATS, Runner, eager_runner, format_of_file
 from .inference import to_pixels
-from .model_card import CARD_FILE, read_model_card, sha256_of
+from .model_card import CARD_FILE, RECIPE_FILE, read_model_card, sha256_of
 
 __all__ = ["OpenedModel", "open_model"]
 
@@ -59,8 +59,6 @@ def _open_file(path: Path, *, threads: int) -> OpenedModel:
     if sha256_of(path) != entry.get("sha256"):
         raise ExportError(f"{path}: differs from the exported file (SHA-256 does not match {card_path}); it is "
                           "truncated or altered: export again")
-    from .export import RECIPE_FILE
-
     return OpenedModel(source=path, runner=fmt.load(path, threads=threads), preprocessing=card["preprocessing"],
                        classes=list(card["classes"]), recipe_file=path.parent / RECIPE_FILE)
 
@@ -69,14 +67,13 @@ def _open_run(folder: Path) -> OpenedModel:
     from ..pipeline.run_folder import CONFIG_FILE
     from ..recipe_data import RecipeData
     from .dataset_info import run_dataset_info
-    from .export import _eager
     from .inference import Named, load_run
 
     run = load_run(folder)  # a retrain folder, or a demo folder's retrain/
     info = run_dataset_info(run.folder, run.recipe, RecipeData(run.recipe))
     pre = {"included": False, "image_size": int(info["image_size"]), "in_channels": int(info["in_channels"]),
            "resize": "bilinear", "scale": "1/255", "mean": list(info["mean"]), "std": list(info["std"])}
-    return OpenedModel(source=folder, runner=_eager(Named(run.net).eval()), preprocessing=pre,
+    return OpenedModel(source=folder, runner=eager_runner(Named(run.net).eval()), preprocessing=pre,
                        classes=list(info["classes"]), recipe_file=run.folder / CONFIG_FILE)
 
 

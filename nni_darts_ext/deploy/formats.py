@@ -31,7 +31,7 @@ from torch import nn
 from ..errors import ExportError
 
 __all__ = ["FORMATS", "INPUT_NAME", "OUTPUT_NAME", "ExportFormat", "OnnxFormat", "Runner", "TorchScriptFormat",
-           "format_of_file"]
+           "eager_runner", "format_of_file"]
 
 _logger = logging.getLogger(__name__)
 
@@ -150,3 +150,13 @@ def format_of_file(path: Path) -> ExportFormat:
     if suffix in (".ts", ".pt"):
         return FORMATS["torchscript"]
     raise ExportError(f"{path}: expected an .onnx or TorchScript (.ts, .pt) file")
+
+
+def eager_runner(net: nn.Module) -> Runner:
+    """``net`` itself (eager PyTorch, no gradients) as a :data:`Runner`, on torch's threads."""
+
+    def run(images: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return net(torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))).numpy()
+
+    return run

@@ -11,9 +11,10 @@ Example::
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
-from torch.utils.benchmark import Measurement, Timer
 
 from ..checks import check_int
 from .formats import Runner
@@ -26,6 +27,19 @@ LATENCY_REPEATS = 30
 _WARMUP = 3
 
 
+class _quiet_cpp_extension:
+    """torch.utils.cpp_extension's import-time warning ("No CUDA runtime is found") held back."""
+
+    _logger = logging.getLogger("torch.utils.cpp_extension")
+
+    def __enter__(self) -> None:
+        self._level = self._logger.level
+        self._logger.setLevel(logging.ERROR)
+
+    def __exit__(self, *_: object) -> None:
+        self._logger.setLevel(self._level)
+
+
 def measure_latency(runners: dict[str, Runner], image_shape: tuple[int, int, int], *, threads: int,
                     repeats: int = LATENCY_REPEATS, batches: tuple[int, ...] = LATENCY_BATCHES,
                     seed: int = 0) -> dict[str, dict[str, float]]:
@@ -35,6 +49,9 @@ def measure_latency(runners: dict[str, Runner], image_shape: tuple[int, int, int
 
         measure_latency({"eager": runner}, (3, 8, 8), threads=1, repeats=3)["eager"]["batch_1"]
     """
+    with _quiet_cpp_extension():  # imported by torch.utils.benchmark; warns about CUDA on a CPU-only machine
+        from torch.utils.benchmark import Measurement, Timer
+
     repeats = check_int("repeats", repeats, minimum=1)
     threads = check_int("threads", threads, minimum=1)
     generator = torch.Generator().manual_seed(seed)

@@ -15,11 +15,14 @@ from typing import Any
 
 from ..io import atomic_write_json, atomic_write_text
 
-__all__ = ["CARD_FILE", "CARD_MARKDOWN", "CARD_VERSION", "read_model_card", "sha256_of", "write_model_card"]
+__all__ = ["CARD_FILE", "CARD_MARKDOWN", "CARD_VERSION", "RECIPE_FILE", "read_model_card", "sha256_of",
+           "write_model_card"]
 
 CARD_FILE = "model_card.json"
 CARD_MARKDOWN = "model_card.md"
 CARD_VERSION = 1
+#: The run's recipe, copied into the export (``evaluate --model`` finds the test set with it).
+RECIPE_FILE = "recipe.yaml"
 _CHUNK = 1 << 20
 
 

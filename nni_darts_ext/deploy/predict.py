@@ -108,13 +108,13 @@ def model_accuracy(model: PathLike, *, threads: int = 1) -> dict[str, Any]:
     """
     from ..recipe_data import RecipeData
     from ..recipes import load_recipe
-    from .export import test_images
+    from .dataset_info import images_of_test_split
 
     opened = open_model(model, threads=threads)
     if opened.recipe_file is None or not opened.recipe_file.is_file():
         raise UsageError(f"{opened.source}: no recipe beside it to find the test set")
     recipe = load_recipe(opened.recipe_file)
-    images, labels = test_images(recipe, RecipeData(recipe))
+    images, labels = images_of_test_split(RecipeData(recipe))
     correct = 0
     for start in range(0, len(images), _BATCH):
         logits = opened.runner(opened.prepare(images[start:start + _BATCH]))

@@ -4,8 +4,9 @@ Multiply-adds are counted by ptflops (``pip install ptflops``, github:sovrasov/f
 counter, with its ``pytorch`` backend: module hooks on every layer plus patched ``torch.nn.functional`` and tensor
 operations. It counts one multiply-add per weight use in convolutions and linear layers (plus one per output for a
 bias) and, like most MAC tables, also the element-wise work of BatchNorm, activations, pooling and additions.
-NNI's own profiler (``nni.nas.profiler``) counts FLOPs of a model *space* through its shape inference and does not
-take a fixed ``DARTS`` net directly, so it is not used here.
+NNI's own profiler (``nni.nas.profiler.pytorch.flops.FlopsProfiler``) is not used: on a fixed ``DARTS`` net of NNI
+3.0 its shape inference stops at the cell's ``ChosenInputs`` ("no shape inference formula is found"), so it cannot
+count the nets ``retrain`` produces.
 
 Against ``torch.utils.flop_counter.FlopCounterMode`` (which counts 2 FLOPs per multiply-add of ``aten.convolution``
 and ``aten.mm/addmm`` only): ``count_macs(model, shape, weighted_layers_only=True)`` equals its FLOPs / 2 plus the

@@ -150,3 +150,40 @@ def test_demo_folder_means_its_retrain(tmp_path):
     images = torch.randn(2, 3, SIZE, SIZE)
     with torch.no_grad():
         assert torch.allclose(run.net(images), trained.eval()(images))
+
+
+def test_onnx_falls_back_to_torchscript_exporter(tmp_path, monkeypatch, caplog):
+    real_export = torch.onnx.export
+
+    def dynamo_fails(*args, dynamo=True, **kwargs):
+        if dynamo:
+            raise RuntimeError("dynamo cannot trace this")
+        return real_export(*args, dynamo=False, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", dynamo_fails)
+    net = Named(inference_form(build_model("darts-v2", width=4, num_cells=3, image_size=SIZE))).eval()
+    images = torch.randn(6, 3, SIZE, SIZE)
+    with caplog.at_level("WARNING"):
+        path = FORMATS["onnx"].export(net, images[:2], tmp_path)
+    assert "dynamo cannot trace this" in caplog.text
+    report = check_parity(net, FORMATS["onnx"].load(path, threads=1), images, torch.zeros(6, dtype=torch.long),
+                          name=path.name)
+    assert report["max_abs_diff"] <= 1e-4
+    assert FORMATS["onnx"].load(path, threads=1)(images[:1].numpy()).shape == (1, 10)
+
+
+class _Split(list):
+    """Stands in for a dataset split: only its length is read."""
+
+
+class _CountingData:
+    def split(self, *, train):
+        return _Split([None] * (5 if train else 3))
+
+
+def test_dataset_info_of_cifar10_from_constants(tmp_path):
+    recipe = load_recipe("paper")
+    info = run_dataset_info(tmp_path, recipe, _CountingData())
+    assert info["classes"][:2] == ["airplane", "automobile"] and info["num_classes"] == 10
+    assert info["image_size"] == 32 and info["in_channels"] == 3 and len(info["std"]) == 3
+    assert info["images"] == {"train": 5, "test": 3}

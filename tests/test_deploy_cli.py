@@ -190,3 +190,9 @@ def test_parity_failure_is_exit_1_and_writes_nothing(retrained, tmp_path, capsys
     code, _, err = run(["export", retrained, "--out", out, "--latency-repeats", "1", "--quiet"], capsys)
     assert code == 1 and "parity check failed" in err and len(err.strip().splitlines()) == 1
     assert not out.exists() and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("argv", [["--format", "tflite"], ["--latency-repeats", "0"]])
+def test_export_bad_option_is_exit_2(retrained, tmp_path, capsys, argv):
+    code, out, err = run(["export", retrained, "--out", tmp_path / "x", *argv], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and not (tmp_path / "x").exists()

@@ -73,7 +73,7 @@ def test_export_writes_files_parity_and_card(exported, retrained):
     assert card["macs"] > 0 and card["macs_input_shape"] == [1, 3, 8, 8]
     assert set(card["latency"]["ms"]) == {"eager", "torch.jit", "onnxruntime"}
     assert all(set(v) == {"batch_1", "batch_64"} for v in card["latency"]["ms"].values())
-    assert card["latency"]["threads"] == 1 and card["classes"] == [str(d) for d in range(10)]
+    assert card["latency"]["threads"] == 1 and card["latency"]["load_average_1min"] >= 0 and card["classes"] == [str(d) for d in range(10)]
     assert card["data"]["images"] == {"train": 48, "test": 48}
     summary = json.loads((retrained / "summary.json").read_text())
     assert card["test_accuracy"] == summary["test_accuracy"] == pytest.approx(parity["onnx"]["accuracy"], abs=1e-6)

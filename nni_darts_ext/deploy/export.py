@@ -163,6 +163,7 @@ def run_export(run_dir: PathLike, *, formats: Sequence[str] = tuple(FORMATS), ou
             "test_accuracy": summary.get("test_accuracy"),
             "parity": parity,
             "latency": {"ms": latency, "threads": threads, "repeats": latency_repeats,
+                        "load_average_1min": round(os.getloadavg()[0], 2),
                         "machine": f"{platform.machine()} {platform.processor() or platform.system()}, torch "
                                    f"{torch.__version__}"},
             "recipe": run.recipe.to_dict(),

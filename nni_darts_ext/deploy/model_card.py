@@ -112,7 +112,8 @@ def _markdown(card: dict[str, Any]) -> str:
     ]
     for runtime, figures in lat["ms"].items():
         lines.append(f"| {runtime} | " + " | ".join(f"{figures[b]:.3f}" for b in batches) + " |")
-    lines += ["", f"Measured with torch.utils.benchmark on {lat['machine']}.", "", "## Recipe", "", "```yaml",
+    lines += ["", f"Measured with torch.utils.benchmark on {lat['machine']}; load average (1 min) "
+              f"{lat['load_average_1min']} when measured.", "", "## Recipe", "", "```yaml",
               card["recipe_yaml"].rstrip(), "```", ""]
     return "\n".join(lines)
 

@@ -317,13 +317,13 @@ def _options(args: argparse.Namespace, out: str | None) -> Any:
 
 def _duration(flag: str, text: str | None) -> float | None:
     from .durations import parse_duration
-    from .errors import UsageError
+    from .errors import ArgumentError, UsageError
 
     if text is None:
         return None
     try:
         return parse_duration(text)
-    except (TypeError, ValueError) as exc:
+    except ArgumentError as exc:
         raise UsageError(f"{flag} {text}: {exc}") from None
 
 
@@ -589,8 +589,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     recipe = _recipe(args, "demo")
     out = Path(args.out)
-    print(f"nni-darts demo: recipe {recipe.name}, {recipe.dataset.name} {recipe.image_size}x{recipe.image_size}, "
-          f"output in {out}", flush=True)
+    size = f" {recipe.image_size}x{recipe.image_size}" if recipe.image_size is not None else ""
+    print(f"nni-darts demo: recipe {recipe.name}, {recipe.dataset.name}{size}, output in {out}", flush=True)
     summary = run_demo(recipe, _options(args, args.out), baseline=args.baseline,
                        report=lambda line: print(f"  {line}", flush=True))
     print(f"  test accuracy {summary['test_accuracy']:.4f} ({summary['params']:,} parameters, searched cell)"
@@ -650,10 +650,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_USAGE
         torch.set_num_threads(threads)
 
-    from .errors import ArchError, ExportError, ParityError, RecipeError, RunInterrupted, UsageError
-    from .inspect_run import InspectError
-    from .io import EXIT_OUTPUT_WRITE_FAILED, OutputWriteError, ignore_file_size_signal
-    from .run_lock import RunLockedError
+    from .errors import (
+        ArchError,
+        ExportError,
+        InspectError,
+        OutputWriteError,
+        ParityError,
+        RecipeError,
+        RunInterrupted,
+        RunLockedError,
+        UsageError,
+    )
+    from .io import EXIT_OUTPUT_WRITE_FAILED, ignore_file_size_signal
 
     # Training commands import Lightning anyway; the others (plot, convert, recipes, inspect) stay light.
     bad_input: tuple = (UsageError, RecipeError, ArchError, InspectError, RunLockedError, ExportError)

@@ -1,6 +1,7 @@
 """Deploy building blocks without training: inference form, both export formats with parity for several archs
 (named genotypes and random cells of the space every preset searches), auxiliary head on/off, DDP-style weights,
-a run folder's data description, parity failure, latency and broken files."""
+a run folder's data description (its dataset.json, or derived for older runs), a net of other classes and
+channels, parity failure, latency and broken files."""
 
 from __future__ import annotations
 
@@ -24,15 +25,22 @@ SIZE = 8
 TINY = {"dataset.image_size": SIZE, "dataset.max_samples": 32, "retrain.width": 4, "retrain.cells": 3}
 
 
-def _fake_run(folder: Path, arch, *, aux: bool, drop_path: float, prefix: str = "", seed: int = 0):
-    """A retrain folder as `retrain` leaves it (config.yaml, arch.json, model.pt), weights random, no training."""
+def _fake_run(folder: Path, arch, *, aux: bool, drop_path: float, prefix: str = "", seed: int = 0,
+              dataset: dict | None = None):
+    """A retrain folder as `retrain` leaves it (config.yaml, arch.json, model.pt, and ``dataset`` as
+    dataset.json when given), weights random, no training."""
     recipe = load_recipe("demo", {**TINY, "retrain.auxiliary_weight": 0.4 if aux else 0.0,
                                   "retrain.drop_path_prob": drop_path})
     folder.mkdir(parents=True)
     (folder / "config.yaml").write_text(recipe.to_yaml())
     save_arch(arch, folder / "arch.json")
     torch.manual_seed(seed)
-    net = build_model(arch, width=4, num_cells=3, auxiliary_loss=aux, drop_path_prob=drop_path, image_size=SIZE)
+    shape = {}
+    if dataset is not None:
+        (folder / "dataset.json").write_text(json.dumps(dataset))
+        shape = {"num_classes": dataset["num_classes"], "in_channels": dataset["in_channels"]}
+    net = build_model(arch, width=4, num_cells=3, auxiliary_loss=aux, drop_path_prob=drop_path, image_size=SIZE,
+                      **shape)
     for module in net.modules():  # BatchNorm statistics other than the initial ones, so eval mode matters
         if isinstance(module, torch.nn.BatchNorm2d):
             module.running_mean.uniform_(-0.5, 0.5)
@@ -111,15 +119,15 @@ def test_parity_failure_is_reported():
 
 def test_dataset_info_derived_and_read(tmp_path):
     recipe = load_recipe("demo", TINY)
-    info = run_dataset_info(tmp_path, recipe, RecipeData(recipe))
+    info = run_dataset_info(tmp_path, RecipeData(recipe))
     assert info["classes"] == [str(d) for d in range(10)] and info["in_channels"] == 3
     assert info["image_size"] == SIZE and len(info["mean"]) == 3 and info["images"] == {"train": 32, "test": 32}
     own = {**info, "name": "flowers", "classes": list("abcdefghij")}
     (tmp_path / "dataset.json").write_text(json.dumps(own))
-    assert run_dataset_info(tmp_path, recipe, None)["classes"] == list("abcdefghij")
+    assert run_dataset_info(tmp_path, None)["classes"] == list("abcdefghij")
     (tmp_path / "dataset.json").write_text(json.dumps({"name": "x"}))
     with pytest.raises(UsageError, match="missing key"):
-        run_dataset_info(tmp_path, recipe, None)
+        run_dataset_info(tmp_path, None)
 
 
 def test_latency_figures_per_runtime_and_batch():
@@ -172,18 +180,23 @@ def test_onnx_falls_back_to_torchscript_exporter(tmp_path, monkeypatch, caplog):
     assert FORMATS["onnx"].load(path, threads=1)(images[:1].numpy()).shape == (1, 10)
 
 
-class _Split(list):
-    """Stands in for a dataset split: only its length is read."""
+def test_net_of_own_data_classes_and_channels(tmp_path):
+    from nni_darts_ext.deploy.predict import load_image
 
+    own = {"name": "imagefolder", "classes": ["cat", "dog", "owl"], "num_classes": 3, "in_channels": 1,
+           "image_size": SIZE, "mean": [0.4], "std": [0.2], "images": {"train": 30, "test": 9}}
+    trained, _ = _fake_run(tmp_path / "run", "darts-v2", aux=True, drop_path=0.0, dataset=own)
+    run = load_run(tmp_path / "run")
+    images = torch.randn(4, 1, SIZE, SIZE)
+    with torch.no_grad():
+        assert torch.allclose(run.net(images), trained.eval()(images))
+    module = Named(run.net).eval()
+    path = FORMATS["onnx"].export(module, images[:2], tmp_path)
+    report = check_parity(module, FORMATS["onnx"].load(path, threads=1), images, torch.zeros(4, dtype=torch.long),
+                          name=path.name)
+    assert report["max_abs_diff"] <= 1e-4
+    from PIL import Image
 
-class _CountingData:
-    def split(self, *, train):
-        return _Split([None] * (5 if train else 3))
-
-
-def test_dataset_info_of_cifar10_from_constants(tmp_path):
-    recipe = load_recipe("paper")
-    info = run_dataset_info(tmp_path, recipe, _CountingData())
-    assert info["classes"][:2] == ["airplane", "automobile"] and info["num_classes"] == 10
-    assert info["image_size"] == 32 and info["in_channels"] == 3 and len(info["std"]) == 3
-    assert info["images"] == {"train": 5, "test": 3}
+    Image.new("RGB", (20, 12), (102, 102, 102)).save(tmp_path / "gray.png")
+    tensor = load_image(tmp_path / "gray.png", {"image_size": SIZE, "in_channels": 1, "mean": [0.4], "std": [0.2]})
+    assert tensor.shape == (1, SIZE, SIZE) and torch.allclose(tensor, torch.zeros_like(tensor), atol=1e-6)

@@ -1,13 +1,13 @@
 """What a run's inputs look like: classes, channels, image size, mean/std and image counts.
 
-A run folder written by a version of the package that records its data has ``dataset.json`` (keys ``name``,
+Every run folder of this package has ``dataset.json`` (:class:`~nni_darts_ext.datasets.DataInfo`: ``name``,
 ``classes``, ``num_classes``, ``in_channels``, ``image_size``, ``mean``, ``std``, ``images``, ``per_class``,
-``skipped``); it is read as it is. Older runs of the package's own datasets (digits, CIFAR-10) get the same facts
-from their ``config.yaml`` and the package's constants. Both paths meet in :func:`run_dataset_info`.
+``skipped``); it is read as it is. A run folder written before ``dataset.json`` existed gets the same facts from
+its recipe's data (:meth:`~nni_darts_ext.recipe_data.RecipeData.info`, both splits counted).
 
 Example::
 
-    info = run_dataset_info("runs/demo", load_recipe("runs/demo/config.yaml"))
+    info = run_dataset_info("runs/demo/retrain", RecipeData(load_recipe("runs/demo/retrain/config.yaml")))
     info["classes"], info["image_size"], info["mean"]
 """
 
@@ -20,16 +20,12 @@ from typing import Any
 import torch
 
 from ..checks import PathLike
-from ..constants import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, DIGITS_MEAN, DIGITS_STD, NUM_CLASSES
 from ..errors import UsageError
 
-__all__ = ["DATASET_FILE", "INFO_KEYS", "run_dataset_info", "images_of_test_split"]
+__all__ = ["INFO_KEYS", "images_of_test_split", "run_dataset_info"]
 
-DATASET_FILE = "dataset.json"
-#: The keys every dataset description has (``per_class`` and ``skipped`` are optional).
+#: The keys every dataset description has (``per_class`` and ``skipped`` may be missing).
 INFO_KEYS = ("name", "classes", "num_classes", "in_channels", "image_size", "mean", "std", "images")
-# The package's datasets feed 3-channel images to NNI's DARTS (digits are grey, repeated to 3 channels).
-_RGB = 3
 
 
 def _read_dataset_file(path: Path) -> dict[str, Any]:
@@ -43,43 +39,25 @@ def _read_dataset_file(path: Path) -> dict[str, Any]:
     return info
 
 
-def _derived_info(recipe: Any, data: Any) -> dict[str, Any]:
-    """The facts of a package dataset (digits, CIFAR-10) from the recipe; image counts from ``data`` (RecipeData)."""
-    name = recipe.dataset.name
-    if name == "digits":
-        classes, mean, std = [str(d) for d in range(NUM_CLASSES)], [DIGITS_MEAN] * _RGB, [DIGITS_STD] * _RGB
-    elif name == "cifar10":
-        classes, mean, std = list(CIFAR10_CLASSES), list(CIFAR10_MEAN), list(CIFAR10_STD)
-    else:
-        raise UsageError(f"dataset {name!r}: no {DATASET_FILE} in the run and no built-in description")
-    return {
-        "name": name,
-        "classes": classes,
-        "num_classes": len(classes),
-        "in_channels": _RGB,
-        "image_size": recipe.image_size,
-        "mean": mean,
-        "std": std,
-        "images": {"train": len(data.split(train=True)), "test": len(data.split(train=False))},
-    }
-
-
-def run_dataset_info(run_dir: PathLike, recipe: Any, data: Any) -> dict[str, Any]:
-    """The dataset description of a run: ``RUN/dataset.json`` when present, else derived from the recipe.
-
-    ``data`` is the run's :class:`~nni_darts_ext.recipe_data.RecipeData` (only read when deriving image counts).
+def run_dataset_info(run_dir: PathLike, data: Any) -> dict[str, Any]:
+    """The dataset description of a run: ``RUN/dataset.json`` when present, else ``data.info()`` (``data``: the
+    run's :class:`~nni_darts_ext.recipe_data.RecipeData`, read only then).
 
     Raises:
-        UsageError: ``dataset.json`` unreadable or incomplete, or a dataset the package cannot describe.
+        UsageError: ``dataset.json`` unreadable or incomplete.
 
     Example::
 
-        run_dataset_info("runs/demo", recipe, RecipeData(recipe))["classes"]   # ['0', '1', ..., '9']
+        run_dataset_info("runs/demo/retrain", RecipeData(recipe))["classes"]   # ['0', '1', ..., '9']
     """
+    from ..pipeline.run_folder import DATASET_FILE
+
     path = Path(run_dir) / DATASET_FILE
     if path.is_file():
         return _read_dataset_file(path)
-    return _derived_info(recipe, data)
+    data.split(train=True)  # both splits counted
+    data.split(train=False)
+    return data.info(test=True).to_dict()
 
 
 def images_of_test_split(data: Any, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -29,7 +29,7 @@ from ..checks import PathLike
 from ..errors import UsageError
 from ..io import atomic_write_json, atomic_write_text
 from ..profile import count_macs, count_params
-from .dataset_info import images_of_test_split, run_dataset_info
+from .dataset_info import images_of_test_split
 from .formats import FORMATS, INPUT_NAME, eager_runner
 from .inference import Named, Preprocessed, load_run, to_pixels
 from .latency import LATENCY_REPEATS, measure_latency
@@ -99,14 +99,11 @@ def run_export(run_dir: PathLike, *, formats: Sequence[str] = tuple(FORMATS), ou
 
         run_export("runs/demo", formats=["onnx"], include_preprocessing=True)
     """
-    from ..recipe_data import RecipeData
-
     names = _formats(formats)
     run = load_run(run_dir)
     out_dir = Path(out).expanduser() if out is not None else Path(run_dir).expanduser() / EXPORT_DIR
-    data = RecipeData(run.recipe)
-    info = run_dataset_info(run.folder, run.recipe, data)
-    images, labels = images_of_test_split(data, MAX_PARITY_IMAGES)
+    info = run.info
+    images, labels = images_of_test_split(run.data, MAX_PARITY_IMAGES)
     size, channels = int(info["image_size"]), int(info["in_channels"])
     if tuple(images.shape[1:]) != (channels, size, size):
         raise UsageError(f"{run.folder}: test images are {tuple(images.shape[1:])}, the data description says "

@@ -65,12 +65,10 @@ def _open_file(path: Path, *, threads: int) -> OpenedModel:
 
 def _open_run(folder: Path) -> OpenedModel:
     from ..pipeline.run_folder import CONFIG_FILE
-    from ..recipe_data import RecipeData
-    from .dataset_info import run_dataset_info
     from .inference import Named, load_run
 
     run = load_run(folder)  # a retrain folder, or a demo folder's retrain/
-    info = run_dataset_info(run.folder, run.recipe, RecipeData(run.recipe))
+    info = run.info
     pre = {"included": False, "image_size": int(info["image_size"]), "in_channels": int(info["in_channels"]),
            "resize": "bilinear", "scale": "1/255", "mean": list(info["mean"]), "std": list(info["std"])}
     return OpenedModel(source=folder, runner=eager_runner(Named(run.net).eval()), preprocessing=pre,

@@ -42,6 +42,8 @@ class Run:
     recipe: Any
     arch: dict[str, Any]
     net: nn.Module
+    info: dict[str, Any]  # the data description (dataset_info.run_dataset_info)
+    data: Any  # the recipe's RecipeData
 
 
 def inference_form(net: nn.Module) -> nn.Module:
@@ -74,8 +76,8 @@ def retrain_folder(run_dir: PathLike) -> Path:
 
 
 def load_run(run_dir: PathLike) -> Run:
-    """Read a retrain folder (config.yaml, arch.json, model.pt), or a demo folder's ``retrain/``, into its
-    inference net.
+    """Read a retrain folder (config.yaml, arch.json, model.pt, dataset.json), or a demo folder's ``retrain/``,
+    into its inference net, built as ``retrain`` built it (classes, channels, size and stem of its data).
 
     Raises:
         UsageError: a file missing or unreadable, or ``model.pt`` does not fit the arch and recipe (one line).
@@ -85,7 +87,10 @@ def load_run(run_dir: PathLike) -> Run:
         load_run("runs/demo").net
     """
     from ..pipeline.run_folder import ARCH_FILE, CONFIG_FILE, MODEL_FILE
+    from ..recipe_data import RecipeData
     from ..recipes import load_recipe
+    from ..space import default_stem
+    from .dataset_info import run_dataset_info
 
     folder = retrain_folder(run_dir)
     if not folder.is_dir():
@@ -99,14 +104,18 @@ def load_run(run_dir: PathLike) -> Run:
         state = read_state_dict(folder / MODEL_FILE)
     except (RecipeError, ArchError, CheckpointError) as exc:
         raise UsageError(str(exc)) from None
+    data = RecipeData(recipe)
+    info = run_dataset_info(folder, data)
     r = recipe.retrain
+    size = int(info["image_size"])
     net = build_model(arch, width=r.width, num_cells=r.cells, auxiliary_loss=r.auxiliary_weight > 0,
-                      drop_path_prob=r.drop_path_prob, image_size=recipe.image_size)
+                      drop_path_prob=r.drop_path_prob, image_size=size, num_classes=int(info["num_classes"]),
+                      in_channels=int(info["in_channels"]), stem=r.stem or default_stem(size))
     try:
         load_weights(net, state, f"{folder / MODEL_FILE}")
     except CheckpointError as exc:
         raise UsageError(f"{exc} (of {folder / ARCH_FILE} and {folder / CONFIG_FILE})") from None
-    return Run(folder=folder, recipe=recipe, arch=arch, net=inference_form(net))
+    return Run(folder=folder, recipe=recipe, arch=arch, net=inference_form(net), info=info, data=data)
 
 
 class Preprocessed(nn.Module):

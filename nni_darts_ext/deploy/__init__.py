@@ -12,6 +12,9 @@
 
 Example::
 
+    from nni_darts_ext.deploy.export import run_export
+    from nni_darts_ext.deploy.predict import predict_files
+
     run_export("runs/demo")                       # runs/demo/export/model.onnx, model.ts, parity.json, model_card.*
     predict_files("runs/demo/export/model.onnx", ["seven.png"], top_k=3)
 """

@@ -39,10 +39,13 @@ __all__ = [
     "BadImageError",
     "DataFolderError",
     "DatasetError",
+    "ExportError",
     "ImageSizeError",
     "InspectError",
     "NonFiniteLossError",
     "OutputWriteError",
+    "ParityError",
+    "ProfileError",
     "RecipeError",
     "RunInterrupted",
     "RunLockedError",
@@ -201,6 +204,19 @@ class ArrayDataError(DatasetError):
 
 class CheckpointError(ValueError):
     """A checkpoint cannot be used: unreadable, not a full Lightning checkpoint, or not this run's net."""
+
+
+class ExportError(ValueError):
+    """An exported model that cannot be used: missing, truncated, altered since export (its checksum in
+    ``model_card.json`` differs), or without the model card that says how to feed it; the message names the file."""
+
+
+class ParityError(RuntimeError):
+    """An exported model's logits differ from the PyTorch net's beyond the tolerance (nothing was exported)."""
+
+
+class ProfileError(RuntimeError):
+    """A cost counter (multiply-adds) could not run a model on the given input; the message names the cause."""
 
 
 class NonFiniteLossError(RuntimeError):

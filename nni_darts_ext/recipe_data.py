@@ -17,6 +17,7 @@ Example::
 
 from __future__ import annotations
 
+import logging
 import numbers
 from typing import Any
 
@@ -31,6 +32,8 @@ with import_nni_quietly():
     import nni
 
 from .resumable_data import ResumableDataLoader
+
+_logger = logging.getLogger(__name__)
 
 __all__ = ["RecipeData", "cifar10_info", "held_out_fraction", "retrain_loaders", "scaled_cutout", "test_loader"]
 
@@ -232,8 +235,14 @@ def retrain_loaders(
     loader = {"batch_size": batch_size, "num_workers": recipe.dataset.num_workers}
     # The training order depends on (seed, epoch) alone, so an exact resume replays it.
     seed = recipe.seed if shuffle_seed is None else shuffle_seed
+    # A last training batch of one image would stop the run: batch norm in training mode needs more than one value
+    # per channel, and the auxiliary head's last map is 1x1. Such an image is left out of that epoch instead.
+    lone = len(train_set) % batch_size == 1 and len(train_set) > 1
+    if lone:
+        _logger.info("retrain: %d training images in batches of %d leave a batch of one; it is dropped each epoch",
+                     len(train_set), batch_size)
     return (
-        nni.trace(ResumableDataLoader)(dataset=train_set, shuffle=True, drop_last=False, seed=seed, **loader),
+        nni.trace(ResumableDataLoader)(dataset=train_set, shuffle=True, drop_last=lone, seed=seed, **loader),
         DataLoader(dataset=val_set, shuffle=False, **loader),
         test_loader(data, batch_size=batch_size) if with_test else None,
     )

@@ -318,3 +318,18 @@ def test_a_later_run_takes_the_statistics_a_run_wrote(tmp_path):
     given = load_recipe("demo", ["dataset.name=imagefolder", "dataset.data_dir=x", "dataset.mean=[0.1]",
                                  "dataset.std=[0.2]"])
     assert run_statistics(given, [run]) is None  # the recipe's own values win
+
+
+def test_a_last_batch_of_one_image_is_dropped_in_training(tmp_path):
+    from nni_darts_ext.recipe_data import RecipeData, retrain_loaders
+    from nni_darts_ext.recipes import load_recipe
+
+    write_folder(tmp_path / "data", classes=("a", "b", "c"), per_class=3)
+    recipe = load_recipe("demo", ["dataset.name=imagefolder", f"dataset.data_dir={tmp_path / 'data'}",
+                                  "dataset.image_size=null"])
+    train, _, _ = retrain_loaders(RecipeData(recipe), batch_size=8)  # 9 images: 8 + 1
+    assert train.drop_last and [len(y) for _, y in train] == [8]
+    train, _, _ = retrain_loaders(RecipeData(recipe), batch_size=4)  # 4 + 4 + 1
+    assert train.drop_last
+    train, _, _ = retrain_loaders(RecipeData(recipe), batch_size=5)  # 5 + 4: kept
+    assert not train.drop_last and sum(len(y) for _, y in train) == 9

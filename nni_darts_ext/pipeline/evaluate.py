@@ -199,13 +199,13 @@ def confusion_matrix(model: Any, loader: Any, num_classes: int) -> Any:
     """
     import torch
 
-    device = next(model.parameters()).device
+    parameter = next(model.parameters())  # where the test left the net, in its dtype (e.g. --precision bf16-true)
     matrix = torch.zeros(num_classes * num_classes, dtype=torch.int64)
     was_training = model.training
     model.eval()
     with torch.no_grad():
         for images, labels in loader:
-            predicted = model(images.to(device)).argmax(dim=1).cpu()
+            predicted = model(images.to(parameter.device, parameter.dtype)).argmax(dim=1).cpu()
             matrix += torch.bincount(labels * num_classes + predicted, minlength=num_classes * num_classes)
     model.train(was_training)
     return matrix.view(num_classes, num_classes).numpy()

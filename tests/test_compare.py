@@ -119,3 +119,18 @@ def test_bad_compare_input_is_one_line_exit_2_and_nothing_written(tmp_path, caps
     err = capsys.readouterr().err
     assert words in err and err.count("\n") == 1, err
     assert not out.exists()
+
+
+def test_parameter_counts_are_those_of_the_runs_data_shape():
+    """Own data: a cell's parameter count is that of the retrain net for the data's classes and channels."""
+    from nni_darts_ext.datasets import DataInfo
+
+    recipe = load_recipe("demo", ["retrain.width=4", "retrain.cells=3"])
+    info = DataInfo(name="npz", classes=["a", "b"], num_classes=2, in_channels=1, image_size=8, mean=[0.5],
+                    std=[0.25], images={"train": 4, "test": 2}, per_class={})
+    (with_info,), _ = candidates_of(recipe, ["darts-v2"], random=0, match_params=None, info=info)
+    (without,), _ = candidates_of(recipe, ["darts-v2"], random=0, match_params=None)
+    expected = count_parameters(build_model("darts-v2", width=4, num_cells=3, image_size=8, num_classes=2,
+                                            in_channels=1))
+    assert with_info.params == expected
+    assert without.params != expected  # 10 classes of 3 channels: a different count

@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..arch import build_model, count_parameters, format_genotype, load_arch, random_arch, save_arch, to_genotype
 from ..checks import check_float, check_int
@@ -55,6 +55,9 @@ from .run_folder import ARCH_FILE, CONFIG_FILE, write_config
 from .run_set import DONE, RESUME, check_run_set, check_same_recipe, prepare_run, read_summary
 from .runtime import holding_run_lock, run_facts
 from .seeds import LOGS_DIR, seed_folder
+
+if TYPE_CHECKING:
+    from ..datasets import DataInfo
 
 __all__ = ["COMPARE_FILE", "COMPARE_PLOT", "MAX_RANDOM_DRAWS", "RUNS_DIR", "Candidate", "run_compare"]
 
@@ -96,17 +99,23 @@ def _usage(check: Callable[..., Any], flag: str, value: Any, **kwargs: Any) -> A
         raise UsageError(str(exc)) from None
 
 
-def _params(recipe: Recipe, arch: dict[str, Any]) -> int:
+def _params(recipe: Recipe, arch: dict[str, Any], info: DataInfo | None) -> int:
+    """Parameters of ``arch``'s retrain net (no auxiliary head) for the data ``info`` describes (``None``: the
+    recipe's size, 10 classes of 3 channels)."""
     r = recipe.retrain
+    if info is None:
+        return count_parameters(build_model(arch, width=r.width, num_cells=r.cells, auxiliary_loss=False,
+                                            image_size=recipe.image_size, stem=r.stem))
     return count_parameters(build_model(arch, width=r.width, num_cells=r.cells, auxiliary_loss=False,
-                                        image_size=recipe.image_size))
+                                        image_size=info.image_size, num_classes=info.num_classes,
+                                        in_channels=info.in_channels, stem=r.stem))
 
 
 def candidates_of(recipe: Recipe, archs: Sequence[Any], *, random: int,
-                  match_params: float | None) -> tuple[list[Candidate], int]:
+                  match_params: float | None, info: DataInfo | None = None) -> tuple[list[Candidate], int]:
     """The given cells, then ``random`` random cells (``random_arch(0)``, ``random_arch(1)``, ... with
     ``match_params``: only those within that relative tolerance of the first given cell's parameter count);
-    returns them and how many random cells were drawn.
+    returns them and how many random cells were drawn. Parameters are counted for the data ``info`` describes.
 
     Raises:
         UsageError: fewer than ``random`` matching cells in :data:`MAX_RANDOM_DRAWS` draws.
@@ -119,7 +128,7 @@ def candidates_of(recipe: Recipe, archs: Sequence[Any], *, random: int,
     given = []
     for index, arch in enumerate(archs):
         arch_dict, source = resolve_arch(arch)
-        given.append(Candidate(f"arch-{index}", "arch", arch_dict, source, _params(recipe, arch_dict)))
+        given.append(Candidate(f"arch-{index}", "arch", arch_dict, source, _params(recipe, arch_dict, info)))
     pool: list[Candidate] = []
     drawn = 0
     while len(pool) < random:
@@ -127,7 +136,7 @@ def candidates_of(recipe: Recipe, archs: Sequence[Any], *, random: int,
             raise UsageError(f"--match-params {match_params}: only {len(pool)} of {MAX_RANDOM_DRAWS} random cells have "
                              f"{given[0].params:,} parameters within {match_params:.0%}; widen the tolerance")
         arch = random_arch(drawn)
-        params = _params(recipe, arch)
+        params = _params(recipe, arch, info)
         if match_params is None or abs(params - given[0].params) <= match_params * given[0].params:
             pool.append(Candidate(f"random-{drawn}", "random", arch, f"random_arch({drawn})", params))
         drawn += 1
@@ -167,14 +176,15 @@ def run_compare(recipe: Recipe, options: RunOptions, *, archs: Sequence[Any] = (
     if options.resume:
         check_same_recipe(out, recipe)
     check_device(options.accelerator, options.devices)
-    candidates, drawn = candidates_of(recipe, archs, random=random, match_params=match_params)
-    if options.resume:
-        _check_same_cells(out, candidates)
     retrain_seeds = [recipe.seed + k for k in range(seeds)]
     per_seed = {seed: apply_overrides(recipe, {"seed": seed}) for seed in retrain_seeds}
     data = {seed: RecipeData(per_seed[seed]) for seed in retrain_seeds}
     first = data[retrain_seeds[0]]
     data_errors(lambda: (first.split(train=True, cutout=recipe.retrain.cutout), first.split(train=False)))
+    candidates, drawn = candidates_of(recipe, archs, random=random, match_params=match_params,
+                                      info=data_errors(first.info))
+    if options.resume:
+        _check_same_cells(out, candidates)
     say(f"{len(archs)} given cell(s) and {random} random cells ({drawn} drawn), {seeds} retrain seed(s) each, "
         f"recipe {recipe.name} ({recipe.retrain.epochs} retrain epochs); output in {out}")
     start = time.perf_counter()

@@ -576,6 +576,7 @@ def build_model(
     drop_path_prob: float = 0.0,
     dataset: str = "cifar",
     image_size: int | None = None,
+    checkpointing: str = "none",
 ):
     """Build NNI's fixed DARTS network (``nni.nas.hub.pytorch.DARTS``) for ``arch``.
 
@@ -588,6 +589,10 @@ def build_model(
     the 8x8 map of a 32x32 input (7x7 of 224x224). When ``image_size`` is given and differs from the
     dataset's native size, that one layer is replaced by ``nn.AdaptiveAvgPool2d(2)``: same 2x2 output, no
     parameters, so state dicts stay interchangeable. With ``image_size`` None or native, the net is NNI's.
+
+    ``checkpointing="cells"`` runs every cell under activation checkpointing
+    (:func:`~nni_darts_ext.activation_checkpointing.checkpoint_cells`: same outputs and gradients, drop path
+    replayed, each cell's forward run again in the backward pass); the state dict is unchanged.
 
     Raises:
         ArchError: invalid arch. TypeError / ValueError: a bad argument, named.
@@ -608,6 +613,9 @@ def build_model(
         raise ValueError(f"dataset must be one of {', '.join(map(repr, _DATASETS))}, got {dataset!r}")
     if image_size is not None:
         _check_positive_int("image_size", image_size)
+    from nni_darts_ext.activation_checkpointing import RETRAIN_CHECKPOINTING, check_checkpointing, checkpoint_cells
+
+    check_checkpointing(checkpointing, RETRAIN_CHECKPOINTING)
     arch = _coerce_arch(arch)
 
     with import_nni_quietly():
@@ -628,6 +636,10 @@ def build_model(
         _logger.debug(
             "auxiliary head pools adaptively to %d for %dx%d input", AUX_HEAD_POOLED_SIZE, image_size, image_size
         )
+    if checkpointing == "cells":
+        with import_nni_quietly():
+            from nni.nas.nn.pytorch import Cell
+        checkpoint_cells(model, Cell)
     return model
 
 

@@ -387,6 +387,9 @@ def _strategy(recipe: Recipe) -> Any:
     if s.partial_channels is not None:
         kwargs["partial_channels"] = s.partial_channels
         keys["partial_channels"] = "search.partial_channels"
+    if s.checkpointing != "none":
+        kwargs["checkpointing"] = s.checkpointing
+        keys["checkpointing"] = "search.checkpointing"
     order = s.order
     if order is not None:
         kwargs["order"] = order
@@ -511,7 +514,7 @@ def assemble_retrain(recipe: Recipe, arch: Any, options: RunOptions, *, data: Re
         data_errors(lambda: data.split(train=False))
     model = build_model(
         arch_dict, width=r.width, num_cells=r.cells, auxiliary_loss=r.auxiliary_weight > 0,
-        drop_path_prob=r.drop_path_prob, image_size=recipe.image_size,
+        drop_path_prob=r.drop_path_prob, image_size=recipe.image_size, checkpointing=r.checkpointing,
     )
     module = _module(r, r.epochs, auxiliary_weight=r.auxiliary_weight, drop_path_prob=r.drop_path_prob)
     module.set_model(model)

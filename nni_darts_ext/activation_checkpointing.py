@@ -8,15 +8,15 @@ unchanged:
 * random draws inside the region (dropout, drop path, P-DARTS' skip dropout) replay identically: the torch random
   state at the region's start is restored for the recomputation (``preserve_rng_state``); the supernet's mixing
   samples (DrNAS' Dirichlet, GDAS' Gumbel) and GDAS' choice of op are drawn *outside* the region and handed in;
-* BatchNorm running statistics are updated once, by the first forward only: the recomputation of the region's
-  BatchNorm layers updates throw-away copies of them;
+* the recomputation runs the region's modules in the train/eval modes of the first forward, and BatchNorm
+  running statistics are updated once, by the first forward only (the recomputation updates throw-away copies);
 * autocast (bf16) is recorded and replayed by ``torch.utils.checkpoint``.
 
 Outside autograd (``torch.no_grad``, inference) a region just runs.
 
 Example::
 
-    out = checkpointed(cell_body, x, weights, batch_norms=batch_norm_layers([cell]))
+    out = checkpointed(cell_body, x, weights, modules=region_modules([cell]))
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ import torch.utils.checkpoint
 
 from .checks import check_choice
 
-__all__ = ["RETRAIN_CHECKPOINTING", "SEARCH_CHECKPOINTING", "batch_norm_layers", "check_checkpointing", "checkpointed",
-           "checkpoint_cells"]
+__all__ = ["RETRAIN_CHECKPOINTING", "SEARCH_CHECKPOINTING", "check_checkpointing", "checkpointed",
+           "checkpoint_cells", "region_modules"]
 
 #: ``search.checkpointing``: nothing, each supernet cell, or each mixed edge of every cell.
 SEARCH_CHECKPOINTING: tuple[str, ...] = ("none", "cells", "edges")
@@ -51,13 +51,12 @@ def check_checkpointing(value: Any, choices: Sequence[str] = SEARCH_CHECKPOINTIN
     return check_choice("checkpointing", value, tuple(choices))
 
 
-def batch_norm_layers(modules: Iterable[nn.Module]) -> list[nn.modules.batchnorm._BatchNorm]:
-    """The BatchNorm layers in ``modules`` and their submodules (each once)."""
-    found: dict[int, nn.modules.batchnorm._BatchNorm] = {}
-    for module in modules:
-        for sub in module.modules():
-            if isinstance(sub, nn.modules.batchnorm._BatchNorm):
-                found[id(sub)] = sub
+def region_modules(roots: Iterable[nn.Module]) -> list[nn.Module]:
+    """Every module of a region: ``roots`` and their submodules, each once (what :func:`checkpointed` replays)."""
+    found: dict[int, nn.Module] = {}
+    for root in roots:
+        for module in root.modules():
+            found.setdefault(id(module), module)
     return list(found.values())
 
 
@@ -65,48 +64,55 @@ _RUNNING_STATS = ("running_mean", "running_var", "num_batches_tracked")
 
 
 @contextlib.contextmanager
-def _no_running_stat_updates(layers: Sequence[nn.Module]) -> Iterator[None]:
-    """BatchNorm layers in training mode update throw-away copies of their running statistics.
+def _as_in_forward(modules: Sequence[nn.Module], modes: Sequence[bool]) -> Iterator[None]:
+    """The region's modules in the train/eval modes of its first forward; BatchNorm layers in training mode update
+    throw-away copies of their running statistics. Everything is put back on exit.
 
-    The layers run exactly as in the first forward (same saved tensors, as ``torch.utils.checkpoint`` checks); the
-    module's own buffers are put back untouched on exit.
+    A pass may run in eval mode and be differentiated after the mode is back to training (SDARTS' attack); the
+    recomputation must see the first forward's modes and save the same tensors (``torch.utils.checkpoint`` checks).
     """
+    current = [module.training for module in modules]
     saved: list[tuple[nn.Module, str, torch.Tensor]] = []
-    for layer in layers:
-        if layer.training:
+    for module, mode in zip(modules, modes, strict=True):
+        module.training = mode
+        if mode and isinstance(module, nn.modules.batchnorm._BatchNorm):
             for name in _RUNNING_STATS:
-                buffer = layer._buffers.get(name)
+                buffer = module._buffers.get(name)
                 if buffer is not None:
-                    saved.append((layer, name, buffer))
-                    layer._buffers[name] = buffer.clone()
+                    saved.append((module, name, buffer))
+                    module._buffers[name] = buffer.clone()
     try:
         yield
     finally:
-        for layer, name, buffer in saved:
-            layer._buffers[name] = buffer
+        for module, name, buffer in saved:
+            module._buffers[name] = buffer
+        for module, mode in zip(modules, current, strict=True):
+            module.training = mode
 
 
-def checkpointed(fn: Callable[..., Any], *args: Any, batch_norms: Sequence[nn.Module] = ()) -> Any:
+def checkpointed(fn: Callable[..., Any], *args: Any, modules: Sequence[nn.Module] = ()) -> Any:
     """``fn(*args)`` with its activations recomputed in the backward pass (see the module docstring).
 
     Args:
         fn: the region, a function of ``args`` (tensors and plain values; nested lists of tensors are fine).
-        batch_norms: the region's BatchNorm layers (:func:`batch_norm_layers`): not updated again by the recomputation.
+        modules: every module the region runs (:func:`region_modules`): the recomputation runs them in the modes
+            of the first forward, and does not update their BatchNorm statistics again.
 
     Example::
 
-        total = checkpointed(edge, total, x, weights, None, 0.0, batch_norms=bn)
+        total = checkpointed(edge, total, x, weights, None, 0.0, modules=region_modules(edge_ops))
     """
     if not torch.is_grad_enabled():
         return fn(*args)
-    calls = 0
+    modes = [module.training for module in modules]
+    first = True
 
     def region(*inner: Any) -> Any:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
+        nonlocal first
+        if first:
+            first = False
             return fn(*inner)
-        with _no_running_stat_updates(batch_norms):  # the recomputation
+        with _as_in_forward(modules, modes):  # the recomputation
             return fn(*inner)
 
     return torch.utils.checkpoint.checkpoint(region, *args, use_reentrant=False, preserve_rng_state=True)
@@ -120,10 +126,10 @@ def _checkpointed_class(cls: type[nn.Module]) -> type[nn.Module]:
     """``cls`` with its ``forward`` run by :func:`checkpointed` (one subclass per class, made once)."""
     if cls not in _CHECKPOINTED_CLASSES:
         def forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
-            layers = self.__dict__.get("_checkpoint_batch_norms")
-            if layers is None:
-                layers = self.__dict__["_checkpoint_batch_norms"] = batch_norm_layers([self])
-            return checkpointed(lambda *a: cls.forward(self, *a, **kwargs), *args, batch_norms=layers)
+            modules = self.__dict__.get("_checkpoint_region")
+            if modules is None:
+                modules = self.__dict__["_checkpoint_region"] = region_modules([self])
+            return checkpointed(lambda *a: cls.forward(self, *a, **kwargs), *args, modules=modules)
 
         _CHECKPOINTED_CLASSES[cls] = type(f"Checkpointed{cls.__name__}", (cls,), {
             "forward": forward, "__doc__": f"{cls.__name__} under activation checkpointing.",

@@ -49,7 +49,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .._compat import import_nni_quietly
-from ..activation_checkpointing import SEARCH_CHECKPOINTING, batch_norm_layers, check_checkpointing, checkpointed
+from ..activation_checkpointing import SEARCH_CHECKPOINTING, check_checkpointing, checkpointed, region_modules
 from ..checks import check_bool, check_int
 from ..constants import ARC_INIT_SCALE, PC_BYPASS_POOL_SIZE
 from ..errors import ArgumentValueError
@@ -106,17 +106,17 @@ class EdgeOps:
         total = edge(total, x2, weights[j + 1])    # the next one adds to the same sum
     """
 
-    __slots__ = ("ops", "_batch_norms")
+    __slots__ = ("ops", "_modules")
 
     def __init__(self, ops: Sequence[PlannedOp]):
         self.ops = list(ops)
-        self._batch_norms: list[nn.Module] | None = None
+        self._modules: list[nn.Module] | None = None
 
-    def batch_norm_layers(self) -> list[nn.Module]:
-        """The BatchNorm layers of the kept ops (a checkpointed recomputation must not update them again)."""
-        if self._batch_norms is None:
-            self._batch_norms = batch_norm_layers(planned.op for planned in self.ops)
-        return self._batch_norms
+    def modules(self) -> list[nn.Module]:
+        """Every module the kept ops run (what a checkpointed recomputation replays)."""
+        if self._modules is None:
+            self._modules = region_modules(planned.op for planned in self.ops)
+        return self._modules
 
     @property
     def op_indices(self) -> list[int]:
@@ -339,7 +339,7 @@ class MixedCell(DifferentiableMixedCell):
         self._edge_labels = [[f"{self.label}/{i}_{j}" for j in range(i)] for i in self._node_indices]
         self._skip_index = self.op_names.index(SKIP_CONNECT) if SKIP_CONNECT in self.op_names else None
         self._plan: list[NodePlan] | None = None
-        self._batch_norms: list[nn.Module] | None = None
+        self._region: list[nn.Module] | None = None
         self._arch_beta = nn.ParameterDict()
         if self.edge_normalization:
             for i in self._node_indices:
@@ -514,7 +514,7 @@ class MixedCell(DifferentiableMixedCell):
         # are drawn here, outside any checkpointed region, and handed in: a recomputation cannot draw again.
         node_inputs = [self._node_inputs(pos) for pos in range(len(self._node_indices))]
         if self.checkpointing == "cells":
-            return checkpointed(self._cell_forward, node_inputs, *inputs, batch_norms=self._batch_norm_layers())
+            return checkpointed(self._cell_forward, node_inputs, *inputs, modules=self._region_modules())
         return self._cell_forward(node_inputs, *inputs)
 
     def _cell_forward(self, node_inputs: Sequence[_NodeInputs], *inputs: Any) -> Any:
@@ -525,10 +525,10 @@ class MixedCell(DifferentiableMixedCell):
         this_cell = torch.cat(states[self.num_predecessors:], self.concat_dim)
         return self.postprocessor(this_cell, processed_inputs)
 
-    def _batch_norm_layers(self) -> list[nn.Module]:
-        if self._batch_norms is None:
-            self._batch_norms = batch_norm_layers([self])
-        return self._batch_norms
+    def _region_modules(self) -> list[nn.Module]:
+        if self._region is None:
+            self._region = region_modules([self])
+        return self._region
 
     def _node_inputs(self, pos: int) -> _NodeInputs:
         """The weights of node position ``pos`` (beta included), its edges' betas and the chosen ops."""
@@ -556,7 +556,7 @@ class MixedCell(DifferentiableMixedCell):
             choice = None if chosen is None else chosen[j]
             if per_edge:
                 ops_sum = checkpointed(edge, ops_sum, x_ops, weights[j], choice, skip_dropout,
-                                       batch_norms=edge.batch_norm_layers())
+                                       modules=edge.modules())
             else:
                 ops_sum = edge(ops_sum, x_ops, weights[j], choice, skip_dropout)
             for hook in self.edge_hooks:

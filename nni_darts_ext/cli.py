@@ -102,6 +102,12 @@ def _add_common(parser: argparse.ArgumentParser, *, resume: bool = True) -> None
     group.add_argument("--compile", action="store_true",
                        help="torch.compile the net (search: each supernet cell; retrain: the whole net); falls back "
                             "to eager with one warning where it cannot compile")
+    group.add_argument("--memory-limit", metavar="SIZE",
+                       help="batch_size: auto finds the largest batch whose step fits SIZE (e.g. 4GiB, 800MB; CPU: "
+                            "resident memory; default 90%% of the GPU's memory, or of the memory available)")
+    group.add_argument("--scale-lr", action="store_true",
+                       help="with batch_size: auto, scale the learning rate linearly: lr x batch / 64 (search) or "
+                            "/ 96 (retrain), the DARTS paper's batches")
     group.add_argument("--seed", type=int, metavar="N", help="random seed (sets the recipe's seed)")
     group.add_argument("--threads", type=int, metavar="N",
                        help="torch CPU threads (default: torch's, one per core; demo: 1); 1 is far faster on a busy "
@@ -282,7 +288,15 @@ def _options(args: argparse.Namespace, out: str | None) -> Any:
         progress_bar=not args.quiet and sys.stderr.isatty(),
         checkpoint_every=_duration("--checkpoint-every", getattr(args, "checkpoint_every", None)),
         compile=getattr(args, "compile", False),
+        memory_limit=_memory_limit(getattr(args, "memory_limit", None)),
+        scale_lr=getattr(args, "scale_lr", False),
     )
+
+
+def _memory_limit(text: str | None) -> int | None:
+    from .batch_size import parse_memory_size
+
+    return None if text is None else parse_memory_size(text)
 
 
 def _duration(flag: str, text: str | None) -> float | None:

@@ -366,7 +366,7 @@ def _module(section: Any, num_epochs: int, *, auxiliary_weight: float, drop_path
 
 
 # ---------------------------------------------------------------------------------------------------------- search
-def _strategy(recipe: Recipe) -> Any:
+def recipe_strategy(recipe: Recipe) -> Any:
     """The recipe's strategy preset; options a preset does not take become RecipeError naming the key."""
     s = recipe.search
     kwargs: dict[str, Any] = {
@@ -439,7 +439,7 @@ def assemble_search(recipe: Recipe, options: RunOptions, *, data: RecipeData | N
         dataset, batch_size=s.batch_size, train_fraction=s.train_fraction, seed=recipe.seed,
         num_workers=recipe.dataset.num_workers,
     )
-    strategy = _strategy(recipe)
+    strategy = recipe_strategy(recipe)
     with import_nni_quietly():
         from nni.nas.hub.pytorch import DARTS
 

@@ -39,6 +39,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 
 from .._compat import cpu_has_native_bf16, import_nni_quietly
 from ..arch import NAMED_ARCHS, build_model, load_arch, normalize_arch
+from ..batch_size import resolve_auto_batch
 from ..callbacks import (
     AlphaHistory,
     ApplySettingsOnResume,
@@ -60,7 +61,7 @@ from ..errors import CheckpointError, DatasetError, UsageError
 from ..evaluator import darts_evaluator, darts_trainer
 from ..nni_trial import TRIAL_VALIDATION_FRACTION
 from ..recipe_data import RecipeData, retrain_loaders, test_loader
-from ..recipes import Recipe, RecipeError
+from ..recipes import AUTO_BATCH_SIZE, Recipe, RecipeError, load_recipe
 from ..resumable_data import ExactResume
 from ..search import darts_strategy
 from ..training_module import DartsClassificationModule
@@ -68,6 +69,7 @@ from .options import RunOptions
 from .run_folder import (
     ARCH_FILE,
     CHECKPOINT_DIR,
+    CONFIG_FILE,
     TENSORBOARD_DIR,
     check_out_dir_on_rank,
     check_search_resume,
@@ -122,6 +124,8 @@ class Assembly:
         evaluator, space, strategy: NNI's evaluator, model space and one-shot strategy (search).
         epoch_log, alpha_history, health: the recording callbacks (the last two for a search only).
         arch, arch_name: the fixed architecture and where it came from (retrain).
+        batch_facts: ``{"batch_size", "batch_size_found_by"}`` for the summary when the recipe's batch was
+            ``auto`` (``recipe`` then holds the batch found), else ``None``.
     """
 
     command: str
@@ -150,6 +154,7 @@ class Assembly:
     health: SearchHealthMonitor | None = None
     arch: dict | None = None
     arch_name: str | None = None
+    batch_facts: dict | None = None
 
 
 # ---------------------------------------------------------------------------------------------------------- checks
@@ -430,8 +435,9 @@ def assemble_search(recipe: Recipe, options: RunOptions, *, data: RecipeData | N
         if rank == 0:
             check_resumable(resume_from)
         check_search_resume(out, recipe)
-    s = recipe.search
     data = data or RecipeData(recipe)
+    recipe, batch_facts = auto_batch(recipe, "search", options, data, out=out)
+    s = recipe.search
 
     seed_everything(recipe.seed)
     dataset = data_errors(lambda: data.split(train=True))
@@ -471,8 +477,34 @@ def assemble_search(recipe: Recipe, options: RunOptions, *, data: RecipeData | N
         world_size=devices * options.num_nodes, rank=rank, data=data, batch_size=s.batch_size, out=out,
         resume_from=resume_from, train_loader=train_loader, val_loader=val_loader, module=evaluator.module,
         trainer=evaluator.trainer, evaluator=evaluator, space=space, strategy=strategy, epoch_log=epoch_log,
-        alpha_history=history, health=health,
+        alpha_history=history, health=health, batch_facts=batch_facts,
     )
+
+
+def auto_batch(recipe: Recipe, command: str, options: RunOptions, data: RecipeData, *, out: Path | None,
+               world_size: int = 1, arch: dict | None = None) -> tuple[Recipe, dict | None]:
+    """``COMMAND.batch_size: auto`` resolved by trial steps (:func:`~nni_darts_ext.batch_size.resolve_auto_batch`);
+    ``--resume`` keeps the batch the run found (its ``config.yaml``). ``(recipe, None)`` for a fixed batch.
+
+    Raises:
+        UsageError: even batch 1 does not fit ``--memory-limit``; DatasetError as a UsageError: no data.
+    """
+    if getattr(recipe, command).batch_size != AUTO_BATCH_SIZE:
+        return recipe, None
+    resumed = None
+    if options.resume and out is not None and (out / CONFIG_FILE).is_file():
+        try:
+            resumed = getattr(load_recipe(str(out / CONFIG_FILE)), command).batch_size
+        except RecipeError:
+            resumed = None
+        resumed = resumed if isinstance(resumed, int) else None
+    images = len(data_errors(lambda: data.split(train=True)))
+    if command == "search":
+        images = int(images * recipe.search.train_fraction)
+    return resolve_auto_batch(recipe, command, accelerator=options.accelerator, precision=options.precision,
+                              memory_limit=options.memory_limit, scale_lr=options.scale_lr,
+                              train_images=images // world_size, world_size=world_size, arch=arch,
+                              resumed_batch=resumed)
 
 
 # --------------------------------------------------------------------------------------------------------- retrain
@@ -501,11 +533,12 @@ def assemble_retrain(recipe: Recipe, arch: Any, options: RunOptions, *, data: Re
     if resume_from is not None and rank == 0:
         check_resumable(resume_from)
     arch_dict, arch_name = resolve_arch(arch)
-    r = recipe.retrain
     world = devices * options.num_nodes
+    data = data or RecipeData(recipe)
+    recipe, batch_facts = auto_batch(recipe, "retrain", options, data, out=out, world_size=world, arch=arch_dict)
+    r = recipe.retrain
     batch_size = per_device_batch(r.batch_size, world, key="retrain.batch_size", devices=devices,
                                   num_nodes=options.num_nodes)
-    data = data or RecipeData(recipe)
 
     seed_everything(recipe.seed)
     # Datasets first: missing data is reported before the net is built.
@@ -543,6 +576,7 @@ def assemble_retrain(recipe: Recipe, arch: Any, options: RunOptions, *, data: Re
         world_size=world, rank=rank, data=data, batch_size=batch_size, out=out, resume_from=resume_from,
         train_loader=train_loader, val_loader=val_loader, test_loader=test_loader, validation=validation,
         model=model, module=module, trainer=trainer, epoch_log=epoch_log, arch=arch_dict, arch_name=arch_name,
+        batch_facts=batch_facts,
     )
 
 

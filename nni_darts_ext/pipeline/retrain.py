@@ -58,7 +58,7 @@ def run_retrain(recipe: Recipe, arch: Any, options: RunOptions, *, data: RecipeD
     """
     built = assemble_retrain(recipe, arch, options, data=data, held_out=held_out)
     with holding_run_lock(built.out, options):
-        return _retrain(built, recipe, options)
+        return _retrain(built, built.recipe, options)
 
 
 def _retrain(built: Any, recipe: Recipe, options: RunOptions) -> dict[str, Any]:
@@ -108,6 +108,8 @@ def _retrain(built: Any, recipe: Recipe, options: RunOptions) -> dict[str, Any]:
         "device": device_name(trainer),
         "precision": str(trainer.precision),
         **run_facts(recipe),
+        "batch_size": r.batch_size,
+        **(built.batch_facts or {}),
     }
     if trainer.is_global_zero:
         atomic_write_json(out / SUMMARY_FILE, summary)

@@ -94,7 +94,7 @@ def run_search(recipe: Recipe, options: RunOptions, *, data: RecipeData | None =
     """
     built = assemble_search(recipe, options, data=data)
     with holding_run_lock(built.out, options):
-        return _search(built, recipe, options)
+        return _search(built, built.recipe, options)
 
 
 def _search(built: Any, recipe: Recipe, options: RunOptions) -> dict[str, Any]:
@@ -184,6 +184,8 @@ def _search(built: Any, recipe: Recipe, options: RunOptions) -> dict[str, Any]:
         "health": HEALTH_FILE,
         "health_plot": HEALTH_PLOT,
         "early_stop": health.early_stop_summary() if health is not None else None,
+        "batch_size": recipe.search.batch_size,
+        **(built.batch_facts or {}),
     }
     atomic_write_json(out / SUMMARY_FILE, summary)
     return summary

@@ -454,7 +454,8 @@ def assemble_search(recipe: Recipe, options: RunOptions, *, data: RecipeData | N
     callbacks, epoch_log, logger = _run_callbacks(out, "search", options, learning_rate=s.learning_rate,
                                                   resume_from=resume_from)
     # Per-epoch health records, TensorBoard scalars, health.png; the Hessian eigenvalue and DARTS-ES when asked.
-    health = SearchHealthMonitor(out, hessian_every=s.hessian_every, early_stop=s.early_stop)
+    health = SearchHealthMonitor(out, hessian_every=s.hessian_every, early_stop=s.early_stop,
+                                 hessian_batch_size=s.hessian_batch_size)
     callbacks += [history, health]
     with _trainer_errors():
         evaluator = darts_evaluator(

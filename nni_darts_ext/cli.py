@@ -36,6 +36,7 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell convention (SIGTERM: 143)
 # A non-finite loss: the run failed, but not on bad input (exit 2 means nothing was written; a diverged run has
 # written checkpoints and config.yaml), so a script can tell "fix the command" from "resume with other settings".
 EXIT_DIVERGED = 1
+EXIT_OUT_OF_MEMORY = 75  # EX_TEMPFAIL (sysexits.h): try again, with the settings the message names
 DEFAULT_DEMO_OUT = "runs/demo"
 # `compare` without --random / --seeds: a first look, 6 random cells and 2 retrain seeds each. Welch's test gets two
 # values of the searched cell (it needs two) against six random cells, and the searched cell ranks first by chance
@@ -583,9 +584,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     bad_input: tuple = (UsageError, RecipeError, ArchError, InspectError, RunLockedError)
     diverged: tuple = ()
     signalled: tuple = ()
+    out_of_memory: tuple = ()
     if training:
-        from .errors import CheckpointError, NonFiniteLossError, RunsFailed, TrainingInterrupted
+        from .errors import CheckpointError, NonFiniteLossError, OutOfMemoryInStage, RunsFailed, TrainingInterrupted
 
+        out_of_memory = (OutOfMemoryInStage,)
         bad_input += (CheckpointError,)  # a resume checkpoint that is corrupt or of another net
         # a diverged run, or runs started side by side (--parallel) that failed: not bad input, exit 1
         diverged, signalled = (NonFiniteLossError, RunsFailed), (TrainingInterrupted,)
@@ -600,6 +603,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except bad_input as exc:
         print(f"{PROG} {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
+    except out_of_memory as exc:  # one line: the stage, the batch, what to try; the last checkpoint is whole
+        print(f"{PROG} {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_OUT_OF_MEMORY
     except diverged as exc:  # not bad input: checkpoints were written, the last good one is kept
         print(f"{PROG} {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_DIVERGED

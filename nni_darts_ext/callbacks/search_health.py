@@ -35,6 +35,7 @@ from nni_darts_ext.constants import (
     HESSIAN_POWER_TOL,
     MAX_NORMAL_SKIP_CONNECTS,
 )
+from nni_darts_ext.errors import OutOfMemoryInStage
 from nni_darts_ext.health import (
     HEALTH_FILE,
     HEALTH_PLOT,
@@ -289,7 +290,15 @@ class SearchHealthMonitor(pl.Callback):
         eigenvalue = iterations = seconds = None
         if self._due(epoch, max_epochs):
             if self.val_batch is not None:
-                eigenvalue, iterations, seconds = self.compute_eigenvalue(pl_module)
+                try:
+                    eigenvalue, iterations, seconds = self.compute_eigenvalue(pl_module)
+                except torch.OutOfMemoryError:
+                    chunks = self._chunks()
+                    last = self.out_dir / "checkpoints" / "last.ckpt"
+                    raise OutOfMemoryInStage(
+                        "eigenvalue", max(size for size, _ in chunks) or None, last if last.is_file() else None,
+                        "search.hessian_batch_size (Hessian-vector products on chunks of the validation batch), "
+                        "search.checkpointing: cells, or search.hessian_every: 0") from None
             elif not self._warned_no_batch:
                 self._warned_no_batch = True
                 _logger.warning("search health: no validation batch seen (batches without a 'val' entry); "

@@ -21,7 +21,15 @@ from ..recipes import Recipe
 from .assemble import TEST_VALIDATION_NOTE, VALIDATION_ON_TEST, assemble_retrain
 from .options import RunOptions
 from .run_folder import ARCH_FILE, MODEL_FILE, SUMMARY_FILE, write_config
-from .runtime import check_interrupted, device_name, holding_run_lock, interruptible, quiet_nni, run_facts
+from .runtime import (
+    check_interrupted,
+    device_name,
+    explained_out_of_memory,
+    holding_run_lock,
+    interruptible,
+    quiet_nni,
+    run_facts,
+)
 
 __all__ = ["measure_test", "run_retrain"]
 
@@ -72,7 +80,8 @@ def _retrain(built: Any, recipe: Recipe, options: RunOptions) -> dict[str, Any]:
         out.mkdir(parents=True, exist_ok=True)
         write_config(out, recipe, "retrain")
         save_arch(built.arch, out / ARCH_FILE)
-    with quiet_nni(), allow_checkpoint_globals(), interruptible(trainer, "retrain", out):
+    with quiet_nni(), allow_checkpoint_globals(), interruptible(trainer, "retrain", out), \
+            explained_out_of_memory("retrain", "retrain", r.batch_size, out):
         start = time.perf_counter()
         trainer.fit(module, train_dataloaders=built.train_loader, val_dataloaders=built.val_loader,
                     ckpt_path=str(ckpt) if ckpt else None)

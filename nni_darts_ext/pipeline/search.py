@@ -44,7 +44,15 @@ from .run_folder import (
     SUMMARY_FILE,
     write_config,
 )
-from .runtime import check_interrupted, device_name, holding_run_lock, interruptible, quiet_nni, run_facts
+from .runtime import (
+    check_interrupted,
+    device_name,
+    explained_out_of_memory,
+    holding_run_lock,
+    interruptible,
+    quiet_nni,
+    run_facts,
+)
 
 with import_nni_quietly():
     from nni.nas.experiment import NasExperiment
@@ -113,7 +121,8 @@ def _search(built: Any, recipe: Recipe, options: RunOptions) -> dict[str, Any]:
     with quiet_nni(), allow_checkpoint_globals():
         completed = None
         try:
-            with interruptible(trainer, "search", out), warnings.catch_warnings():
+            with interruptible(trainer, "search", out), warnings.catch_warnings(), \
+                    explained_out_of_memory("search step", "search", recipe.search.batch_size, out):
                 # The search module validates once, after the search (_supernet_val_accuracy), never during it: that
                 # Lightning skips the validation loop of the fit is expected.
                 warnings.filterwarnings("ignore", message=_NO_VALIDATION_LOOP)

@@ -32,6 +32,7 @@ Example::
     python benchmarks/search_step.py --width 16 --cells 8 --batch 64 --steps 3 --warmup 1 --json runs/bench.json
     python benchmarks/search_step.py --device cuda --batch 256 --steps 20 --warmup 5
     python benchmarks/search_step.py --presets nni-stock,first-order,pc-darts --precision bf16-mixed --compile
+    python benchmarks/search_step.py --presets nni-stock,first-order,pc-darts --checkpointing cells
 """
 
 from __future__ import annotations
@@ -89,6 +90,8 @@ def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="compile each supernet cell of our presets with torch.compile (nni-stock stays eager)")
     parser.add_argument("--matmul-size", type=int, default=MATMUL_SIZE,
                         help="size of the square matmul giving the reference FLOP rate")
+    parser.add_argument("--checkpointing", default="none", choices=("none", "cells", "edges"),
+                        help="activation checkpointing of our presets' supernet (nni-stock never checkpoints)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
@@ -169,6 +172,7 @@ def _config(args: argparse.Namespace) -> dict[str, Any]:
         "seed": args.seed, "images_per_step": 2 * args.batch, "cpu_count": os.cpu_count(),
         "strategy_kwargs": json.loads(args.strategy_kwargs) if args.strategy_kwargs else {},
         "precision": args.precision, "compile": args.compile, "matmul_size": args.matmul_size,
+        "checkpointing": args.checkpointing,
         "load_average_at_start": list(load) if load else None, "python": sys.version.split()[0],
     }
 
@@ -178,7 +182,7 @@ def _child_command(args: argparse.Namespace, name: str, result_file: str) -> lis
            "--width", str(args.width), "--cells", str(args.cells), "--batch", str(args.batch),
            "--image-size", str(args.image_size), "--steps", str(args.steps), "--warmup", str(args.warmup),
            "--device", args.device, "--seed", str(args.seed), "--precision", args.precision,
-           "--matmul-size", str(args.matmul_size)]
+           "--matmul-size", str(args.matmul_size), "--checkpointing", args.checkpointing]
     if args.compile:
         cmd.append("--compile")
     if args.threads is not None:
@@ -342,7 +346,8 @@ def _single(args: argparse.Namespace) -> int:
         from nni_darts_ext import darts_strategy
 
         name, overrides = parse_preset(args.single)
-        strategy = darts_strategy(name, **{**json.loads(args.strategy_kwargs or "{}"), **overrides})
+        strategy = darts_strategy(name, **{"checkpointing": args.checkpointing,
+                                           **json.loads(args.strategy_kwargs or "{}"), **overrides})
     precision = args.precision if ours else FP32
     compiled = bool(args.compile and ours)
 
@@ -403,6 +408,7 @@ def _single(args: argparse.Namespace) -> int:
         "matmul_flops_per_second": matmul_rate,
         "matmul_fraction": timer.flops / step / matmul_rate,
         "precision": precision,
+        "checkpointing": args.checkpointing if ours else "none",
         "compiled": compiled,
         "compiled_cells": compiled_cells,
         "peak_rss_mb": _peak_rss_mb(),

@@ -35,17 +35,18 @@ def _load_script():
 def test_search_step_harness_writes_the_documented_json(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, str(SCRIPT), *TINY, "--presets", "nni-stock,pc-darts:partial_channels=2",
-                           "--precision", "bf16-mixed", "--json", str(out)],
+                           "--precision", "bf16-mixed", "--checkpointing", "cells", "--json", str(out)],
                           capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(out.read_text())
     assert set(report) == {"config", "results"}
     config = report["config"]
     assert (config["width"], config["cells"], config["batch"], config["steps"], config["threads"]) == (8, 3, 4, 2, 1)
-    assert config["precision"] == "bf16-mixed" and config["compile"] is False
+    assert config["precision"] == "bf16-mixed" and config["compile"] is False and config["checkpointing"] == "cells"
     assert [r["name"] for r in report["results"]] == ["nni-stock", "pc-darts:partial_channels=2"]
     # nni-stock always runs as the tutorial does; the precision applies to our presets only.
     assert [r["precision"] for r in report["results"]] == ["32-true", "bf16-mixed"]
+    assert [r["checkpointing"] for r in report["results"]] == ["none", "cells"]
     for r in report["results"]:
         assert {"name", "step_seconds", "images_per_second", "peak_memory_mb", "startup_seconds"} <= set(r)
         assert r["step_seconds"] > 0 and r["peak_memory_mb"] > 0 and r["startup_seconds"] > 0

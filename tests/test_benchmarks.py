@@ -151,12 +151,14 @@ def test_hessian_eigenvalue_benchmark_reports_cost(tmp_path):
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "hessian_eigenvalue.py"
     out = tmp_path / "hessian.json"
     proc = subprocess.run([sys.executable, str(script), "--width", "4", "--cells", "3", "--batch", "2",
-                           "--image-size", "8", "--threads", "1", "--json", str(out)],
+                           "--image-size", "8", "--threads", "1", "--hessian-batch-size", "1", "--checkpointing",
+                           "cells", "--json", str(out)],
                           capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     r = json.loads(out.read_text())
     assert r["seconds"] > 0 and 1 <= r["hessian_vector_products"] <= 20 and r["peak_rss_mb"] > 0
     assert isinstance(r["eigenvalue"], float) and r["threads"] == 1
+    assert r["hessian_batch_size"] == 1 and r["checkpointing"] == "cells"
 
 
 def test_precision_agreement_counts_differing_edges_per_node(darts_v2_arch):

@@ -14,6 +14,7 @@ from nni_darts_ext.activation_checkpointing import checkpointed
 from nni_darts_ext.arch import build_model
 from nni_darts_ext.errors import ArgumentValueError
 from nni_darts_ext.search import darts_strategy, list_strategies
+from nni_darts_ext.search.cells import MixedCell
 from nni_darts_ext.search.progressive import Stage
 from nni_darts_ext.training_module import DartsClassificationModule
 
@@ -138,3 +139,24 @@ def test_checkpointing_names_a_bad_mode():
     assert error.value.argument == "checkpointing"
     with pytest.raises(ArgumentValueError):
         build_model("darts-v2", width=WIDTH, num_cells=CELLS, checkpointing="edges")  # the fixed net has no edges
+
+
+@pytest.mark.parametrize("name", ["first-order", "pc-darts"])
+def test_checkpointing_under_bf16_autocast_gives_the_same_gradients(name):
+    """bf16 mixed precision: the recomputation replays the autocast state of the first forward."""
+    grads = {}
+    for mode in ("none", "cells", "edges"):
+        torch.manual_seed(0)
+        net = darts_strategy(name, checkpointing=mode, partial_channels=2 if name == "pc-darts" else 1) \
+            .mutate_model(DartsSpace(width=WIDTH, num_cells=CELLS, dataset="cifar"))
+        for cell in (m for m in net.modules() if isinstance(m, MixedCell)):
+            cell.apply_settings({"checkpointing": mode})
+        torch.manual_seed(1)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = net(torch.randn(BATCH, 3, IMAGE, IMAGE)).float().square().sum()
+        loss.backward()
+        grads[mode] = {n: p.grad for n, p in net.named_parameters() if p.grad is not None}
+    for mode in ("cells", "edges"):
+        assert grads[mode].keys() == grads["none"].keys()
+        for key, ref in grads["none"].items():
+            assert float((grads[mode][key].float() - ref.float()).norm()) <= RTOL * float(ref.float().norm()), key

@@ -35,8 +35,10 @@ class GradientRecorder(pl.Callback):
     def __init__(self):
         self.steps: list[dict[str, torch.Tensor]] = []
         self.buffers: dict[str, torch.Tensor] = {}
+        self.modes: set[str] = set()
 
     def on_train_start(self, trainer, pl_module):
+        self.modes |= {cell.checkpointing for cell in pl_module.modules() if isinstance(cell, MixedCell)}
         names = {id(p): n for n, p in pl_module.named_parameters()}
         for optimizer in trainer.optimizers:
             optimizer.register_step_pre_hook(lambda opt, args, kwargs: self.steps.append({
@@ -71,7 +73,8 @@ def _search_step(name, checkpointing, **overrides):
     return recorder
 
 
-def _assert_same(reference, other):
+def _assert_same(reference, other, mode):
+    assert reference.modes == {"none"} and other.modes == {mode}  # every stage's supernet cells ran in that mode
     assert len(other.steps) == len(reference.steps) > 0
     for step, (ref, got) in enumerate(zip(reference.steps, other.steps, strict=True)):
         assert ref.keys() == got.keys(), step
@@ -87,10 +90,16 @@ CASES = [(name, {}) for name in list_strategies()] + [("pc-darts", {"order": 2})
 
 
 @pytest.mark.parametrize("name, overrides", CASES, ids=[f"{n}{'-order2' if o else ''}" for n, o in CASES])
-def test_checkpointed_search_step_has_the_same_gradients(name, overrides):
+def test_checkpointed_search_step_has_the_same_gradients(name, overrides, monkeypatch):
+    regions = []
+    checkpoint = torch.utils.checkpoint.checkpoint
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", lambda *a, **k: regions.append(1) or checkpoint(*a, **k))
     reference = _search_step(name, "none", **overrides)
+    assert not regions
     for mode in ("cells", "edges"):
-        _assert_same(reference, _search_step(name, mode, **overrides))
+        _assert_same(reference, _search_step(name, mode, **overrides), mode)
+        assert regions  # regions really ran checkpointed
+        regions.clear()
 
 
 def test_fixed_net_cells_have_the_same_gradients_with_drop_path():

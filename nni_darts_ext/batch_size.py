@@ -6,10 +6,10 @@ process (``multiprocessing`` spawn). The child reports the step's peak: on CPU t
 (``ru_maxrss``: it never decreases, so one child measures ascending batches only), on CUDA
 ``torch.cuda.max_memory_allocated``; a CUDA out-of-memory error counts as over the limit.
 
-Search: batches 1, 2, 4, ... in one child until one peaks over the limit (or the cap: the training split, or
-:data:`MAX_AUTO_BATCH`), then a binary search between the last that fit and the first that did not, one child per
-probe. The limit is ``--memory-limit`` (``4GiB``, ``800MB``, ...); without it 90% of the GPU's memory (CUDA) or of
-the memory available when the run starts (CPU, ``psutil``).
+The search: batches 2, 4, 8, ... (from :data:`MIN_AUTO_BATCH`) in one child until one peaks over the limit (or
+the cap: the training split, or :data:`MAX_AUTO_BATCH`), then a binary search between the last that fit and the
+first that did not, one child per probe. The limit is ``--memory-limit`` (``4GiB``, ``800MB``, ...); without it
+90% of the GPU's memory (CUDA) or of the memory available when the run starts (CPU, ``psutil``).
 
 The learning rate is left as the recipe says; :func:`scaled_learning_rate` (``--scale-lr``) applies the linear
 rule ``lr * batch / reference`` (Goyal et al. 2017, "Accurate, Large Minibatch SGD", Sec. 2.1), the reference being
@@ -25,7 +25,6 @@ Example::
 from __future__ import annotations
 
 import logging
-import math
 import multiprocessing
 import re
 from collections.abc import Callable, Sequence
@@ -34,13 +33,15 @@ from typing import Any
 
 from .errors import UsageError
 
-__all__ = ["MAX_AUTO_BATCH", "FoundBatch", "default_memory_limit", "find_batch_size", "measure_trial_steps",
-           "parse_memory_size", "scaled_learning_rate"]
+__all__ = ["MAX_AUTO_BATCH", "MIN_AUTO_BATCH", "FoundBatch", "default_memory_limit", "find_batch_size",
+           "measure_trial_steps", "parse_memory_size", "resolve_auto_batch", "scaled_learning_rate"]
 
 _logger = logging.getLogger(__name__)
 
 #: The largest batch ``auto`` tries.
 MAX_AUTO_BATCH = 4096
+#: The smallest: BatchNorm in training mode needs two samples where a map is 1x1 (the auxiliary head's).
+MIN_AUTO_BATCH = 2
 #: Share of the device's memory used when no ``--memory-limit`` is given.
 DEFAULT_MEMORY_SHARE = 0.9
 
@@ -89,11 +90,12 @@ class FoundBatch:
                 "trials": [[b, p] for b, p in self.trials]}
 
 
-def find_batch_size(trial: Trial, *, limit: int, cap: int = MAX_AUTO_BATCH) -> FoundBatch:
-    """The largest batch ``<= cap`` whose trial peak is ``<= limit``.
+def find_batch_size(trial: Trial, *, limit: int, cap: int = MAX_AUTO_BATCH, smallest: int = MIN_AUTO_BATCH
+                    ) -> FoundBatch:
+    """The largest batch in ``[smallest, cap]`` whose trial peak is ``<= limit``.
 
     Raises:
-        UsageError: even batch 1 does not fit (one line: the limit and batch 1's peak).
+        UsageError: even the smallest batch does not fit (one line: the limit and its peak).
 
     Example::
 
@@ -106,13 +108,16 @@ def find_batch_size(trial: Trial, *, limit: int, cap: int = MAX_AUTO_BATCH) -> F
     def fits(peak: int | None) -> bool:
         return peak is not None and peak <= limit
 
-    doubling = [min(2 ** k, cap) for k in range(int(math.log2(cap)) + 2) if 2 ** (k - 1) < cap]
+    smallest = min(smallest, cap)
+    doubling = [smallest]
+    while doubling[-1] < cap:
+        doubling.append(min(2 * doubling[-1], cap))
     measured = trial(doubling, limit)
     trials += list(zip(doubling, measured, strict=False))
     good = [(b, p) for b, p in trials if fits(p)]
-    if not good or trials[0][0] != 1 or not fits(trials[0][1]):
+    if not good or not fits(trials[0][1]):
         peak = trials[0][1] if trials else None
-        raise UsageError(f"--memory-limit {_format_bytes(limit)}: even batch 1 does not fit (its step "
+        raise UsageError(f"--memory-limit {_format_bytes(limit)}: even batch {smallest} does not fit (its step "
                          f"{'ran out of memory' if peak is None else 'peaks at ' + _format_bytes(peak)}); raise the "
                          "limit, or try checkpointing, partial_channels or a smaller net")
     low, low_peak = good[-1]

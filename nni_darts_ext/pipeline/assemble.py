@@ -436,7 +436,8 @@ def assemble_search(recipe: Recipe, options: RunOptions, *, data: RecipeData | N
             check_resumable(resume_from)
         check_search_resume(out, recipe)
     data = data or RecipeData(recipe)
-    recipe, batch_facts = auto_batch(recipe, "search", options, data, out=out)
+    recipe, batch_facts = auto_batch(recipe, "search", options, data, out=out,
+                                     world_size=devices * options.num_nodes)
     s = recipe.search
 
     seed_everything(recipe.seed)
@@ -488,10 +489,14 @@ def auto_batch(recipe: Recipe, command: str, options: RunOptions, data: RecipeDa
     ``--resume`` keeps the batch the run found (its ``config.yaml``). ``(recipe, None)`` for a fixed batch.
 
     Raises:
-        UsageError: even batch 1 does not fit ``--memory-limit``; DatasetError as a UsageError: no data.
+        UsageError: even the smallest batch does not fit ``--memory-limit``, or several processes (each would find
+            its own batch: give the batch); DatasetError as a UsageError: no data.
     """
     if getattr(recipe, command).batch_size != AUTO_BATCH_SIZE:
         return recipe, None
+    if world_size > 1:
+        raise UsageError(f"{command}.batch_size: auto finds the batch of one process; with {world_size} processes "
+                         "give the batch (find it with a single-process run: its summary.json has it)")
     resumed = None
     if options.resume and out is not None and (out / CONFIG_FILE).is_file():
         try:

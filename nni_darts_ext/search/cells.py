@@ -20,7 +20,10 @@ concern is one piece, chosen once when the cell is built (interfaces in :mod:`.p
 * **skip dropout** (P-DARTS): dropout on the parameter-free skip connections during search.
 
 One edge's ops are one :class:`EdgeOps` call, a function of tensors only (the running node sum, the edge input and
-its weights), so it can be wrapped in ``torch.utils.checkpoint`` without touching the rest.
+its weights), so it can be wrapped in ``torch.utils.checkpoint`` without touching the rest. The run-time setting
+``checkpointing`` (``"none"``, ``"cells"``, ``"edges"``; :mod:`nni_darts_ext.activation_checkpointing`) does so for
+each cell or each edge; the mixing weights (maybe sampled) and GDAS' choice of op are drawn before any checkpointed
+region and handed in, so a recomputation never draws again.
 
 Where the time goes (identical math to NNI's cell): NNI stacks the op outputs of every edge with a zeros tensor
 and multiplies the whole stack; here every node is one running ``addcmul`` over its (edge, op) pairs, the

@@ -162,7 +162,8 @@ def scaled_learning_rate(learning_rate: float, batch_size: int, reference: int) 
 
 # ------------------------------------------------------------------------------------------------ trial steps
 def measure_trial_steps(command: str, recipe: Any, sizes: Sequence[int], limit: int, *, accelerator: str,
-                        precision: str | None, arch: dict[str, Any] | None = None) -> list[int | None]:
+                        precision: str | None, arch: dict[str, Any] | None = None, info: Any = None,
+                        stem: str | None = None) -> list[int | None]:
     """Peaks of one training step at each of ``sizes`` (ascending), in one spawned child process.
 
     ``command``: ``"search"`` or ``"retrain"`` (then ``arch`` is the architecture); ``recipe``: the
@@ -172,7 +173,7 @@ def measure_trial_steps(command: str, recipe: Any, sizes: Sequence[int], limit: 
     context = multiprocessing.get_context("spawn")
     receiver, sender = context.Pipe(duplex=False)
     process = context.Process(target=_trial_child, args=(sender, command, recipe, list(sizes), limit,
-                                                         accelerator, precision, arch), daemon=True)
+                                                         accelerator, precision, arch, info, stem), daemon=True)
     process.start()
     sender.close()
     peaks: list[int | None] = []
@@ -197,8 +198,8 @@ def measure_trial_steps(command: str, recipe: Any, sizes: Sequence[int], limit: 
     return peaks
 
 
-def _trial_child(sender: Any, command: str, recipe: Any, sizes: list[int], limit: int,
-                 accelerator: str, precision: str | None, arch: dict[str, Any] | None) -> None:
+def _trial_child(sender: Any, command: str, recipe: Any, sizes: list[int], limit: int, accelerator: str,
+                 precision: str | None, arch: dict[str, Any] | None, info: Any, stem: str | None) -> None:
     import resource
     import warnings
 
@@ -211,7 +212,7 @@ def _trial_child(sender: Any, command: str, recipe: Any, sizes: list[int], limit
             if accelerator == "cuda":
                 torch.cuda.reset_peak_memory_stats()
             try:
-                _one_step(command, recipe, size, accelerator, precision, arch)
+                _one_step(command, recipe, size, accelerator, precision, arch, info, stem)
             except torch.OutOfMemoryError:
                 sender.send(None)
                 return
@@ -230,45 +231,46 @@ def _trial_child(sender: Any, command: str, recipe: Any, sizes: list[int], limit
 
 
 def _one_step(command: str, recipe: Any, size: int, accelerator: str, precision: str | None,
-              arch: dict[str, Any] | None) -> None:
-    """One training step of the recipe's search (architecture + weight step) or retrain at batch ``size``."""
+              arch: dict[str, Any] | None, info: Any, stem: str | None) -> None:
+    """One training step of the recipe's search (architecture + weight step) or retrain at batch ``size``, on
+    random images of the data's shape (``info``: channels, size, classes)."""
     import torch
 
     from ._compat import import_nni_quietly
     from .arch import build_model
-    from .constants import NUM_CLASSES
-    from .pipeline.assemble import recipe_strategy
+    from .pipeline.assemble import search_space, search_strategy
     from .recipes import apply_overrides
     from .training_module import DartsClassificationModule
 
     with import_nni_quietly():
         from nni.nas.evaluator.pytorch import DataLoader, Lightning, Trainer
         from nni.nas.execution import SequentialExecutionEngine
-        from nni.nas.hub.pytorch import DARTS
         from nni.nas.space import RawFormatModelSpace
+
     recipe = apply_overrides(recipe, {f"{command}.batch_size": size, "search.warmup_epochs": 0})
-    image = recipe.image_size
     gen = torch.Generator().manual_seed(0)
-    data = torch.utils.data.TensorDataset(torch.randn(size, 3, image, image, generator=gen),
-                                          torch.randint(0, NUM_CLASSES, (size,), generator=gen))
+    images = torch.randn(size, info.in_channels, info.image_size, info.image_size, generator=gen)
+    data = torch.utils.data.TensorDataset(images, torch.randint(0, info.num_classes, (size,), generator=gen))
     precision_kwargs = {} if precision is None else {"precision": precision}
     trainer = Trainer(max_epochs=1, accelerator="gpu" if accelerator == "cuda" else accelerator, devices=1,
                       logger=False, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
                       num_sanity_val_steps=0, limit_val_batches=0, **precision_kwargs)
     section = recipe.search if command == "search" else recipe.retrain
     module = DartsClassificationModule(learning_rate=section.learning_rate, momentum=section.momentum,
-                                       weight_decay=section.weight_decay, max_epochs=1, num_classes=NUM_CLASSES,
+                                       weight_decay=section.weight_decay, max_epochs=1, num_classes=info.num_classes,
                                        auxiliary_loss_weight=0.0 if command == "search" else
                                        recipe.retrain.auxiliary_weight)
     if command == "search":
         evaluator = Lightning(module, trainer, train_dataloaders=DataLoader(data, batch_size=size),
                               val_dataloaders=DataLoader(data, batch_size=size))
-        space = DARTS(width=recipe.search.width, num_cells=recipe.search.cells, dataset="cifar")
-        recipe_strategy(recipe)(RawFormatModelSpace(space, evaluator), SequentialExecutionEngine())
+        space = search_space(recipe, info, stem)
+        search_strategy(recipe, space)(RawFormatModelSpace(space, evaluator), SequentialExecutionEngine())
     else:
         r = recipe.retrain
         model = build_model(arch, width=r.width, num_cells=r.cells, auxiliary_loss=r.auxiliary_weight > 0,
-                            drop_path_prob=r.drop_path_prob, image_size=image, checkpointing=r.checkpointing)
+                            drop_path_prob=r.drop_path_prob, image_size=info.image_size,
+                            num_classes=info.num_classes, in_channels=info.in_channels, stem=stem,
+                            checkpointing=r.checkpointing)
         module.set_model(model)
         trainer.fit(module, DataLoader(data, batch_size=size))
 
@@ -276,7 +278,8 @@ def _one_step(command: str, recipe: Any, size: int, accelerator: str, precision:
 # ------------------------------------------------------------------------------------------------ in the pipeline
 def resolve_auto_batch(recipe: Any, command: str, *, accelerator: str, precision: str | None, memory_limit: int | None,
                        scale_lr: bool, train_images: int, world_size: int = 1, arch: dict[str, Any] | None = None,
-                       resumed_batch: int | None = None) -> tuple[Any, dict[str, Any] | None]:
+                       info: Any = None, stem: str | None = None, resumed_batch: int | None = None
+                       ) -> tuple[Any, dict[str, Any] | None]:
     """``recipe`` with ``COMMAND.batch_size: auto`` replaced by the batch found, and the summary entries.
 
     ``train_images``: the training images the loaders draw from (caps the batch: the search's training split,
@@ -302,7 +305,7 @@ def resolve_auto_batch(recipe: Any, command: str, *, accelerator: str, precision
 
         def trial(sizes: Sequence[int], limit: int) -> list[int | None]:
             return measure_trial_steps(command, recipe, sizes, limit, accelerator=device, precision=precision,
-                                       arch=arch)
+                                       arch=arch, info=info, stem=stem)
 
         result = find_batch_size(trial, limit=limit, cap=cap)
         batch = result.batch_size * (world_size if command == "retrain" else 1)

@@ -18,7 +18,7 @@ from ..io import atomic_torch_save, atomic_write_json
 from ..nni_trial import report_final_result
 from ..recipe_data import RecipeData
 from ..recipes import Recipe
-from .assemble import TEST_VALIDATION_NOTE, VALIDATION_ON_TEST, assemble_retrain
+from .assemble import TEST_VALIDATION_NOTE, VALIDATION_ON_TEST, assemble_retrain, write_dataset_info
 from .options import RunOptions
 from .run_folder import ARCH_FILE, MODEL_FILE, SUMMARY_FILE, write_config
 from .runtime import (
@@ -79,6 +79,7 @@ def _retrain(built: Any, recipe: Recipe, options: RunOptions) -> dict[str, Any]:
     if built.rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         write_config(out, recipe, "retrain")
+        write_dataset_info(out, built.info)
         save_arch(built.arch, out / ARCH_FILE)
     with quiet_nni(), allow_checkpoint_globals(), interruptible(trainer, "retrain", out), \
             explained_out_of_memory("retrain", "retrain", r.batch_size, out):
@@ -119,6 +120,8 @@ def _retrain(built: Any, recipe: Recipe, options: RunOptions) -> dict[str, Any]:
         **run_facts(recipe),
         "batch_size": r.batch_size,
         **(built.batch_facts or {}),
+        "stem": built.stem,
+        **built.info.summary(),
     }
     if trainer.is_global_zero:
         atomic_write_json(out / SUMMARY_FILE, summary)

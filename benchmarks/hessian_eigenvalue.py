@@ -7,6 +7,7 @@ process; give the load and thread count with every figure (``uptime``).
 Example::
 
     python benchmarks/hessian_eigenvalue.py --width 16 --cells 8 --batch 16 --threads 2 --json runs/hessian.json
+    python benchmarks/hessian_eigenvalue.py --width 16 --cells 8 --batch 64 --hessian-batch-size 16
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=16, help="samples of the fixed validation batch")
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--preset", default="first-order")
+    parser.add_argument("--hessian-batch-size", type=int, default=None,
+                        help="Hessian-vector products on chunks of this many samples (search.hessian_batch_size)")
+    parser.add_argument("--checkpointing", default="none", choices=("none", "cells", "edges"),
+                        help="activation checkpointing of the supernet (search.checkpointing)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", dest="json_path", default=None)
     args = parser.parse_args(argv)
@@ -47,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    strategy = darts_strategy(args.preset)
+    strategy = darts_strategy(args.preset, checkpointing=args.checkpointing)
     supernet = strategy.mutate_model(DartsSpace(width=args.width, num_cells=args.cells, dataset="cifar"))
     module = DartsClassificationModule(num_classes=NUM_CLASSES)
     module.set_model(supernet)
@@ -55,13 +60,14 @@ def main(argv: list[str] | None = None) -> int:
     gen = torch.Generator().manual_seed(0)
     batch = (torch.randn(args.batch, 3, args.image_size, args.image_size, generator=gen),
              torch.randint(0, NUM_CLASSES, (args.batch,), generator=gen))
-    monitor = SearchHealthMonitor(".", hessian_every=1)
+    monitor = SearchHealthMonitor(".", hessian_every=1, hessian_batch_size=args.hessian_batch_size)
     monitor.val_batch = batch
     start = time.perf_counter()
     value, iterations, seconds = monitor.compute_eigenvalue(oneshot)
     result = {
         "width": args.width, "cells": args.cells, "batch": args.batch, "image_size": args.image_size,
-        "preset": args.preset, "eigenvalue": value, "hessian_vector_products": iterations,
+        "preset": args.preset, "hessian_batch_size": args.hessian_batch_size, "checkpointing": args.checkpointing,
+        "eigenvalue": value, "hessian_vector_products": iterations,
         "seconds": round(seconds, 2), "wall_seconds": round(time.perf_counter() - start, 2),
         "peak_rss_mb": round(peak_rss_mb(), 1), "threads": torch.get_num_threads(), "load_average": load_average(),
     }

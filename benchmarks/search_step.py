@@ -35,6 +35,7 @@ Example::
     python benchmarks/search_step.py --width 16 --cells 8 --batch 64 --steps 3 --json runs/bench.json
     python benchmarks/search_step.py --device cuda --batch 256 --steps 20 --max-warmup 10
     python benchmarks/search_step.py --presets nni-stock,first-order,pc-darts --precision bf16-mixed --compile
+    python benchmarks/search_step.py --presets nni-stock,first-order,pc-darts --checkpointing cells
 """
 
 from __future__ import annotations
@@ -92,6 +93,8 @@ def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              f"e.g. 'pc-darts:order=2'; default: {STOCK} and every registered preset")
     parser.add_argument("--compile", action="store_true",
                         help="compile each supernet cell of our presets with torch.compile (nni-stock stays eager)")
+    parser.add_argument("--checkpointing", default="none", choices=("none", "cells", "edges"),
+                        help="activation checkpointing of our presets' supernet (nni-stock never checkpoints)")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds allowed per preset process")
     parser.add_argument("--json", dest="json_path", default=None, help="write results as JSON to this file")
     parser.add_argument("--strategy-kwargs", default=None,
@@ -163,6 +166,7 @@ def _config(args: argparse.Namespace) -> dict[str, Any]:
         "seed": args.seed, "images_per_step": 2 * args.batch, "cpu_count": os.cpu_count(),
         "strategy_kwargs": json.loads(args.strategy_kwargs) if args.strategy_kwargs else {},
         "precision": args.precision, "compile": args.compile, "matmul_size": args.matmul_size,
+        "checkpointing": args.checkpointing,
         "load_average_at_start": load_average(), "python": sys.version.split()[0],
     }
 
@@ -170,7 +174,7 @@ def _config(args: argparse.Namespace) -> dict[str, Any]:
 def _child_command(args: argparse.Namespace, name: str, result_file: str) -> list[str]:
     cmd = [sys.executable, os.path.abspath(__file__), "--single", name, "--result-file", result_file,
            "--width", str(args.width), "--cells", str(args.cells), "--batch", str(args.batch),
-           "--image-size", str(args.image_size), *timing_argv(args)]
+           "--image-size", str(args.image_size), *timing_argv(args), "--checkpointing", args.checkpointing]
     if args.compile:
         cmd.append("--compile")
     if args.strategy_kwargs:
@@ -297,7 +301,8 @@ def _single(args: argparse.Namespace) -> int:
         from nni_darts_ext import darts_strategy
 
         name, overrides = parse_preset(args.single)
-        strategy = darts_strategy(name, **{**json.loads(args.strategy_kwargs or "{}"), **overrides})
+        strategy = darts_strategy(name, **{"checkpointing": args.checkpointing,
+                                           **json.loads(args.strategy_kwargs or "{}"), **overrides})
     precision = args.precision if ours else FP32
     compiled = bool(args.compile and ours)
 
@@ -338,6 +343,7 @@ def _single(args: argparse.Namespace) -> int:
                         device=args.device),
         "startup_seconds": timer.first_start_wall - launch,
         "precision": precision,
+        "checkpointing": args.checkpointing if ours else "none",
         "compiled": compiled,
         "compiled_cells": compiled_cells,
         "threads": torch.get_num_threads(),

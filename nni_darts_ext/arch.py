@@ -581,6 +581,7 @@ def build_model(
     num_classes: int = NUM_CLASSES,
     in_channels: int = 3,
     stem: str | None = None,
+    checkpointing: str = "none",
 ):
     """Build NNI's fixed DARTS network (``nni.nas.hub.pytorch.DARTS``) for ``arch``, for ``num_classes`` classes of
     ``in_channels``-channel images (:class:`~nni_darts_ext.space.DartsSpace`).
@@ -598,6 +599,10 @@ def build_model(
     the 8x8 map of a 32x32 input (7x7 of 224x224). When ``image_size`` is given and differs from the
     dataset's native size, that one layer is replaced by ``nn.AdaptiveAvgPool2d(2)``: same 2x2 output, no
     parameters, so state dicts stay interchangeable. With ``image_size`` None or native, the net is NNI's.
+
+    ``checkpointing="cells"`` runs every cell under activation checkpointing
+    (:func:`~nni_darts_ext.activation_checkpointing.checkpoint_cells`: same outputs and gradients, drop path
+    replayed, each cell's forward run again in the backward pass); the state dict is unchanged.
 
     Raises:
         ArchError: invalid arch. TypeError / ValueError: a bad argument, named.
@@ -621,6 +626,9 @@ def build_model(
     dataset = check_optional(check_choice, "stem", stem, _DATASETS) or dataset
     if image_size is not None:
         _check_positive_int("image_size", image_size)
+    from nni_darts_ext.activation_checkpointing import RETRAIN_CHECKPOINTING, check_checkpointing, checkpoint_cells
+
+    check_checkpointing(checkpointing, RETRAIN_CHECKPOINTING)
     arch = _coerce_arch(arch)
 
     from torch import nn
@@ -646,6 +654,12 @@ def build_model(
         _logger.debug(
             "auxiliary head pools adaptively to %d for %dx%d input", AUX_HEAD_POOLED_SIZE, image_size, image_size
         )
+    if checkpointing == "cells":
+        from ._compat import import_nni_quietly
+
+        with import_nni_quietly():
+            from nni.nas.nn.pytorch import Cell
+        checkpoint_cells(model, Cell)
     return model
 
 

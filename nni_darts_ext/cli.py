@@ -39,6 +39,7 @@ EXIT_PARITY = 1
 # A non-finite loss: the run failed, but not on bad input (exit 2 means nothing was written; a diverged run has
 # written checkpoints and config.yaml), so a script can tell "fix the command" from "resume with other settings".
 EXIT_DIVERGED = 1
+EXIT_OUT_OF_MEMORY = 75  # EX_TEMPFAIL (sysexits.h): try again, with the settings the message names
 DEFAULT_DEMO_OUT = "runs/demo"
 # `compare` without --random / --seeds: a first look, 6 random cells and 2 retrain seeds each. Welch's test gets two
 # values of the searched cell (it needs two) against six random cells, and the searched cell ranks first by chance
@@ -105,6 +106,12 @@ def _add_common(parser: argparse.ArgumentParser, *, resume: bool = True) -> None
     group.add_argument("--compile", action="store_true",
                        help="torch.compile the net (search: each supernet cell; retrain: the whole net); falls back "
                             "to eager with one warning where it cannot compile")
+    group.add_argument("--memory-limit", metavar="SIZE",
+                       help="batch_size: auto finds the largest batch whose step fits SIZE (e.g. 4GiB, 800MB; CPU: "
+                            "resident memory; default 90%% of the GPU's memory, or of the memory available)")
+    group.add_argument("--scale-lr", action="store_true",
+                       help="with batch_size: auto, scale the learning rate linearly: lr x batch / 64 (search) or "
+                            "/ 96 (retrain), the DARTS paper's batches")
     group.add_argument("--seed", type=int, metavar="N", help="random seed (sets the recipe's seed)")
     group.add_argument("--threads", type=int, metavar="N",
                        help="torch CPU threads (default: torch's, one per core; demo: 1); 1 is far faster on a busy "
@@ -312,7 +319,15 @@ def _options(args: argparse.Namespace, out: str | None) -> Any:
         progress_bar=not args.quiet and sys.stderr.isatty(),
         checkpoint_every=_duration("--checkpoint-every", getattr(args, "checkpoint_every", None)),
         compile=getattr(args, "compile", False),
+        memory_limit=_memory_limit(getattr(args, "memory_limit", None)),
+        scale_lr=getattr(args, "scale_lr", False),
     )
+
+
+def _memory_limit(text: str | None) -> int | None:
+    from .batch_size import parse_memory_size
+
+    return None if text is None else parse_memory_size(text)
 
 
 def _duration(flag: str, text: str | None) -> float | None:
@@ -667,9 +682,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     bad_input: tuple = (UsageError, RecipeError, ArchError, InspectError, RunLockedError, ExportError)
     diverged: tuple = ()
     signalled: tuple = ()
+    out_of_memory: tuple = ()
     if training:
-        from .errors import CheckpointError, NonFiniteLossError, RunsFailed, TrainingInterrupted
+        from .errors import CheckpointError, NonFiniteLossError, OutOfMemoryInStage, RunsFailed, TrainingInterrupted
 
+        out_of_memory = (OutOfMemoryInStage,)
         bad_input += (CheckpointError,)  # a resume checkpoint that is corrupt or of another net
         # a diverged run, or runs started side by side (--parallel) that failed: not bad input, exit 1
         diverged, signalled = (NonFiniteLossError, RunsFailed), (TrainingInterrupted,)
@@ -684,6 +701,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except bad_input as exc:
         print(f"{PROG} {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
+    except out_of_memory as exc:  # one line: the stage, the batch, what to try; the last checkpoint is whole
+        print(f"{PROG} {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_OUT_OF_MEMORY
     except ParityError as exc:  # an exported file that does not compute the net's logits: nothing was exported
         print(f"{PROG} {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_PARITY

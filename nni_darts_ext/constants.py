@@ -7,6 +7,8 @@ from __future__ import annotations
 
 __all__ = [
     "CIFAR10_MEAN",
+    "DARTS_RETRAIN_BATCH_SIZE",
+    "DARTS_SEARCH_BATCH_SIZE",
     "CIFAR10_STD",
     "NUM_CLASSES",
     "PRIMITIVES",
@@ -298,3 +300,8 @@ SIGNIFICANCE_LEVEL = 0.05
 # ... and the seed guide asks for this power (probability of detecting a real difference): J. Cohen, "Statistical
 # Power Analysis for the Behavioral Sciences", 2nd ed. 1988, Sec. 2.3.4, proposes 0.80 as the convention.
 STATISTICAL_POWER = 0.8
+
+# The batches the DARTS learning rate 0.025 was set for (quark0/darts cnn/train_search.py --batch_size 64,
+# cnn/train.py --batch_size 96): the reference of --scale-lr's linear rule when batch_size is auto.
+DARTS_SEARCH_BATCH_SIZE = 64
+DARTS_RETRAIN_BATCH_SIZE = 96

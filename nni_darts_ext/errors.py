@@ -8,6 +8,7 @@ of a component: :class:`ArgumentTypeError` / :class:`ArgumentValueError` (a ``Ty
 carries the argument's name in ``argument``, so a caller such as the recipe layer can say which recipe key it came
 from without reading the message). A run that stopped: :class:`RunInterrupted` (exit 130),
 :class:`TrainingInterrupted` (a ``SystemExit`` with status 128 + signal), :class:`NonFiniteLossError` (exit 3).
+Out of device memory: :class:`OutOfMemoryInStage` (exit 75).
 
 This module imports nothing heavy (no torch, no Lightning), so anything may import it.
 
@@ -43,6 +44,7 @@ __all__ = [
     "ImageSizeError",
     "InspectError",
     "NonFiniteLossError",
+    "OutOfMemoryInStage",
     "OutputWriteError",
     "ParityError",
     "ProfileError",
@@ -241,6 +243,23 @@ class NonFiniteLossError(RuntimeError):
         self.batch_idx = batch_idx
         self.global_step = global_step
         self.loss = loss
+        self.checkpoint = checkpoint
+
+
+class OutOfMemoryInStage(RuntimeError):
+    """A device ran out of memory; ``str(error)`` is one line naming the stage, the batch and what to try.
+
+    Attributes: ``stage`` (``"search step"``, ``"eigenvalue"`` or ``"retrain"``), ``batch_size``, ``checkpoint``
+    (the last checkpoint, left whole, or ``None``). The CLI exits with status 75 (``EX_TEMPFAIL``: try again with
+    other settings).
+    """
+
+    def __init__(self, stage: str, batch_size: int | None, checkpoint: Path | None, advice: str):
+        where = f" at batch {batch_size}" if batch_size is not None else ""
+        kept = f"; the last checkpoint {checkpoint} is whole (--resume continues from it)" if checkpoint else ""
+        super().__init__(f"out of memory in the {stage}{where}; try {advice}{kept}")
+        self.stage = stage
+        self.batch_size = batch_size
         self.checkpoint = checkpoint
 
 

@@ -8,6 +8,8 @@ before such a collapse and stopped the search early on it (DARTS-ES). This modul
 - :func:`dominant_hessian_eigenvalue` / :func:`hessian_power_iteration`: power iteration on Hessian-vector products
   (double backward); one forward pass, one backward with ``create_graph=True``, then one extra backward per
   iteration (at most :data:`~nni_darts_ext.constants.HESSIAN_POWER_ITERATIONS`).
+- :func:`chunked_hessian_power_iteration`: the same on a batch split in chunks, one chunk's graph in memory at a
+  time (``search.hessian_batch_size``).
 - :func:`health_record`: one epoch's record (genotype text, changed edges, skip counts, entropy of the mixing weights).
 - :class:`DartsEarlyStopping`: the DARTS-ES rule, fed one eigenvalue per evaluation.
 - :func:`health_warnings`, :func:`plot_health`, :func:`read_health_records`, :func:`write_health_records`.
@@ -58,6 +60,7 @@ __all__ = [
     "DartsEarlyStopping",
     "EigenEstimate",
     "append_health_record",
+    "chunked_hessian_power_iteration",
     "dominant_hessian_eigenvalue",
     "health_record",
     "health_warnings",
@@ -157,27 +160,102 @@ def hessian_power_iteration(
         linked = [(i, g) for i, g in enumerate(grads) if g is not None and g.requires_grad]
         if not linked:
             return EigenEstimate(0.0, 0, True)
-        generator = torch.Generator().manual_seed(seed)
-        v = [torch.randn(p.shape, generator=generator, dtype=torch.float64).to(p.device, p.dtype) for p in params]
-        norm = torch.sqrt(_dot(v, v))
-        v = [x / norm for x in v]
-        previous: float | None = None
-        value = 0.0
-        for step in range(1, iterations + 1):
+
+        def hvp(v: list[torch.Tensor]) -> list[torch.Tensor]:
             products = torch.autograd.grad(
                 [g for _, g in linked], params, grad_outputs=[v[i] for i, _ in linked],
                 retain_graph=True, allow_unused=True,
             )
-            hv = [torch.zeros_like(p) if h is None else h.detach() for p, h in zip(params, products, strict=False)]
-            value = float(_dot(v, hv))
-            norm = torch.sqrt(_dot(hv, hv))
-            if float(norm) == 0.0:
-                return EigenEstimate(0.0, step, True)
-            v = [h / norm for h in hv]
-            if previous is not None and abs(value - previous) <= tol * abs(value):
-                return EigenEstimate(value, step, True)
-            previous = value
+            return [torch.zeros_like(p) if h is None else h.detach() for p, h in zip(params, products, strict=False)]
+
+        return _power_iteration(hvp, params, iterations=iterations, tol=tol, seed=seed)
+
+
+def _power_iteration(hvp: Callable[[list[torch.Tensor]], list[torch.Tensor]], params: list[torch.Tensor], *,
+                     iterations: int, tol: float, seed: int) -> EigenEstimate:
+    """Power iteration on ``hvp`` (``v -> H v``) from a seeded random unit vector (see
+    :func:`hessian_power_iteration`)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    v = [torch.randn(p.shape, generator=generator, dtype=torch.float64).to(p.device, p.dtype) for p in params]
+    norm = torch.sqrt(_dot(v, v))
+    v = [x / norm for x in v]
+    previous: float | None = None
+    value = 0.0
+    for step in range(1, iterations + 1):
+        hv = hvp(v)
+        value = float(_dot(v, hv))
+        norm = torch.sqrt(_dot(hv, hv))
+        if float(norm) == 0.0:
+            return EigenEstimate(0.0, step, True)
+        v = [h / norm for h in hv]
+        if previous is not None and abs(value - previous) <= tol * abs(value):
+            return EigenEstimate(value, step, True)
+        previous = value
     return EigenEstimate(value, iterations, False)
+
+
+def chunked_hessian_power_iteration(
+    loss_fns: Sequence[Callable[[], torch.Tensor]],
+    weights: Sequence[float],
+    params: Iterable[torch.Tensor],
+    *,
+    iterations: int = HESSIAN_POWER_ITERATIONS,
+    tol: float = HESSIAN_POWER_TOL,
+    seed: int = 0,
+) -> EigenEstimate:
+    """:func:`hessian_power_iteration` of ``sum_c weights[c] * loss_fns[c]()``, one chunk's graph at a time.
+
+    Each Hessian-vector product runs every chunk again (forward, gradient with ``create_graph=True``, product) and
+    frees its graph before the next: memory is one chunk's double-backward graph instead of the whole batch's, for
+    ``iterations x chunks`` forward passes instead of one. For a mean loss over a batch split in chunks, ``weights``
+    are the chunks' shares of the batch, and the products equal the whole batch's (up to float rounding) when the
+    net treats samples independently (BatchNorm in eval mode; in training mode each chunk is normalised by its own
+    statistics, as a smaller batch would be). Every chunk starts from the same torch random state, so sampled
+    architectures (DrNAS, GDAS) are the same in every chunk and iteration.
+
+    Example::
+
+        chunks = [(x[i:i + 16], y[i:i + 16]) for i in range(0, len(x), 16)]
+        chunked_hessian_power_iteration([lambda c=c: loss(*c) for c in chunks], [len(c[0]) / len(x) for c in chunks],
+                                        arch_params)
+    """
+    import torch
+
+    _check_iterations(iterations, tol)
+    params = list(params)
+    if not params or not all(isinstance(p, torch.Tensor) for p in params):
+        raise TypeError("params must be a non-empty iterable of tensors")
+    if len(loss_fns) != len(weights) or not loss_fns:
+        raise ValueError(f"need one weight per chunk, got {len(loss_fns)} chunks and {len(weights)} weights")
+    cpu_state = torch.get_rng_state()
+    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+
+    def hvp(v: list[torch.Tensor]) -> list[torch.Tensor]:
+        total = [torch.zeros_like(p) for p in params]
+        for loss_fn, weight in zip(loss_fns, weights, strict=True):
+            torch.set_rng_state(cpu_state)
+            if cuda_states is not None:
+                torch.cuda.set_rng_state_all(cuda_states)
+            with torch.enable_grad():
+                loss = loss_fn()
+                if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+                    raise TypeError(f"loss_fn must return a scalar tensor, got {type(loss).__name__}")
+                if not loss.requires_grad:
+                    continue
+                grads = torch.autograd.grad(loss.reshape(()), params, create_graph=True, allow_unused=True)
+                linked = [(i, g) for i, g in enumerate(grads) if g is not None and g.requires_grad]
+                if not linked:
+                    continue
+                products = torch.autograd.grad([g for _, g in linked], params,
+                                               grad_outputs=[v[i] for i, _ in linked], allow_unused=True)
+            for t, h in zip(total, products, strict=True):
+                if h is not None:
+                    t.add_(h.detach(), alpha=weight)
+        return total
+
+    return _power_iteration(hvp, params, iterations=iterations, tol=tol, seed=seed)
 
 
 def dominant_hessian_eigenvalue(

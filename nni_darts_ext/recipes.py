@@ -86,6 +86,8 @@ EARLY_STOP_RULES = ("hessian",)
 #: ``search.select``: how a multi-seed search picks its cell: a short retrain of each scored on a held-out part of
 #: the training split (``val``), or the search's own final validation accuracy (``last-val``).
 SELECT_RULES = ("val", "last-val")
+#: ``search.batch_size`` / ``retrain.batch_size``: find the largest batch that fits (nni_darts_ext.batch_size).
+AUTO_BATCH_SIZE = "auto"
 # Package data: nni_darts_ext/recipes/*.yaml (a folder beside this module, not a package).
 _RECIPE_FOLDER = "recipes"
 _SUFFIXES = (".yaml", ".yml")
@@ -142,7 +144,8 @@ class SearchSection:
     cells: int = MISSING
     width: int = MISSING
     epochs: int = MISSING
-    batch_size: int = MISSING
+    # Samples per step, or "auto": the largest batch that fits the memory limit (--memory-limit), found by trial steps.
+    batch_size: int | str = MISSING
     train_fraction: float = MISSING
     learning_rate: float = MISSING
     momentum: float = MISSING
@@ -169,6 +172,11 @@ class SearchSection:
     seeds: list[int] | None = None
     # How a multi-seed search picks its cell: one of SELECT_RULES.
     select: str = "val"
+    # Activation checkpointing of the supernet: "none", "cells" (each cell) or "edges" (each mixed edge); same
+    # gradients, less memory, each region's forward run twice.
+    checkpointing: str = "none"
+    # Samples per Hessian-vector-product chunk of the health check's validation batch; null: the whole batch at once.
+    hessian_batch_size: int | None = None
     # The supernet's stem, cifar or imagenet (NNI's DARTS stems); null: imagenet for images of 64 px and more.
     stem: str | None = None
 
@@ -180,7 +188,8 @@ class RetrainSection:
     cells: int = MISSING
     width: int = MISSING
     epochs: int = MISSING
-    batch_size: int = MISSING
+    # Global samples per step, or "auto": the largest batch that fits the memory limit (--memory-limit).
+    batch_size: int | str = MISSING
     learning_rate: float = MISSING
     momentum: float = MISSING
     weight_decay: float = MISSING
@@ -191,6 +200,8 @@ class RetrainSection:
     cutout: int | None = MISSING
     # Gradient-norm clip; null: no clipping.
     gradient_clip: float | None = MISSING
+    # Activation checkpointing of the fixed net: "none" or "cells" (each cell's activations recomputed in backward).
+    checkpointing: str = "none"
     # The fixed net's stem, cifar or imagenet; null: imagenet for images of 64 px and more.
     stem: str | None = None
 
@@ -279,7 +290,8 @@ def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if _is_union(tp):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return f"{_type_name(args[0])} or null"
+        names = " or ".join(_type_name(a) for a in args)
+        return f"{names} or null" if type(None) in typing.get_args(tp) else names
     if origin is tuple:
         return "[" + ", ".join(_type_name(a) for a in typing.get_args(tp)) + "]"
     if origin is dict:
@@ -312,12 +324,16 @@ def _check_type(key: str, value: Any, tp: Any) -> None:
     """RecipeError naming ``key`` unless ``value`` (plain, resolved) is of type ``tp``; int is accepted as float."""
     origin = typing.get_origin(tp)
     if _is_union(tp):
-        if value is not None:
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return
+        for arg in (a for a in args if a is not type(None)):
             try:
-                _check_type(key, value, next(a for a in typing.get_args(tp) if a is not type(None)))
+                _check_type(key, value, arg)
+                return
             except RecipeError:
-                raise RecipeError(f"{key}: expected {_type_name(tp)}, got {_describe(value)}", key=key) from None
-        return
+                continue
+        raise RecipeError(f"{key}: expected {_type_name(tp)}, got {_describe(value)}", key=key)
     if origin is tuple:
         args = typing.get_args(tp)
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
@@ -654,12 +670,21 @@ def _validate_own_dataset(d: DatasetSection) -> None:
 
 
 def _validate_training(section_name: str, s: SearchSection | RetrainSection) -> None:
-    """The checks common to the search and the retrain (sizes, SGD, cosine schedule, clipping)."""
+    """The checks common to the search and the retrain (sizes, SGD, cosine schedule, clipping, checkpointing)."""
+    from .activation_checkpointing import RETRAIN_CHECKPOINTING, SEARCH_CHECKPOINTING
+
     key = section_name + "."
     _at_least(key + "cells", s.cells, MIN_NUM_CELLS)
     _at_least(key + "width", s.width, 1)
     _at_least(key + "epochs", s.epochs, 1)
-    _at_least(key + "batch_size", s.batch_size, 1)
+    if s.batch_size != AUTO_BATCH_SIZE:
+        if isinstance(s.batch_size, str):
+            raise RecipeError(f"{key}batch_size: expected an int >= 1 or {AUTO_BATCH_SIZE!r}, got {s.batch_size!r}")
+        _at_least(key + "batch_size", s.batch_size, 1)
+    allowed = SEARCH_CHECKPOINTING if section_name == "search" else RETRAIN_CHECKPOINTING
+    if s.checkpointing not in allowed:
+        raise RecipeError(f"{key}checkpointing: must be one of {', '.join(map(repr, allowed))}, "
+                          f"got {s.checkpointing!r}")
     _positive(key + "learning_rate", s.learning_rate)
     _in_range(key + "momentum", s.momentum, 0.0, 1.0, low_open=False, high_open=True)
     _at_least(key + "weight_decay", s.weight_decay, 0.0)
@@ -700,6 +725,8 @@ def _validate_search(s: SearchSection) -> None:
         _at_least("search.partial_channels", s.partial_channels, 1)
     _one_of("search.order", s.order, ARCHITECTURE_ORDERS)
     _at_least("search.hessian_every", s.hessian_every, 0)
+    if s.hessian_batch_size is not None:
+        _at_least("search.hessian_batch_size", s.hessian_batch_size, 1)
     _one_of("search.early_stop", s.early_stop, EARLY_STOP_RULES)
     if s.early_stop == "hessian" and s.hessian_every == 0:
         raise RecipeError(

@@ -36,7 +36,7 @@ def _load_script():
 def test_search_step_harness_writes_the_documented_json(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, str(SCRIPT), *TINY, "--presets", "nni-stock,pc-darts:partial_channels=2",
-                           "--precision", "bf16-mixed", "--json", str(out)],
+                           "--precision", "bf16-mixed", "--checkpointing", "cells", "--json", str(out)],
                           capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(out.read_text())
@@ -44,10 +44,11 @@ def test_search_step_harness_writes_the_documented_json(tmp_path):
     config = report["config"]
     assert (config["width"], config["cells"], config["batch"], config["steps"], config["threads"]) == (8, 3, 4, 3, 1)
     assert (config["warmup"], config["max_warmup"], config["tolerance"]) == (1, 2, 0.05)
-    assert config["precision"] == "bf16-mixed" and config["compile"] is False
+    assert config["precision"] == "bf16-mixed" and config["compile"] is False and config["checkpointing"] == "cells"
     assert [r["name"] for r in report["results"]] == ["nni-stock", "pc-darts:partial_channels=2"]
     # nni-stock always runs as the tutorial does; the precision applies to our presets only.
     assert [r["precision"] for r in report["results"]] == ["32-true", "bf16-mixed"]
+    assert [r["checkpointing"] for r in report["results"]] == ["none", "cells"]
     for r in report["results"]:
         assert {"name", "step_seconds", "images_per_second", "peak_memory_mb", "startup_seconds"} <= set(r)
         assert r["step_seconds"] > 0 and r["peak_memory_mb"] > 0 and r["startup_seconds"] > 0
@@ -169,12 +170,14 @@ def test_hessian_eigenvalue_benchmark_reports_cost(tmp_path):
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "hessian_eigenvalue.py"
     out = tmp_path / "hessian.json"
     proc = subprocess.run([sys.executable, str(script), "--width", "4", "--cells", "3", "--batch", "2",
-                           "--image-size", "8", "--threads", "1", "--json", str(out)],
+                           "--image-size", "8", "--threads", "1", "--hessian-batch-size", "1", "--checkpointing",
+                           "cells", "--json", str(out)],
                           capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     r = json.loads(out.read_text())
     assert r["seconds"] > 0 and 1 <= r["hessian_vector_products"] <= 20 and r["peak_rss_mb"] > 0
     assert isinstance(r["eigenvalue"], float) and r["threads"] == 1
+    assert r["hessian_batch_size"] == 1 and r["checkpointing"] == "cells"
 
 
 def test_precision_agreement_counts_differing_edges_per_node(darts_v2_arch):

@@ -37,9 +37,9 @@ def env(tmp_path_factory):
                 PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
 
 
-def _argv(command, out, name, *extra):
+def _argv(command, out, name, *extra, settings=()):
     argv = [command, "--out", out, "--recipe", "demo", "--quiet", "--threads", "1", *extra, "--set", *TINY,
-            f"search.strategy={name}"]
+            f"search.strategy={name}", *settings]
     return [str(a) for a in argv]
 
 
@@ -88,14 +88,25 @@ def _assert_identical(a: Path, b: Path) -> None:
     assert (a / "arch.json").read_bytes() == (b / "arch.json").read_bytes()
 
 
-@pytest.mark.parametrize("name", ["first-order", "pc-darts", "drnas", "gdas", "second-order"])
-def test_search_killed_in_its_second_epoch_resumes_bit_identical(name, tmp_path, env):
+@pytest.mark.parametrize("name, settings", [(name, ()) for name in
+                                             ["first-order", "pc-darts", "drnas", "gdas", "second-order"]]
+                         + [("drnas", ("search.checkpointing=cells",))],
+                         ids=["first-order", "pc-darts", "drnas", "gdas", "second-order", "drnas-checkpointing"])
+def test_search_killed_in_its_second_epoch_resumes_bit_identical(name, settings, tmp_path, env):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    assert main(_argv("search", straight, name)) == 0
-    at_kill = _killed(_argv("search", killed, name), env, killed / "checkpoints" / "last.ckpt")
+    assert main(_argv("search", straight, name, settings=settings)) == 0
+    at_kill = _killed(_argv("search", killed, name, settings=settings), env, killed / "checkpoints" / "last.ckpt")
     assert at_kill["global_step"] < 3 * BATCHES * 2  # the kill came before the end
-    assert main(_argv("search", killed, name, "--resume")) == 0
+    assert main(_argv("search", killed, name, "--resume", settings=settings)) == 0
     _assert_identical(straight, killed)
+
+
+def test_a_checkpointed_search_ends_bit_identical_to_one_without(tmp_path):
+    """Activation checkpointing changes memory only: the same weights, optimizer states and arch.json (CPU)."""
+    plain, edges = tmp_path / "plain", tmp_path / "edges"
+    assert main(_argv("search", plain, "drnas")) == 0
+    assert main(_argv("search", edges, "drnas", settings=["search.checkpointing=edges"])) == 0
+    _assert_identical(plain, edges)
 
 
 def test_search_killed_after_a_mid_epoch_checkpoint_resumes_bit_identical(tmp_path, env):

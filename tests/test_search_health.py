@@ -371,7 +371,7 @@ def test_eigenvalue_leaves_the_supernet_as_it_was():
     batch = {"train": None, "val": (torch.randn(BATCH, 3, IMAGE, IMAGE), torch.randint(0, 10, (BATCH,)))}
     monitor.on_train_batch_start(None, oneshot, batch, 0)
     monitor.on_train_batch_start(None, oneshot, {"val": (batch["val"][0] + 1, batch["val"][1])}, 1)
-    assert torch.equal(monitor.val_batch[0], batch["val"][0][: BATCH // 2])  # the first batch, cut, kept
+    assert torch.equal(monitor.val_batch[0], batch["val"][0])  # the first batch kept (evaluated in two chunks)
     before = {k: v.clone() for k, v in oneshot.state_dict().items()}
     assert any("running_mean" in k for k in before)
     rng = torch.get_rng_state()
@@ -475,3 +475,30 @@ def test_cli_search_writes_health_and_inspect_reports_it(tmp_path, monkeypatch, 
     (tmp_path / "foreign" / "notes.txt").write_text("not a run")
     code, _, err = run(["inspect", tmp_path / "foreign"], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("name", ["first-order", "drnas"])
+def test_chunked_eigenvalue_equals_the_whole_batch_one(name):
+    """Hessian-vector products over chunks of the validation batch (``hessian_batch_size``) give the whole batch's
+    eigenvalue: float64, eval-mode BatchNorm (per-sample), a fixed number of products; relative difference 1e-9.
+    DrNAS samples its architecture: every chunk must see the same sample."""
+    with import_nni_quietly():
+        from nni.nas.hub.pytorch import DARTS as DartsSpace
+    from nni_darts_ext.search import darts_strategy
+    from nni_darts_ext.training_module import DartsClassificationModule
+
+    torch.manual_seed(0)
+    strategy = darts_strategy(name)
+    module = DartsClassificationModule(max_epochs=1)
+    module.set_model(strategy.mutate_model(DartsSpace(width=WIDTH, num_cells=CELLS, dataset="cifar")))
+    oneshot = strategy.configure_oneshot_module(module).double().eval()
+    batch = {"val": (torch.randn(BATCH, 3, IMAGE, IMAGE, dtype=torch.float64), torch.randint(0, 10, (BATCH,)))}
+    values = []
+    for chunk in (None, 3):  # 3 does not divide the batch: the chunks are weighted by their sizes
+        monitor = SearchHealthMonitor("unused", hessian_every=1, power_iterations=3, power_tol=0.0,
+                                      hessian_batch_size=chunk)
+        monitor.on_train_batch_start(None, oneshot, batch, 0)
+        value, iterations, _ = monitor.compute_eigenvalue(oneshot)
+        assert iterations == 3 and value != 0.0
+        values.append(value)
+    assert values[1] == pytest.approx(values[0], rel=1e-9)

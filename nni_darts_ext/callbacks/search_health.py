@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -33,10 +34,12 @@ from nni_darts_ext.constants import (
     HESSIAN_POWER_TOL,
     MAX_NORMAL_SKIP_CONNECTS,
 )
+from nni_darts_ext.errors import OutOfMemoryInStage
 from nni_darts_ext.health import (
     HEALTH_FILE,
     HEALTH_PLOT,
     DartsEarlyStopping,
+    chunked_hessian_power_iteration,
     health_record,
     health_warnings,
     hessian_power_iteration,
@@ -169,8 +172,10 @@ class SearchHealthMonitor(pl.Callback):
         max_normal_skips, stall_epochs: warning thresholds (:func:`health_warnings`).
         loss_fn: ``loss_fn(pl_module, val_batch) -> loss``; default ``criterion(forward(x), y)`` of the wrapped
             training module.
-        hessian_batch_size: keep only this many samples of the fixed validation batch (memory: the evaluation
-            holds a double-backward graph); ``None`` keeps the whole batch.
+        hessian_batch_size: Hessian-vector products on chunks of this many samples of the fixed validation batch,
+            accumulated (:func:`~nni_darts_ext.health.chunked_hessian_power_iteration`: one chunk's
+            double-backward graph in memory at a time; recipe key ``search.hessian_batch_size``); ``None``: the
+            whole batch at once.
         log_images: draw both cells into TensorBoard's image tab each epoch.
         plot: redraw ``health.png`` each epoch.
 
@@ -243,10 +248,7 @@ class SearchHealthMonitor(pl.Callback):
     # ------------------------------------------------------------------------------------------------ hooks
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
         if self.val_batch is None and isinstance(batch, dict) and "val" in batch:
-            val = batch["val"]
-            if self.hessian_batch_size is not None and isinstance(val, (list, tuple)):
-                val = type(val)(part[: self.hessian_batch_size] for part in val)
-            self.val_batch = _to_plain(val)
+            self.val_batch = _to_plain(batch["val"])
 
     def _due(self, epoch: int, max_epochs: int | None) -> bool:
         if self.hessian_every == 0:
@@ -259,10 +261,27 @@ class SearchHealthMonitor(pl.Callback):
             raise RuntimeError("no validation batch seen yet (the batches must be dicts with a 'val' entry)")
         params = _sorted_arch_parameters(pl_module)
         start = time.perf_counter()
+        chunks = self._chunks()
         with _state_preserved(pl_module):
-            estimate = hessian_power_iteration(lambda: self.loss_fn(pl_module, self.val_batch), params,
-                                               iterations=self.power_iterations, tol=self.power_tol)
+            if len(chunks) == 1:
+                estimate = hessian_power_iteration(lambda: self.loss_fn(pl_module, self.val_batch), params,
+                                                   iterations=self.power_iterations, tol=self.power_tol)
+            else:
+                total = sum(size for size, _ in chunks)
+                estimate = chunked_hessian_power_iteration(
+                    [functools.partial(self.loss_fn, pl_module, chunk) for _, chunk in chunks],
+                    [size / total for size, _ in chunks], params, iterations=self.power_iterations,
+                    tol=self.power_tol)
         return estimate.value, estimate.iterations, time.perf_counter() - start
+
+    def _chunks(self) -> list[tuple[int, Any]]:
+        """``(samples, batch)`` chunks of the validation batch of at most ``hessian_batch_size`` samples."""
+        batch = self.val_batch
+        if self.hessian_batch_size is None or not isinstance(batch, (list, tuple)) or not batch:
+            return [(0, batch)]
+        size = len(batch[0])
+        step = self.hessian_batch_size
+        return [(min(step, size - i), type(batch)(part[i:i + step] for part in batch)) for i in range(0, size, step)]
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         epoch = trainer.current_epoch
@@ -270,7 +289,15 @@ class SearchHealthMonitor(pl.Callback):
         eigenvalue = iterations = seconds = None
         if self._due(epoch, max_epochs):
             if self.val_batch is not None:
-                eigenvalue, iterations, seconds = self.compute_eigenvalue(pl_module)
+                try:
+                    eigenvalue, iterations, seconds = self.compute_eigenvalue(pl_module)
+                except torch.OutOfMemoryError:
+                    chunks = self._chunks()
+                    last = self.out_dir / "checkpoints" / "last.ckpt"
+                    raise OutOfMemoryInStage(
+                        "eigenvalue", max(size for size, _ in chunks) or None, last if last.is_file() else None,
+                        "search.hessian_batch_size (Hessian-vector products on chunks of the validation batch), "
+                        "search.checkpointing: cells, or search.hessian_every: 0") from None
             elif not self._warned_no_batch:
                 self._warned_no_batch = True
                 _logger.warning("search health: no validation batch seen (batches without a 'val' entry); "

@@ -42,6 +42,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 
 from .._compat import cpu_has_native_bf16
 from ..arch import NAMED_ARCHS, build_model, load_arch, normalize_arch
+from ..batch_size import resolve_auto_batch
 from ..callbacks import (
     AlphaHistory,
     ApplySettingsOnResume,
@@ -64,7 +65,7 @@ from ..evaluator import darts_evaluator, darts_trainer
 from ..io import atomic_write_json
 from ..nni_trial import TRIAL_VALIDATION_FRACTION
 from ..recipe_data import RecipeData, retrain_loaders, test_loader
-from ..recipes import Recipe, RecipeError
+from ..recipes import AUTO_BATCH_SIZE, Recipe, RecipeError, load_recipe
 from ..resumable_data import ExactResume
 from ..search import darts_strategy
 from ..space import check_image_size, darts_space, default_stem, min_image_size
@@ -73,6 +74,7 @@ from .options import RunOptions
 from .run_folder import (
     ARCH_FILE,
     CHECKPOINT_DIR,
+    CONFIG_FILE,
     DATASET_FILE,
     TENSORBOARD_DIR,
     check_out_dir_on_rank,
@@ -137,6 +139,8 @@ class Assembly:
         evaluator, space, strategy: NNI's evaluator, model space and one-shot strategy (search).
         epoch_log, alpha_history, health: the recording callbacks (the last two for a search only).
         arch, arch_name: the fixed architecture and where it came from (retrain).
+        batch_facts: ``{"batch_size", "batch_size_found_by"}`` for the summary when the recipe's batch was
+            ``auto`` (``recipe`` then holds the batch found), else ``None``.
         info, stem: the data's :class:`~nni_darts_ext.datasets.DataInfo` and the net's stem.
     """
 
@@ -166,6 +170,7 @@ class Assembly:
     health: SearchHealthMonitor | None = None
     arch: dict | None = None
     arch_name: str | None = None
+    batch_facts: dict | None = None
     info: Any = None
     stem: str | None = None
 
@@ -491,6 +496,7 @@ STRATEGY_RECIPE_KEYS: dict[str, str] = {
     "partial_channels": "search.partial_channels",
     "order": "search.order",
     "max_skip_connects": "export.max_skip_connects",
+    "checkpointing": "search.checkpointing",
 }
 
 
@@ -513,6 +519,7 @@ def strategy_overrides(recipe: Recipe) -> dict[str, Any]:
         "partial_channels": s.partial_channels,
         "order": s.order,
         "max_skip_connects": recipe.export.max_skip_connects,
+        "checkpointing": s.checkpointing,
     }
     overrides = {name: value for name, value in values.items() if value is not None}
     overrides.update(dict(s.strategy_options or {}))
@@ -602,8 +609,11 @@ def assemble_search(recipe: Recipe, options: RunOptions, *, data: RecipeData | N
         if rank == 0:
             check_resumable(resume_from)
         check_search_resume(out, recipe)
-    s = recipe.search
     data = data or RecipeData(recipe)
+    info, stem = data_shape(data, recipe.search.stem, key="search.stem")
+    recipe, batch_facts = auto_batch(recipe, "search", options, data, out=out, info=info, stem=stem,
+                                     world_size=devices * options.num_nodes)
+    s = recipe.search
 
     seed_everything(recipe.seed)
     dataset = data_errors(lambda: data.split(train=True))
@@ -611,7 +621,6 @@ def assemble_search(recipe: Recipe, options: RunOptions, *, data: RecipeData | N
         dataset, batch_size=s.batch_size, train_fraction=s.train_fraction, seed=recipe.seed,
         num_workers=recipe.dataset.num_workers,
     )
-    info, stem = data_shape(data, s.stem, key="search.stem")
     data_shape(data, recipe.retrain.stem, key="retrain.stem")  # the summary counts the retrain net's parameters
     space = search_space(recipe, info, stem)
     strategy = search_strategy(recipe, space)
@@ -619,7 +628,8 @@ def assemble_search(recipe: Recipe, options: RunOptions, *, data: RecipeData | N
     callbacks, epoch_log, logger = _run_callbacks(out, "search", options, learning_rate=s.learning_rate,
                                                   resume_from=resume_from)
     # Per-epoch health records, TensorBoard scalars, health.png; the Hessian eigenvalue and DARTS-ES when asked.
-    health = SearchHealthMonitor(out, hessian_every=s.hessian_every, early_stop=s.early_stop)
+    health = SearchHealthMonitor(out, hessian_every=s.hessian_every, early_stop=s.early_stop,
+                                 hessian_batch_size=s.hessian_batch_size)
     callbacks += [history, health]
     with _trainer_errors():
         evaluator = darts_evaluator(
@@ -643,8 +653,38 @@ def assemble_search(recipe: Recipe, options: RunOptions, *, data: RecipeData | N
         world_size=devices * options.num_nodes, rank=rank, data=data, batch_size=s.batch_size, out=out,
         resume_from=resume_from, train_loader=train_loader, val_loader=val_loader, module=evaluator.module,
         trainer=evaluator.trainer, evaluator=evaluator, space=space, strategy=strategy, epoch_log=epoch_log,
-        alpha_history=history, health=health, info=info, stem=stem,
+        alpha_history=history, health=health, info=info, stem=stem, batch_facts=batch_facts,
     )
+
+
+def auto_batch(recipe: Recipe, command: str, options: RunOptions, data: RecipeData, *, out: Path | None,
+               info: Any, stem: str, world_size: int = 1, arch: dict | None = None) -> tuple[Recipe, dict | None]:
+    """``COMMAND.batch_size: auto`` resolved by trial steps (:func:`~nni_darts_ext.batch_size.resolve_auto_batch`);
+    ``--resume`` keeps the batch the run found (its ``config.yaml``). ``(recipe, None)`` for a fixed batch.
+
+    Raises:
+        UsageError: even the smallest batch does not fit ``--memory-limit``, or several processes (each would find
+            its own batch: give the batch); DatasetError as a UsageError: no data.
+    """
+    if getattr(recipe, command).batch_size != AUTO_BATCH_SIZE:
+        return recipe, None
+    if world_size > 1:
+        raise UsageError(f"{command}.batch_size: auto finds the batch of one process; with {world_size} processes "
+                         "give the batch (find it with a single-process run: its summary.json has it)")
+    resumed = None
+    if options.resume and out is not None and (out / CONFIG_FILE).is_file():
+        try:
+            resumed = getattr(load_recipe(str(out / CONFIG_FILE)), command).batch_size
+        except RecipeError:
+            resumed = None
+        resumed = resumed if isinstance(resumed, int) else None
+    images = len(data_errors(lambda: data.split(train=True)))
+    if command == "search":
+        images = int(images * recipe.search.train_fraction)
+    return resolve_auto_batch(recipe, command, accelerator=options.accelerator, precision=options.precision,
+                              memory_limit=options.memory_limit, scale_lr=options.scale_lr,
+                              train_images=images // world_size, world_size=world_size, arch=arch,
+                              info=info, stem=stem, resumed_batch=resumed)
 
 
 # --------------------------------------------------------------------------------------------------------- retrain
@@ -673,10 +713,7 @@ def assemble_retrain(recipe: Recipe, arch: Any, options: RunOptions, *, data: Re
     if resume_from is not None and rank == 0:
         check_resumable(resume_from)
     arch_dict, arch_name = resolve_arch(arch)
-    r = recipe.retrain
     world = devices * options.num_nodes
-    batch_size = per_device_batch(r.batch_size, world, key="retrain.batch_size", devices=devices,
-                                  num_nodes=options.num_nodes)
     if data is None:  # the statistics of the search that found the arch, when it is a run's
         source = Path(arch) if isinstance(arch, (str, os.PathLike)) else None
         folders = [source if source.is_dir() else source.parent] if source is not None and source.exists() else []
@@ -684,14 +721,19 @@ def assemble_retrain(recipe: Recipe, arch: Any, options: RunOptions, *, data: Re
 
     seed_everything(recipe.seed)
     # Datasets first: missing data is reported before the net is built.
-    data_errors(lambda: data.split(train=True, cutout=r.cutout))
+    data_errors(lambda: data.split(train=True, cutout=recipe.retrain.cutout))
     if held_out is None:
         data_errors(lambda: data.split(train=False))
-    info, stem = data_shape(data, r.stem, key="retrain.stem", test=held_out is None)
+    info, stem = data_shape(data, recipe.retrain.stem, key="retrain.stem", test=held_out is None)
+    recipe, batch_facts = auto_batch(recipe, "retrain", options, data, out=out, info=info, stem=stem,
+                                     world_size=world, arch=arch_dict)
+    r = recipe.retrain
+    batch_size = per_device_batch(r.batch_size, world, key="retrain.batch_size", devices=devices,
+                                  num_nodes=options.num_nodes)
     model = build_model(
         arch_dict, width=r.width, num_cells=r.cells, auxiliary_loss=r.auxiliary_weight > 0,
         drop_path_prob=r.drop_path_prob, image_size=info.image_size, num_classes=info.num_classes,
-        in_channels=info.in_channels, stem=stem,
+        in_channels=info.in_channels, stem=stem, checkpointing=r.checkpointing,
     )
     module = _module(r, r.epochs, auxiliary_weight=r.auxiliary_weight, drop_path_prob=r.drop_path_prob,
                      num_classes=info.num_classes)
@@ -721,7 +763,7 @@ def assemble_retrain(recipe: Recipe, arch: Any, options: RunOptions, *, data: Re
         world_size=world, rank=rank, data=data, batch_size=batch_size, out=out, resume_from=resume_from,
         train_loader=train_loader, val_loader=val_loader, test_loader=test_loader, validation=validation,
         model=model, module=module, trainer=trainer, epoch_log=epoch_log, arch=arch_dict, arch_name=arch_name,
-        info=info, stem=stem,
+        info=info, stem=stem, batch_facts=batch_facts,
     )
 
 

@@ -40,6 +40,9 @@ class RunOptions:
         lock: hold the output folder's run lock while writing (``False`` inside a demo, which holds its own).
         compile: run the net through ``torch.compile`` (:mod:`nni_darts_ext.compile`): the search compiles each
             supernet cell, the retrain the whole net; where compilation fails, one warning and eager execution.
+        memory_limit: bytes a step may use when ``batch_size`` is ``auto`` (:mod:`nni_darts_ext.batch_size`);
+            ``None``: 90% of the GPU's memory, or of the memory available (CPU).
+        scale_lr: with ``batch_size: auto``, scale the learning rate linearly with the batch found.
 
     Example::
 
@@ -60,3 +63,5 @@ class RunOptions:
     checkpoint_every: float | None = None
     lock: bool = True
     compile: bool = False
+    memory_limit: int | None = None
+    scale_lr: bool = False

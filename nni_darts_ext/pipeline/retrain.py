@@ -21,7 +21,15 @@ from ..recipes import Recipe
 from .assemble import TEST_VALIDATION_NOTE, VALIDATION_ON_TEST, assemble_retrain, write_dataset_info
 from .options import RunOptions
 from .run_folder import ARCH_FILE, MODEL_FILE, SUMMARY_FILE, write_config
-from .runtime import check_interrupted, device_name, holding_run_lock, interruptible, quiet_nni, run_facts
+from .runtime import (
+    check_interrupted,
+    device_name,
+    explained_out_of_memory,
+    holding_run_lock,
+    interruptible,
+    quiet_nni,
+    run_facts,
+)
 
 __all__ = ["measure_test", "run_retrain"]
 
@@ -58,7 +66,7 @@ def run_retrain(recipe: Recipe, arch: Any, options: RunOptions, *, data: RecipeD
     """
     built = assemble_retrain(recipe, arch, options, data=data, held_out=held_out)
     with holding_run_lock(built.out, options):
-        return _retrain(built, recipe, options)
+        return _retrain(built, built.recipe, options)
 
 
 def _retrain(built: Any, recipe: Recipe, options: RunOptions) -> dict[str, Any]:
@@ -73,7 +81,8 @@ def _retrain(built: Any, recipe: Recipe, options: RunOptions) -> dict[str, Any]:
         write_config(out, recipe, "retrain")
         write_dataset_info(out, built.info)
         save_arch(built.arch, out / ARCH_FILE)
-    with quiet_nni(), allow_checkpoint_globals(), interruptible(trainer, "retrain", out):
+    with quiet_nni(), allow_checkpoint_globals(), interruptible(trainer, "retrain", out), \
+            explained_out_of_memory("retrain", "retrain", r.batch_size, out):
         start = time.perf_counter()
         trainer.fit(module, train_dataloaders=built.train_loader, val_dataloaders=built.val_loader,
                     ckpt_path=str(ckpt) if ckpt else None)
@@ -109,6 +118,8 @@ def _retrain(built: Any, recipe: Recipe, options: RunOptions) -> dict[str, Any]:
         "device": device_name(trainer),
         "precision": str(trainer.precision),
         **run_facts(recipe),
+        "batch_size": r.batch_size,
+        **(built.batch_facts or {}),
         "stem": built.stem,
         **built.info.summary(),
     }

@@ -21,11 +21,12 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.trainer.states import TrainerStatus
 
-from ..errors import RunInterrupted, TrainingInterrupted
+from ..errors import OutOfMemoryInStage, RunInterrupted, TrainingInterrupted
 from ..run_lock import RunLock, holds_run_lock
 from .options import RunOptions
 
-__all__ = ["check_interrupted", "device_name", "interruptible", "quiet_nni", "run_facts", "seed_everything"]
+__all__ = ["check_interrupted", "device_name", "explained_out_of_memory", "interruptible", "quiet_nni", "run_facts",
+           "seed_everything"]
 
 
 def seed_everything(seed: int) -> None:
@@ -72,6 +73,34 @@ def interruptible(trainer: Any, what: str, out: Path) -> Iterator[None]:
     finally:
         if main_thread and previous is not None:
             signal.signal(signal.SIGINT, previous)
+
+
+#: What to try, per command, when a step runs out of memory (recipe keys).
+OUT_OF_MEMORY_ADVICE = {
+    "search": "search.checkpointing: cells (or edges), search.partial_channels (pc-darts), or search.batch_size: "
+              "auto with --memory-limit",
+    "retrain": "retrain.checkpointing: cells, or retrain.batch_size: auto with --memory-limit",
+}
+
+
+@contextlib.contextmanager
+def explained_out_of_memory(stage: str, command: str, batch_size: int | None, out: Path | None) -> Iterator[None]:
+    """Turn ``torch.OutOfMemoryError`` into :class:`~nni_darts_ext.errors.OutOfMemoryInStage` (one line: the stage,
+    the batch, what to try, the last checkpoint, which the atomic writes leave whole).
+
+    Example::
+
+        with explained_out_of_memory("retrain", "retrain", 96, out):
+            trainer.fit(module, loader)
+    """
+    try:
+        yield
+    except torch.OutOfMemoryError:
+        last = None if out is None else out / "checkpoints" / "last.ckpt"
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        raise OutOfMemoryInStage(stage, batch_size, last if last is not None and last.is_file() else None,
+                                 OUT_OF_MEMORY_ADVICE[command]) from None
 
 
 @contextlib.contextmanager

@@ -45,7 +45,15 @@ from .run_folder import (
     SUMMARY_FILE,
     write_config,
 )
-from .runtime import check_interrupted, device_name, holding_run_lock, interruptible, quiet_nni, run_facts
+from .runtime import (
+    check_interrupted,
+    device_name,
+    explained_out_of_memory,
+    holding_run_lock,
+    interruptible,
+    quiet_nni,
+    run_facts,
+)
 
 with import_nni_quietly():
     from nni.nas.experiment import NasExperiment
@@ -95,7 +103,7 @@ def run_search(recipe: Recipe, options: RunOptions, *, data: RecipeData | None =
     """
     built = assemble_search(recipe, options, data=data)
     with holding_run_lock(built.out, options):
-        return _search(built, recipe, options)
+        return _search(built, built.recipe, options)
 
 
 def _search(built: Any, recipe: Recipe, options: RunOptions) -> dict[str, Any]:
@@ -114,7 +122,8 @@ def _search(built: Any, recipe: Recipe, options: RunOptions) -> dict[str, Any]:
     with quiet_nni(), allow_checkpoint_globals():
         completed = None
         try:
-            with interruptible(trainer, "search", out), warnings.catch_warnings():
+            with interruptible(trainer, "search", out), warnings.catch_warnings(), \
+                    explained_out_of_memory("search step", "search", recipe.search.batch_size, out):
                 # The search module validates once, after the search (_supernet_val_accuracy), never during it: that
                 # Lightning skips the validation loop of the fit is expected.
                 warnings.filterwarnings("ignore", message=_NO_VALIDATION_LOOP)
@@ -190,6 +199,8 @@ def _search(built: Any, recipe: Recipe, options: RunOptions) -> dict[str, Any]:
         "health": HEALTH_FILE,
         "health_plot": HEALTH_PLOT,
         "early_stop": health.early_stop_summary() if health is not None else None,
+        "batch_size": recipe.search.batch_size,
+        **(built.batch_facts or {}),
         "stem": built.stem,
         **info.summary(),
     }

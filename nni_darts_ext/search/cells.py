@@ -20,7 +20,10 @@ concern is one piece, chosen once when the cell is built (interfaces in :mod:`.p
 * **skip dropout** (P-DARTS): dropout on the parameter-free skip connections during search.
 
 One edge's ops are one :class:`EdgeOps` call, a function of tensors only (the running node sum, the edge input and
-its weights), so it can be wrapped in ``torch.utils.checkpoint`` without touching the rest.
+its weights), so it can be wrapped in ``torch.utils.checkpoint`` without touching the rest. The run-time setting
+``checkpointing`` (``"none"``, ``"cells"``, ``"edges"``; :mod:`nni_darts_ext.activation_checkpointing`) does so for
+each cell or each edge; the mixing weights (maybe sampled) and GDAS' choice of op are drawn before any checkpointed
+region and handed in, so a recomputation never draws again.
 
 Where the time goes (identical math to NNI's cell): NNI stacks the op outputs of every edge with a zeros tensor
 and multiplies the whole stack; here every node is one running ``addcmul`` over its (edge, op) pairs, the
@@ -49,6 +52,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .._compat import import_nni_quietly
+from ..activation_checkpointing import SEARCH_CHECKPOINTING, check_checkpointing, checkpointed, region_modules
 from ..checks import check_bool, check_int
 from ..constants import ARC_INIT_SCALE, PC_BYPASS_POOL_SIZE
 from ..errors import ArgumentValueError
@@ -105,10 +109,17 @@ class EdgeOps:
         total = edge(total, x2, weights[j + 1])    # the next one adds to the same sum
     """
 
-    __slots__ = ("ops",)
+    __slots__ = ("ops", "_modules")
 
     def __init__(self, ops: Sequence[PlannedOp]):
         self.ops = list(ops)
+        self._modules: list[nn.Module] | None = None
+
+    def modules(self) -> list[nn.Module]:
+        """Every module the kept ops run (what a checkpointed recomputation replays)."""
+        if self._modules is None:
+            self._modules = region_modules(planned.op for planned in self.ops)
+        return self._modules
 
     @property
     def op_indices(self) -> list[int]:
@@ -145,6 +156,14 @@ class EdgeOps:
         if total is None:
             raise RuntimeError("an edge ran no op: every edge keeps at least one, and a chosen op is a kept one")
         return total
+
+
+class _NodeInputs(NamedTuple):
+    """What a node's forward takes from the architecture: drawn before any checkpointed region runs."""
+
+    weights: torch.Tensor  # (num_inputs, num_ops), beta included
+    beta: torch.Tensor | None  # (num_inputs,) with edge normalisation
+    chosen: list[int] | None  # per edge the one op to run (hard mixing)
 
 
 class NodePlan(NamedTuple):
@@ -293,7 +312,8 @@ class MixedCell(DifferentiableMixedCell):
     _arch_parameter_names: list[str] = ["_arch_alpha", "_arch_beta"]
 
     #: Run-time settings a cell schedule or the search module may set (plain attributes).
-    SETTINGS: tuple[str, ...] = ("auxiliary_skip_weight", "skip_dropout", "max_skip_connects", "export_threshold")
+    SETTINGS: tuple[str, ...] = ("auxiliary_skip_weight", "skip_dropout", "max_skip_connects", "export_threshold",
+                                 "checkpointing")
 
     def __init__(self, op_factory: Any, num_nodes: int, num_ops_per_node: int, num_predecessors: int,
                  preprocessor: Any, postprocessor: Any, concat_dim: int, memo: dict[str, Any],
@@ -317,10 +337,12 @@ class MixedCell(DifferentiableMixedCell):
         self.skip_dropout = 0.0
         self.max_skip_connects: int | None = None
         self.export_threshold: float | None = None
+        self.checkpointing = "none"  # activation checkpointing: "none", "cells" or "edges"
         self._node_indices = list(range(self.num_predecessors, self.num_nodes + self.num_predecessors))
         self._edge_labels = [[f"{self.label}/{i}_{j}" for j in range(i)] for i in self._node_indices]
         self._skip_index = self.op_names.index(SKIP_CONNECT) if SKIP_CONNECT in self.op_names else None
         self._plan: list[NodePlan] | None = None
+        self._region: list[nn.Module] | None = None
         self._arch_beta = nn.ParameterDict()
         if self.edge_normalization:
             for i in self._node_indices:
@@ -394,6 +416,8 @@ class MixedCell(DifferentiableMixedCell):
     def apply_settings(self, settings: Mapping[str, Any]) -> None:
         """Set run-time settings (:attr:`SETTINGS`), e.g. ``{"skip_dropout": 0.3}``."""
         self.check_settings(settings, "settings")
+        if "checkpointing" in settings:
+            check_checkpointing(settings["checkpointing"], SEARCH_CHECKPOINTING)
         for name, value in settings.items():
             setattr(self, name, value)
 
@@ -489,28 +513,55 @@ class MixedCell(DifferentiableMixedCell):
         return self._plan
 
     def forward(self, *inputs: Any) -> Any:
+        # The mixing weights (maybe sampled, shared between cells by Mixing.sample_once) and the hard choice of op
+        # are drawn here, outside any checkpointed region, and handed in: a recomputation cannot draw again.
+        node_inputs = [self._node_inputs(pos) for pos in range(len(self._node_indices))]
+        if self.checkpointing == "cells":
+            return checkpointed(self._cell_forward, node_inputs, *inputs, modules=self._region_modules())
+        return self._cell_forward(node_inputs, *inputs)
+
+    def _cell_forward(self, node_inputs: Sequence[_NodeInputs], *inputs: Any) -> Any:
         processed_inputs: list[torch.Tensor] = preprocess_cell_inputs(self.num_predecessors, *inputs)
         states: list[torch.Tensor] = self.preprocessor(processed_inputs)
         for pos in range(len(self._node_indices)):
-            states.append(self.node_forward(pos, states))
+            states.append(self._node_forward(pos, states, node_inputs[pos]))
         this_cell = torch.cat(states[self.num_predecessors:], self.concat_dim)
         return self.postprocessor(this_cell, processed_inputs)
 
-    def node_forward(self, pos: int, states: Sequence[torch.Tensor]) -> torch.Tensor:
-        """The output of node position ``pos`` from the states before it (cell inputs, earlier nodes)."""
-        node = self._node_plans()[pos]
+    def _region_modules(self) -> list[nn.Module]:
+        if self._region is None:
+            self._region = region_modules([self])
+        return self._region
+
+    def _node_inputs(self, pos: int) -> _NodeInputs:
+        """The weights of node position ``pos`` (beta included), its edges' betas and the chosen ops."""
         weights = self.mixing_weights(pos)
         chosen = self.op_selection.choose(weights)
         beta = self.beta_weights(pos)
         if beta is not None:
             weights = weights * beta.unsqueeze(-1)
+        return _NodeInputs(weights, beta, chosen)
+
+    def node_forward(self, pos: int, states: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The output of node position ``pos`` from the states before it (cell inputs, earlier nodes)."""
+        return self._node_forward(pos, states, self._node_inputs(pos))
+
+    def _node_forward(self, pos: int, states: Sequence[torch.Tensor], node_inputs: _NodeInputs) -> torch.Tensor:
+        node = self._node_plans()[pos]
+        weights, beta, chosen = node_inputs
         betas: Sequence[torch.Tensor | None] = beta.unbind(0) if beta is not None else [None] * len(node.edges)
         skip_dropout = self.skip_dropout if self.training else 0.0
+        per_edge = self.checkpointing == "edges"
         ops_sum: torch.Tensor | None = None
         bypass_sum: torch.Tensor | None = None
         for j, edge in enumerate(node.edges):
             x_ops, x_bypass = self.channels.split(states[j])
-            ops_sum = edge(ops_sum, x_ops, weights[j], None if chosen is None else chosen[j], skip_dropout)
+            choice = None if chosen is None else chosen[j]
+            if per_edge:
+                ops_sum = checkpointed(edge, ops_sum, x_ops, weights[j], choice, skip_dropout,
+                                       modules=edge.modules())
+            else:
+                ops_sum = edge(ops_sum, x_ops, weights[j], choice, skip_dropout)
             for hook in self.edge_hooks:
                 ops_sum = hook(self, pos, j, x_ops, ops_sum, betas[j])
             if x_bypass is not None:

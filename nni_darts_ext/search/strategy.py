@@ -37,6 +37,7 @@ import nni
 import torch.nn as nn
 
 from .._compat import import_nni_quietly
+from ..activation_checkpointing import SEARCH_CHECKPOINTING, check_checkpointing
 from ..checkpoint import read_checkpoint
 from ..checks import check_bool, check_float, check_int, check_optional, check_positive
 from ..constants import ARC_BETAS, ARC_LEARNING_RATE, ARC_WEIGHT_DECAY, HESSIAN_EPS
@@ -80,6 +81,9 @@ class DartsSearch(DARTS):
             0.999), 1e-3).
         skip_unused_gradients: skip gradients that are zeroed before they are used (single process).
         channels_last: run the supernet channels-last (``None``: CPU only).
+        checkpointing: activation checkpointing of the supernet: ``"none"``, ``"cells"`` (each cell) or
+            ``"edges"`` (each mixed edge); same gradients, less memory, one more forward pass of the region
+            (:mod:`nni_darts_ext.activation_checkpointing`).
         arc_learning_rate, gradient_clip_val, log_prob_every_n_step, warmup_epochs, penalty, mutation_hooks:
             as for :class:`nni.nas.strategy.DARTS` (``gradient_clip_val=None`` disables clipping).
 
@@ -99,7 +103,8 @@ class DartsSearch(DARTS):
                  cell_schedule: CellSchedule | None = None, max_skip_connects: int | None = None,
                  export_threshold: float | None = None, arc_betas: tuple[float, float] = ARC_BETAS,
                  arc_weight_decay: float = ARC_WEIGHT_DECAY, skip_unused_gradients: bool = True,
-                 channels_last: bool | None = None, arc_learning_rate: float = ARC_LEARNING_RATE,
+                 channels_last: bool | None = None, checkpointing: str = "none",
+                 arc_learning_rate: float = ARC_LEARNING_RATE,
                  gradient_clip_val: float | None = None, log_prob_every_n_step: int = 10,
                  warmup_epochs: int = 0, penalty: Any = None, **kwargs: Any):
         architecture_gradient(order, hessian_eps=hessian_eps)  # checks order (and hessian_eps for order 2)
@@ -116,6 +121,7 @@ class DartsSearch(DARTS):
         self.arc_weight_decay = check_arc_weight_decay(arc_weight_decay)
         self.skip_unused_gradients = check_bool("skip_unused_gradients", skip_unused_gradients)
         self.channels_last = check_optional(check_bool, "channels_last", channels_last)
+        self.checkpointing = check_checkpointing(checkpointing, SEARCH_CHECKPOINTING)
         check_positive("arc_learning_rate", arc_learning_rate)
         check_optional(check_positive, "gradient_clip_val", gradient_clip_val)
         check_int("log_prob_every_n_step", log_prob_every_n_step, minimum=1)
@@ -189,7 +195,8 @@ class DartsSearch(DARTS):
             regularizers=self.regularizers,
             perturbation=self.perturbation,
             cell_schedule=self.cell_schedule,
-            cell_settings={"max_skip_connects": self.max_skip_connects, "export_threshold": self.export_threshold},
+            cell_settings={"max_skip_connects": self.max_skip_connects, "export_threshold": self.export_threshold,
+                           "checkpointing": self.checkpointing},
             arc_betas=self.arc_betas,
             arc_weight_decay=self.arc_weight_decay,
             skip_unused_gradients=self.skip_unused_gradients,

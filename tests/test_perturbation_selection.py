@@ -188,3 +188,36 @@ def test_a_resumed_selection_equals_an_uninterrupted_one(tmp_path):
     with pytest.raises(CheckpointError):
         kwargs["tune_epochs"] = 2
         run(state)
+
+
+def _ddp_worker(rank: int, port: int, out: str) -> None:  # pragma: no cover - spawned
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    search = _search_module(seed=1)  # the same supernet on both ranks
+    _keep_only(search, {"sep_conv_3x3", "skip_connect"})
+    trn, val = _loaders(n_train=BATCH, n_val=BATCH, seed=10 + rank)  # each rank its own shard
+    result = _select(search, trn, val, tune_epochs=1)
+    params = {n: p.detach().clone() for n, p in search.named_parameters()}
+    torch.save({"decisions": result.record["decisions"], "arch": result.arch, "params": params},
+               f"{out}/{rank}.pt")
+    dist.destroy_process_group()
+
+
+@pytest.mark.e2e
+def test_under_ddp_every_rank_makes_the_same_decisions(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
+    got = [torch.load(tmp_path / f"{rank}.pt", weights_only=False) for rank in range(2)]
+    assert got[0]["decisions"] == got[1]["decisions"] and got[0]["arch"] == got[1]["arch"]
+    accuracies = [v for d in got[0]["decisions"] if d["kind"] == "op" for v in d["accuracy_without"].values()]
+    assert any(round(v * 2 * BATCH) % 2 for v in accuracies), "accuracies are over both shards (2 x BATCH samples)"
+    for name, p in got[0]["params"].items():  # fine-tuned with averaged gradients: the same weights everywhere
+        torch.testing.assert_close(p, got[1]["params"][name], msg=name)

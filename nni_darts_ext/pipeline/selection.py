@@ -34,6 +34,7 @@ from ..search.module import DartsSearchModule
 from ..search.perturbation_selection import perturbation_select
 from .options import RunOptions
 from .run_folder import ARCH_FILE, CELLS_PLOT, CHECKPOINT_DIR, CONFIG_FILE, GENOTYPE_FILE, LAST_CHECKPOINT
+from .runtime import holding_run_lock
 
 __all__ = ["SELECTION_FILE", "SELECTION_STATE", "check_selection", "run_select", "select_cell", "write_selection"]
 
@@ -151,9 +152,10 @@ def run_select(search_dir: Path, selection: str | None, options: RunOptions,
     search.set_progress(epochs - 1, epochs)  # the last epoch's schedules (temperature, DARTS- skip weight)
     start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    arch, record = select_cell(recipe, search, built.train_loader, built.val_loader, out, selection)
-    record["from"] = {"search": str(search_dir), "checkpoint": str(checkpoint_path)}
-    genotype = write_selection(out, arch, record)
+    with holding_run_lock(out, options):
+        arch, record = select_cell(recipe, search, built.train_loader, built.val_loader, out, selection)
+        record["from"] = {"search": str(search_dir), "checkpoint": str(checkpoint_path)}
+        genotype = write_selection(out, arch, record)
     seconds = round(time.perf_counter() - start, 2)
     _logger.info("select: %s selection of %s in %.1f s -> %s", selection, search_dir, seconds, out / ARCH_FILE)
     return {"command": "select", "selection": SELECTION_FILE, "selection_kind": selection, "arch": ARCH_FILE,

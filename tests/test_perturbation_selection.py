@@ -221,3 +221,20 @@ def test_under_ddp_every_rank_makes_the_same_decisions(tmp_path):
     assert any(round(v * 2 * BATCH) % 2 for v in accuracies), "accuracies are over both shards (2 x BATCH samples)"
     for name, p in got[0]["params"].items():  # fine-tuned with averaged gradients: the same weights everywhere
         torch.testing.assert_close(p, got[1]["params"][name], msg=name)
+
+
+@pytest.mark.parametrize("preset", ["drnas", "fair-darts", "pc-darts", "darts-minus"])
+def test_every_soft_mixing_preset_gives_a_whole_cell(preset):
+    torch.set_num_threads(1)
+    search = _search_module(preset)
+    search.set_progress(0, 2)  # the schedules of a running search (DARTS-' auxiliary skip weight)
+    _keep_only(search, {"sep_conv_3x3", "skip_connect"})
+    trn, val = _loaders(n_train=BATCH, n_val=BATCH)
+    result = _select(search, trn, val, preset=preset, tune_epochs=1)
+    for label in ("normal", "reduce"):
+        for node in range(2, 6):
+            inputs = sorted(result.arch[f"{label}/input_{node}_{n}"][0] for n in range(2))
+            assert len(set(inputs)) == 2
+            assert all(result.arch[f"{label}/op_{node}_{n}"] in {"sep_conv_3x3", "skip_connect"} for n in range(2))
+    assert all(set(d["accuracy_without"]) == {"sep_conv_3x3", "skip_connect"}
+               for d in result.record["decisions"] if d["kind"] == "op")

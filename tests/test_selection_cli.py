@@ -42,7 +42,7 @@ def searched(tmp_path_factory, nni_home):
     return out
 
 
-def _read_splits(monkeypatch):
+def _read_splits(monkeypatch):  # a MonkeyPatch
     """Record which splits the run builds (``train=False``: the test split, whose labels selection must not read)."""
     seen = []
     original = RecipeData.split
@@ -73,11 +73,23 @@ def test_search_with_perturbation_selection_writes_arch_and_selection(searched):
     assert record["search_seconds"] > 0 and record["selection_seconds"] > 0
 
 
-def test_select_again_from_the_finished_search_never_reading_the_test_split(searched, tmp_path, monkeypatch):
-    seen = _read_splits(monkeypatch)
-    out = tmp_path / "pt"
-    assert main(["select", str(searched), "--selection", "perturbation", "--out", str(out), "--quiet", *THREADS,
-                 "--set", "export.tune_epochs=0"]) == 0
+def _select_pt(searched, out):
+    return main(["select", str(searched), "--selection", "perturbation", "--out", str(out), "--quiet", *THREADS,
+                 "--set", "export.tune_epochs=1"])
+
+
+@pytest.fixture(scope="module")
+def selected(searched, tmp_path_factory):
+    """``select --selection perturbation`` from the search, with the splits it built."""
+    out = tmp_path_factory.mktemp("select") / "pt"
+    with pytest.MonkeyPatch.context() as patch:
+        seen = _read_splits(patch)
+        assert _select_pt(searched, out) == 0
+    return out, seen
+
+
+def test_select_again_from_the_finished_search_never_reading_the_test_split(searched, selected, tmp_path):
+    out, seen = selected
     for name in FILES:
         assert (out / name).is_file(), name
     assert seen and all(seen), "the selection built the test split"
@@ -107,3 +119,28 @@ def test_bad_input_is_one_line_exit_2_nothing_written(searched, tmp_path, capsys
     err = capsys.readouterr().err
     assert expected in err and len(err.strip().splitlines()) == 1, err
     assert not out.exists()
+
+
+def test_an_interrupted_select_continues_when_rerun_and_ends_as_an_uninterrupted_one(searched, selected, tmp_path,
+                                                                                    monkeypatch):
+    from nni_darts_ext.search import perturbation_selection
+
+    out = tmp_path / "pt"
+    decide = perturbation_selection._decide_inputs
+    calls = []
+
+    def interrupted(*args, **kwargs):  # Ctrl-C at the first node decision, after every op decision was saved
+        calls.append(1)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(perturbation_selection, "_decide_inputs", interrupted)
+    assert _select_pt(searched, out) == 130
+    assert calls and (out / "selection_state.pt").is_file() and not (out / "arch.json").exists()
+    monkeypatch.setattr(perturbation_selection, "_decide_inputs", decide)
+    assert _select_pt(searched, out) == 0
+    assert not (out / "selection_state.pt").exists()
+    whole = json.loads((selected[0] / "selection.json").read_text())
+    resumed = json.loads((out / "selection.json").read_text())
+    for key in ("decisions", "order", "supernet_val_accuracy_before", "supernet_val_accuracy_after"):
+        assert resumed[key] == whole[key], key
+    assert load_arch(out / "arch.json") == load_arch(selected[0] / "arch.json")

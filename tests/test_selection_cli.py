@@ -14,7 +14,7 @@ from nni_darts_ext.recipe_data import RecipeData
 pytestmark = pytest.mark.e2e  # runs a search and the CLI
 
 TINY = ["dataset.image_size=8", "dataset.max_samples=48", "search.width=4", "search.cells=3", "search.epochs=1",
-        "search.batch_size=12"]
+        "search.batch_size=24"]
 THREADS = ["--threads", "1"]
 FILES = ("arch.json", "genotype.txt", "cells.png", "selection.json")
 

@@ -22,8 +22,8 @@ PRECISION=${PRECISION:-bf16-mixed}
 COMPILE_PRESETS=${COMPILE_PRESETS:-nni-stock,first-order,pc-darts}
 if [[ "${BENCH_TINY:-0}" == 1 ]]; then
   BATCHES=${BATCHES:-"2 4"}
-  SEARCH_SIZE=(--width 4 --cells 3 --image-size 8 --steps 1 --warmup 1 --matmul-size 128)
-  RETRAIN_SIZE=(--width 4 --cells 3 --image-size 8 --steps 1 --warmup 1 --matmul-size 128)
+  SEARCH_SIZE=(--width 4 --cells 3 --image-size 8 --steps 3 --warmup 1 --max-warmup 2 --matmul-size 128)
+  RETRAIN_SIZE=(--width 4 --cells 3 --image-size 8 --steps 3 --warmup 1 --max-warmup 2 --matmul-size 128)
   PRESETS=${PRESETS:-nni-stock,first-order}
   COMPILE=${COMPILE:-0}
 else

@@ -14,15 +14,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import resource
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # nni_darts_ext, also when it is not installed
 
 import torch  # noqa: E402
+from _common import NUM_CLASSES, load_average, peak_rss_mb, write_json  # noqa: E402
 
 from nni_darts_ext._compat import import_nni_quietly  # noqa: E402
 from nni_darts_ext.callbacks.search_health import SearchHealthMonitor  # noqa: E402
@@ -31,8 +31,6 @@ from nni_darts_ext.training_module import DartsClassificationModule  # noqa: E40
 
 with import_nni_quietly():
     from nni.nas.hub.pytorch import DARTS as DartsSpace
-
-NUM_CLASSES = 10  # NNI's DARTS space with dataset='cifar'
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,14 +63,11 @@ def main(argv: list[str] | None = None) -> int:
         "width": args.width, "cells": args.cells, "batch": args.batch, "image_size": args.image_size,
         "preset": args.preset, "eigenvalue": value, "hessian_vector_products": iterations,
         "seconds": round(seconds, 2), "wall_seconds": round(time.perf_counter() - start, 2),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "threads": torch.get_num_threads(), "load_average": list(os.getloadavg()),
+        "peak_rss_mb": round(peak_rss_mb(), 1), "threads": torch.get_num_threads(), "load_average": load_average(),
     }
-    text = json.dumps(result)
     if args.json_path:
-        Path(args.json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json_path).write_text(text + "\n")
-    sys.stdout.write(text + "\n")
+        write_json(args.json_path, result)
+    sys.stdout.write(json.dumps(result) + "\n")
     return 0
 
 

@@ -6,44 +6,45 @@ on batches of random CIFAR-shaped images passed through our per-image :class:`~n
 in the dataset (as ``cifar10_transforms`` does). ``--precision`` goes to ``Trainer(precision=...)`` and
 ``--compile`` adds the :class:`~nni_darts_ext.compile.CompileModel` callback (whole net compiled).
 
-One configuration per run. Reported (printed, and as JSON with ``--json``): median step time after ``--warmup``
-steps, images/s, peak memory (CPU: peak RSS; CUDA: ``max_memory_allocated``), the FLOPs of one step
-(``flops``, FlopCounterMode over one extra eager step) and ``matmul_fraction`` (achieved FLOP/s over the same
-process's ``--matmul-size`` square matmul rate in that precision).
+One configuration per run. Steady state as in ``search_step.py`` (``_common.py``): warm-up until two consecutive
+steps differ by less than 5% (at least ``--warmup``, at most ``--max-warmup`` 8 steps), then ``--steps`` (at least 3)
+steady steps. Reported (printed, and as JSON with ``--json``): their median step time (every step's time in
+``step_times_s``, with ``warmup_steps`` and ``steady``), images/s, peak memory (CPU: peak RSS; CUDA:
+``max_memory_allocated``), the FLOPs of one step (``flops``, FlopCounterMode over one extra eager step) and
+``matmul_fraction`` (achieved FLOP/s over the same process's ``--matmul-size`` square matmul rate in that precision).
 
 Example::
 
-    python benchmarks/retrain_step.py --steps 2 --warmup 1 --precision bf16-mixed --compile --json runs/retrain.json
-    python benchmarks/retrain_step.py --device cuda --batch 256 --steps 20 --warmup 5
+    python benchmarks/retrain_step.py --steps 3 --precision bf16-mixed --compile --json runs/retrain.json
+    python benchmarks/retrain_step.py --device cuda --batch 256 --steps 20 --max-warmup 10
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, also when this file is loaded as a module
 
-from search_step import (  # noqa: E402 - the sibling benchmark script
-    FP32,
+from _common import (  # noqa: E402 - the benchmarks' shared module
     IMAGE_CHANNELS,
-    MATMUL_SIZE,
     NUM_CLASSES,
-    PRECISIONS,
-    _peak_rss_mb,
-    _StepTimer,
-    matmul_flops_per_second,
-    precision_dtype,
+    REPO_ROOT,
+    add_timing_arguments,
+    check_timing_arguments,
+    max_batches,
     prepare_child,
+    step_timer,
+    timing_result,
+    write_json,
 )
+
+sys.path.insert(1, str(REPO_ROOT))  # nni_darts_ext, also when the package is not installed
 
 ARCH = "darts-v2"  # nni_darts_ext.arch.NAMED_ARCHS
 # DARTS evaluation recipe (quark0/darts cnn/train.py): --batch_size 96, --drop_path_prob 0.2, --auxiliary_weight
@@ -62,24 +63,11 @@ def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cells", type=int, default=DARTS_NUM_CELLS)
     parser.add_argument("--batch", type=int, default=RETRAIN_BATCH)
     parser.add_argument("--image-size", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=3, help="timed steps after warm-up")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
-    parser.add_argument("--precision", default=FP32, choices=PRECISIONS, help="Lightning Trainer precision")
+    add_timing_arguments(parser)
     parser.add_argument("--compile", action="store_true", help="compile the net with torch.compile (CompileModel)")
-    parser.add_argument("--matmul-size", type=int, default=MATMUL_SIZE,
-                        help="size of the square matmul giving the reference FLOP rate")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", dest="json_path", default=None, help="write the result as JSON to this file")
     args = parser.parse_args(argv)
-    for name in ("width", "cells", "batch", "image_size", "steps", "matmul_size"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1")
-    if args.warmup < 0:
-        parser.error("--warmup must be >= 0")
-    if args.threads is not None and args.threads < 1:
-        parser.error("--threads must be >= 1")
+    check_timing_arguments(parser, args, sizes=("width", "cells", "batch", "image_size"))
     if args.cells < 3:
         parser.error("--cells must be >= 3")
     from nni_darts_ext.arch import NAMED_ARCHS
@@ -103,11 +91,11 @@ class _CutoutDataset:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Fit ``warmup + steps + 1`` batches of one configuration and return its result dict.
+    """Fit one configuration until its steady steps and the FLOP step are timed; return its result dict.
 
     Example::
 
-        result = run(_parse_args(["--width", "4", "--cells", "3", "--batch", "2", "--steps", "1"]))
+        result = run(_parse_args(["--width", "4", "--cells", "3", "--batch", "2", "--steps", "3"]))
     """
     cuda = prepare_child(args.threads, args.device)
     import torch
@@ -129,14 +117,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     module = DartsClassificationModule(auxiliary_loss_weight=AUXILIARY_LOSS_WEIGHT, max_epochs=RETRAIN_EPOCHS)
     module.set_model(net)
 
-    total = args.warmup + args.steps + 1  # the last step is untimed, eager, under the FLOP counter
+    total = max_batches(args)  # the timer stops the fit once warm-up, steady steps and the FLOP step have run
     gen = torch.Generator().manual_seed(args.seed)
     images = torch.randn(total * args.batch, IMAGE_CHANNELS, args.image_size, args.image_size, generator=gen)
     labels = torch.randint(0, NUM_CLASSES, (total * args.batch,), generator=gen)
     dataset = _CutoutDataset(images, labels, Cutout(length=min(DEFAULT_CUTOUT_LENGTH, args.image_size)))
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch, shuffle=False)
 
-    timer = _StepTimer(cuda, flop_step=total - 1)
+    timer = step_timer(cuda, args)
     callbacks = [timer, CompileModel(enabled=bool(args.compile))]
     trainer = pl.Trainer(
         accelerator="gpu" if cuda else "cpu", devices=1, max_epochs=1, precision=args.precision,
@@ -145,34 +133,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     start = time.time()
     trainer.fit(module, train_dataloaders=loader)
-    if len(timer.ends) != total:
-        raise RuntimeError(f"expected {total} steps, the trainer ran {len(timer.ends)}")
-    timed = total - 1
-    bounds = [timer.first_start] + timer.ends[:timed]
-    durations = [bounds[i + 1] - bounds[i] for i in range(timed)]
-    step = statistics.median(durations[args.warmup:])
-    matmul_rate = matmul_flops_per_second(args.matmul_size, precision_dtype(args.precision), args.device)
-    load = os.getloadavg() if hasattr(os, "getloadavg") else None
     return {
         "name": f"{args.arch} {args.precision}{' compiled' if args.compile else ''}",
         "arch": args.arch, "width": args.width, "cells": args.cells, "batch": args.batch,
-        "image_size": args.image_size, "steps": args.steps, "warmup": args.warmup, "device": args.device,
-        "precision": args.precision, "compile": bool(args.compile),
-        "step_seconds": step,
-        "images_per_second": args.batch / step,
-        "peak_memory_mb": timer.peak_memory_mb,
+        "image_size": args.image_size, "steps": args.steps, "warmup": args.warmup, "max_warmup": args.max_warmup,
+        "tolerance": args.tolerance, "device": args.device, "precision": args.precision,
+        "compile": bool(args.compile),
+        **timing_result(timer, images_per_step=args.batch, matmul_size=args.matmul_size, precision=args.precision,
+                        device=args.device),
         "startup_seconds": timer.first_start_wall - start,
-        "step_seconds_all": durations,
-        "flops": timer.flops,
-        "flops_per_second": timer.flops / step,
-        "matmul_flops_per_second": matmul_rate,
-        "matmul_fraction": timer.flops / step / matmul_rate,
-        "peak_rss_mb": _peak_rss_mb(),
         "threads": torch.get_num_threads(),
         "device_name": torch.cuda.get_device_name() if cuda else "cpu",
         # False: no native bf16 on this CPU (oneDNN emulates it, far slower than fp32).
         "cpu_native_bf16": cpu_has_native_bf16(),
-        "load_average_at_end": list(load) if load else None,
         "torch": torch.__version__,
     }
 
@@ -184,12 +157,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{result['name']}: {result['step_seconds']:.3f} s/step, {result['images_per_second']:.1f} images/s, "
           f"peak {result['peak_memory_mb']:.0f} MB, {result['flops'] / 1e9:.2f} GFLOP/step, "
           f"matmul fraction {result['matmul_fraction']:.1%} ({args.device}, threads={result['threads']}, "
-          f"width {args.width}, {args.cells} cells, batch {args.batch}, load {result['load_average_at_end']})")
+          f"width {args.width}, {args.cells} cells, batch {args.batch}, median of {result['steady_steps']} steady "
+          f"steps after {result['warmup_steps']} warm-up{'' if result['steady'] else ' (not steady)'}, load "
+          f"{result['load_average_at_end']})")
     if args.json_path:
-        Path(args.json_path).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(args.json_path).with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, args.json_path)
+        write_json(args.json_path, result)
     return 0
 
 

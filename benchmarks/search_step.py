@@ -20,8 +20,11 @@ literals: ``--presets nni-stock,first-order,pc-darts:order=2:partial_channels=8`
 :func:`nni_darts_ext.compile.compile_cells`) apply to our presets only; ``nni-stock`` always runs as NNI's tutorial
 does (fp32, eager).
 
-Reported per preset: median steady-state step time (after ``--warmup`` steps), images per second (both halves
-of the step: ``2 * batch`` images), peak memory (CPU: peak RSS of the process; CUDA: ``max_memory_allocated``),
+Steady state (``_common.py``): each process warms up until two consecutive steps differ by less than 5%
+(``--tolerance``; at least ``--warmup``, at most ``--max-warmup`` 8 steps), then times ``--steps`` (at least 3)
+steady steps. Reported per preset: their median step time (``step_seconds``; every step's time in
+``step_times_s``, with ``warmup_steps`` and ``steady``), images per second (both halves of the step: ``2 * batch``
+images), peak memory (CPU: peak RSS of the process; CUDA: ``max_memory_allocated``),
 start-up time (process launch to the start of the first step: interpreter, imports, supernet, trainer), the
 FLOPs of one step (``flops``: ``torch.utils.flop_counter.FlopCounterMode`` over one extra, untimed, eager step)
 and ``matmul_fraction``: the step's achieved FLOP/s over the same process's large square matmul rate in the
@@ -29,8 +32,8 @@ step's precision (``matmul_flops_per_second``, best of a few ``--matmul-size`` p
 
 Example::
 
-    python benchmarks/search_step.py --width 16 --cells 8 --batch 64 --steps 3 --warmup 1 --json runs/bench.json
-    python benchmarks/search_step.py --device cuda --batch 256 --steps 20 --warmup 5
+    python benchmarks/search_step.py --width 16 --cells 8 --batch 64 --steps 3 --json runs/bench.json
+    python benchmarks/search_step.py --device cuda --batch 256 --steps 20 --max-warmup 10
     python benchmarks/search_step.py --presets nni-stock,first-order,pc-darts --precision bf16-mixed --compile
 """
 
@@ -39,9 +42,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
-import logging
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -49,26 +50,33 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, also when this file is loaded as a module
+
+from _common import (  # noqa: E402 - the benchmarks' shared module
+    FP32,
+    IMAGE_CHANNELS,
+    NUM_CLASSES,
+    REPO_ROOT,
+    add_timing_arguments,
+    check_timing_arguments,
+    load_average,
+    max_batches,
+    prepare_child,
+    step_timer,
+    timing_argv,
+    timing_result,
+    write_json,
+)
+
 STOCK = "nni-stock"
 # Step time counts the whole Lightning loop between consecutive batch ends (data fetch, hooks, logging included).
 RESULT_KEYS = ("name", "step_seconds", "images_per_second", "peak_memory_mb", "startup_seconds", "flops",
                "matmul_fraction")
-# Lightning 2.x Trainer(precision=...) values (lightning/fabric/connector.py _PRECISION_INPUT).
-PRECISIONS = ("64-true", "64", "32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16", "16-true", "bf16-true",
-              "transformer-engine", "transformer-engine-float16")
-FP32 = "32-true"
-# Square matmul size for the reference FLOP rate (the issue's 4096x4096 fp32 / bf16 products).
-MATMUL_SIZE = 4096
-MATMUL_REPEATS = 3
 # NNI 3.0 DARTS tutorial (examples/tutorials/darts.py): Classification(learning_rate=1e-3, weight_decay=1e-4),
 # DartsStrategy(gradient_clip_val=5.), DartsSpace(16, 8, 'cifar'), batch 64.
 TUTORIAL_LEARNING_RATE = 1e-3
 TUTORIAL_WEIGHT_DECAY = 1e-4
 TUTORIAL_GRADIENT_CLIP = 5.0
-NUM_CLASSES = 10  # NNI's DARTS space with dataset='cifar'
-IMAGE_CHANNELS = 3
-MB = 1024 * 1024
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 # --------------------------------------------------------------------------------------------------- parent side
@@ -78,20 +86,12 @@ def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cells", type=int, default=8, help="number of cells (tutorial: 8)")
     parser.add_argument("--batch", type=int, default=64, help="images per half-batch (tutorial: 64)")
     parser.add_argument("--image-size", type=int, default=32, help="square input size (CIFAR: 32)")
-    parser.add_argument("--steps", type=int, default=3, help="timed steps after warm-up")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    add_timing_arguments(parser)
     parser.add_argument("--presets", default=None,
                         help=f"comma-separated names, each optionally with ':key=value' overrides (Python literals), "
                              f"e.g. 'pc-darts:order=2'; default: {STOCK} and every registered preset")
-    parser.add_argument("--precision", default=FP32, choices=PRECISIONS,
-                        help="Lightning Trainer precision of our presets (nni-stock stays fp32)")
     parser.add_argument("--compile", action="store_true",
                         help="compile each supernet cell of our presets with torch.compile (nni-stock stays eager)")
-    parser.add_argument("--matmul-size", type=int, default=MATMUL_SIZE,
-                        help="size of the square matmul giving the reference FLOP rate")
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds allowed per preset process")
     parser.add_argument("--json", dest="json_path", default=None, help="write results as JSON to this file")
     parser.add_argument("--strategy-kwargs", default=None,
@@ -101,13 +101,7 @@ def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--result-file", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--launch-time", type=float, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    for name in ("width", "cells", "batch", "image_size", "steps", "matmul_size"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1")
-    if args.warmup < 0:
-        parser.error("--warmup must be >= 0")
-    if args.threads is not None and args.threads < 1:
-        parser.error("--threads must be >= 1")
+    check_timing_arguments(parser, args, sizes=("width", "cells", "batch", "image_size"))
     if args.strategy_kwargs is not None:
         try:
             if not isinstance(json.loads(args.strategy_kwargs), dict):
@@ -162,27 +156,23 @@ def _default_presets() -> list[str]:
 
 
 def _config(args: argparse.Namespace) -> dict[str, Any]:
-    load = os.getloadavg() if hasattr(os, "getloadavg") else None
     return {
         "width": args.width, "cells": args.cells, "batch": args.batch, "image_size": args.image_size,
-        "steps": args.steps, "warmup": args.warmup, "device": args.device, "threads": args.threads,
+        "steps": args.steps, "warmup": args.warmup, "max_warmup": args.max_warmup, "tolerance": args.tolerance,
+        "device": args.device, "threads": args.threads,
         "seed": args.seed, "images_per_step": 2 * args.batch, "cpu_count": os.cpu_count(),
         "strategy_kwargs": json.loads(args.strategy_kwargs) if args.strategy_kwargs else {},
         "precision": args.precision, "compile": args.compile, "matmul_size": args.matmul_size,
-        "load_average_at_start": list(load) if load else None, "python": sys.version.split()[0],
+        "load_average_at_start": load_average(), "python": sys.version.split()[0],
     }
 
 
 def _child_command(args: argparse.Namespace, name: str, result_file: str) -> list[str]:
     cmd = [sys.executable, os.path.abspath(__file__), "--single", name, "--result-file", result_file,
            "--width", str(args.width), "--cells", str(args.cells), "--batch", str(args.batch),
-           "--image-size", str(args.image_size), "--steps", str(args.steps), "--warmup", str(args.warmup),
-           "--device", args.device, "--seed", str(args.seed), "--precision", args.precision,
-           "--matmul-size", str(args.matmul_size)]
+           "--image-size", str(args.image_size), *timing_argv(args)]
     if args.compile:
         cmd.append("--compile")
-    if args.threads is not None:
-        cmd += ["--threads", str(args.threads)]
     if args.strategy_kwargs:
         cmd += ["--strategy-kwargs", args.strategy_kwargs]
     return cmd
@@ -263,20 +253,17 @@ def main(argv: list[str] | None = None) -> int:
         results.append(result)
         status = result.get("error") or f"{result['step_seconds']:.3f} s/step"
         print(f"{name}: {status}", file=sys.stderr, flush=True)
-    load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    config["load_average_at_end"] = list(load) if load else None
+    config["load_average_at_end"] = load_average()
     report = {"config": config, "results": results}
     print(format_table(results))
     print(f"\n{args.device}, threads={results[0].get('threads', args.threads) if results else args.threads}, "
           f"width {args.width}, {args.cells} cells, batch {args.batch}x2, {args.image_size}px, "
-          f"median of {args.steps} steps after {args.warmup} warm-up; precision {args.precision}"
+          f"median of {args.steps} steady steps (warm-up until two steps agree within {args.tolerance:.0%}, "
+          f"{args.warmup} to {args.max_warmup} steps); precision {args.precision}"
           f"{', compiled cells' if args.compile else ''} (our presets); load average "
           f"{config['load_average_at_start']} -> {config['load_average_at_end']}")
     if args.json_path:
-        Path(args.json_path).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(args.json_path).with_suffix(".tmp")
-        tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, args.json_path)
+        write_json(args.json_path, report)
     return 0 if all(not r.get("error") for r in results) else 1
 
 
@@ -288,38 +275,6 @@ def _process_start_time() -> float:
         return psutil.Process().create_time()
     except ImportError:  # pragma: no cover - psutil ships with NNI
         return time.time()
-
-
-def _peak_rss_mb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
-
-
-def prepare_child(threads: int | None, device: str) -> bool:
-    """Set up a benchmark process: quiet warnings and logs, torch's thread count, the CUDA check; True on CUDA.
-
-    Example::
-
-        cuda = prepare_child(args.threads, args.device)
-    """
-    import warnings
-
-    warnings.filterwarnings("ignore")
-    logging.basicConfig(level=logging.WARNING)
-    for noisy in ("pytorch_lightning", "lightning", "lightning.pytorch", "nni"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
-    import torch
-
-    if threads is not None:
-        torch.set_num_threads(threads)
-    if device != "cuda":
-        return False
-    if not torch.cuda.is_available():
-        raise SystemExit("--device cuda but torch.cuda.is_available() is False")
-    # Same for every configuration (the DARTS and PC-DARTS reference scripts both set it).
-    torch.backends.cudnn.benchmark = True
-    return True
 
 
 def _single(args: argparse.Namespace) -> int:
@@ -359,8 +314,9 @@ def _single(args: argparse.Namespace) -> int:
     module.set_model(supernet)
     oneshot = strategy.configure_oneshot_module(module)
 
-    # One more step than timed: the last one runs eagerly under the FLOP counter (after peak memory is read).
-    total = args.warmup + args.steps + 1
+    # Enough batches for the longest warm-up, the steady steps and one eager step under the FLOP counter; the timer
+    # stops the fit once it has them.
+    total = max_batches(args)
     gen = torch.Generator().manual_seed(args.seed)
     shape = (total * args.batch, IMAGE_CHANNELS, args.image_size, args.image_size)
     data = {half: torch.utils.data.TensorDataset(torch.randn(shape, generator=gen),
@@ -369,49 +325,26 @@ def _single(args: argparse.Namespace) -> int:
     loaders = {half: torch.utils.data.DataLoader(ds, batch_size=args.batch, shuffle=False) for half, ds in data.items()}
     train_loader = strategy.train_dataloader(lambda: loaders["train"], lambda: loaders["val"])
 
-    timer = _StepTimer(cuda, flop_step=total - 1)
+    timer = step_timer(cuda, args)
     trainer = pl.Trainer(precision=precision,
-        # One epoch over exactly `total` batches (max_steps counts optimizer steps: two per batch here).
         accelerator="gpu" if cuda else "cpu", devices=1, max_epochs=1,
         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         num_sanity_val_steps=0, limit_val_batches=0, callbacks=[timer],
     )
     trainer.fit(oneshot, train_dataloaders=train_loader)
-    if len(timer.ends) != total:
-        raise RuntimeError(f"expected {total} steps, the trainer ran {len(timer.ends)}")
-
-    timed = total - 1
-    bounds = [timer.first_start] + timer.ends[:timed]
-    durations = [bounds[i + 1] - bounds[i] for i in range(timed)]
-    step = statistics.median(durations[args.warmup:])
-    cpu_bounds = [timer.first_start_cpu] + timer.cpu_ends[:timed]
-    cpu = [cpu_bounds[i + 1] - cpu_bounds[i] for i in range(timed)]
-    peak = timer.peak_memory_mb
-    matmul_rate = matmul_flops_per_second(args.matmul_size, precision_dtype(precision), args.device)
-    load = os.getloadavg() if hasattr(os, "getloadavg") else None
     result = {
         "name": args.single,
-        "step_seconds": step,
-        "images_per_second": 2 * args.batch / step,
-        "peak_memory_mb": peak,
+        **timing_result(timer, images_per_step=2 * args.batch, matmul_size=args.matmul_size, precision=precision,
+                        device=args.device),
         "startup_seconds": timer.first_start_wall - launch,
-        "step_seconds_all": durations,
-        # CPU time of the process per step (all threads): steadier than wall time on a shared machine.
-        "step_cpu_seconds": statistics.median(cpu[args.warmup:]),
-        "flops": timer.flops,
-        "flops_per_second": timer.flops / step,
-        "matmul_flops_per_second": matmul_rate,
-        "matmul_fraction": timer.flops / step / matmul_rate,
         "precision": precision,
         "compiled": compiled,
         "compiled_cells": compiled_cells,
-        "peak_rss_mb": _peak_rss_mb(),
         "threads": torch.get_num_threads(),
         "device_name": torch.cuda.get_device_name() if cuda else "cpu",
         # False: no native bf16 on this CPU (oneDNN emulates it, far slower than fp32).
         "cpu_native_bf16": cpu_has_native_bf16(),
         "strategy": type(strategy).__name__,
-        "load_average_at_end": list(load) if load else None,
         "torch": torch.__version__,
     }
     text = json.dumps(result)
@@ -421,124 +354,6 @@ def _single(args: argparse.Namespace) -> int:
     else:
         print(text)
     return 0
-
-
-def precision_dtype(precision: str) -> Any:
-    """The compute dtype of a Lightning precision value (``'bf16-mixed'`` -> ``torch.bfloat16``).
-
-    Example::
-
-        >>> str(precision_dtype("bf16-mixed"))
-        'torch.bfloat16'
-    """
-    import torch
-
-    if precision.startswith("bf16"):
-        return torch.bfloat16
-    if precision.startswith("16") or precision.endswith("float16"):
-        return torch.float16
-    if precision.startswith("64"):
-        return torch.float64
-    return torch.float32
-
-
-def matmul_flops_per_second(size: int, dtype: Any, device: str, repeats: int = MATMUL_REPEATS) -> float:
-    """Best FLOP/s of ``repeats`` ``size x size`` matmuls in ``dtype`` on ``device`` (``2 * size**3`` FLOPs each).
-
-    Example::
-
-        rate = matmul_flops_per_second(1024, torch.float32, "cpu")
-    """
-    import torch
-
-    a = torch.randn(size, size, device=device).to(dtype)
-    b = torch.randn(size, size, device=device).to(dtype)
-    cuda = device == "cuda"
-    torch.matmul(a, b)  # warm-up (library initialisation, CUDA context)
-    best = float("inf")
-    for _ in range(repeats):
-        if cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        torch.matmul(a, b)
-        if cuda:
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
-    return 2.0 * size ** 3 / best
-
-
-class _GlobalOnly:
-    """Stands in for ``FlopCounterMode``'s module tracker: every FLOP is counted under ``"Global"`` only."""
-
-    parents = frozenset({"Global"})
-
-    def __enter__(self) -> _GlobalOnly:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
-
-
-def _make_timer_class() -> type:
-    import pytorch_lightning as pl
-    import torch
-
-    class StepTimer(pl.Callback):
-        """Wall-clock stamps of the first batch start and of every batch end (synchronised on CUDA).
-
-        Batch ``flop_step`` (the last, untimed) runs eagerly (``torch.compiler.set_stance("force_eager")``) under
-        ``FlopCounterMode``; peak memory is read just before it.
-        """
-
-        def __init__(self, cuda: bool, flop_step: int):
-            self.cuda = cuda
-            self.flop_step = flop_step
-            self.flops = 0
-            self.peak_memory_mb = 0.0
-            self._counter: Any = None
-            self._stance: Any = None
-            self.first_start: float = 0.0
-            self.first_start_wall: float = 0.0
-            self.first_start_cpu: float = 0.0
-            self.ends: list[float] = []
-            self.cpu_ends: list[float] = []
-
-        def _now(self) -> float:
-            if self.cuda:
-                torch.cuda.synchronize()
-            return time.perf_counter()
-
-        def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
-            if not self.ends and not self.first_start:
-                self.first_start = self._now()
-                self.first_start_wall = time.time()
-                self.first_start_cpu = time.process_time()
-            if batch_idx == self.flop_step:
-                from torch.utils.flop_counter import FlopCounterMode
-
-                self.peak_memory_mb = torch.cuda.max_memory_allocated() / MB if self.cuda else _peak_rss_mb()
-                self._stance = torch.compiler.set_stance("force_eager")
-                self._stance.__enter__()
-                self._counter = FlopCounterMode(display=False)
-                # Totals only: FlopCounterMode's ModuleTracker hooks every module's outputs and kept the graphs of
-                # SDARTS-ADV's attack passes alive (2.4x the step's peak memory; out of memory at width 16).
-                self._counter.mod_tracker = _GlobalOnly()
-                self._counter.__enter__()
-
-        def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-            self.ends.append(self._now())
-            self.cpu_ends.append(time.process_time())
-            if self._counter is not None:
-                self._counter.__exit__(None, None, None)
-                self._stance.__exit__(None, None, None)
-                self.flops = int(self._counter.get_total_flops())
-                self._counter = self._stance = None
-
-    return StepTimer
-
-
-def _StepTimer(cuda: bool, flop_step: int) -> Any:  # noqa: N802 - built lazily: the parent never imports Lightning
-    return _make_timer_class()(cuda, flop_step)
 
 
 if __name__ == "__main__":

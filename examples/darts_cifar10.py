@@ -116,11 +116,13 @@ def main(argv: list[str] | None = None) -> int:
         search_train, search_val, max_epochs=s.epochs, learning_rate=s.learning_rate, momentum=s.momentum,
         weight_decay=s.weight_decay, eta_min=s.eta_min, default_root_dir=str(out / "search"), **hardware,
     )
-    strategy_options = {"arc_learning_rate": s.arc_learning_rate, "gradient_clip_val": s.gradient_clip,
-                        "warmup_epochs": s.warmup_epochs}
-    if s.partial_channels is not None:
-        strategy_options["partial_channels"] = s.partial_channels
-    strategy = darts_strategy(s.strategy, **strategy_options)
+    # A recipe value that is null leaves the preset's own (darts_strategy drops None); any value given wins.
+    strategy = darts_strategy(
+        s.strategy, arc_learning_rate=s.arc_learning_rate, arc_weight_decay=s.arc_weight_decay,
+        arc_betas=None if s.arc_betas is None else tuple(s.arc_betas), gradient_clip_val=s.gradient_clip,
+        warmup_epochs=s.warmup_epochs, partial_channels=s.partial_channels, order=s.order,
+        max_skip_connects=recipe.export.max_skip_connects, **s.strategy_options,
+    )
     experiment = NasExperiment(space, search_evaluator, strategy)
     experiment.config.experiment_working_directory = str((out / "nni-experiments").resolve())
     try:

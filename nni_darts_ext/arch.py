@@ -35,7 +35,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from nni_darts_ext._compat import import_nni_quietly
+from nni_darts_ext.checks import check_choice, check_int, check_optional
 from nni_darts_ext.constants import (
     AUX_HEAD_POOLED_SIZE,
     CELL_TYPES,
@@ -47,6 +47,7 @@ from nni_darts_ext.constants import (
     MIN_NUM_CELLS,
     NATIVE_IMAGE_SIZE,
     NODES_PER_CELL,
+    NUM_CLASSES,
     PRIMITIVES,
 )
 from nni_darts_ext.errors import ArchError
@@ -576,12 +577,21 @@ def build_model(
     drop_path_prob: float = 0.0,
     dataset: str = "cifar",
     image_size: int | None = None,
+    *,
+    num_classes: int = NUM_CLASSES,
+    in_channels: int = 3,
+    stem: str | None = None,
 ):
-    """Build NNI's fixed DARTS network (``nni.nas.hub.pytorch.DARTS``) for ``arch``.
+    """Build NNI's fixed DARTS network (``nni.nas.hub.pytorch.DARTS``) for ``arch``, for ``num_classes`` classes of
+    ``in_channels``-channel images (:class:`~nni_darts_ext.space.DartsSpace`).
 
     ``arch`` is an arch dict in either format (or a Genotype, its text, or a name in :data:`NAMED_ARCHS`);
-    the model is ``DARTS.frozen_factory(arch)(width=..., num_cells=..., dataset=..., auxiliary_loss=...,
-    drop_path_prob=...)``, a ``DARTS`` instance whose ``set_drop_path_prob`` schedules drop-path.
+    the model is ``DartsSpace.frozen_factory(arch)(width=..., num_cells=..., dataset=..., auxiliary_loss=...,
+    drop_path_prob=..., num_classes=..., in_channels=...)``, a ``DARTS`` instance whose ``set_drop_path_prob``
+    schedules drop-path. ``stem`` (``"cifar"`` or ``"imagenet"``) names NNI's stem; ``None`` takes ``dataset``
+    (NNI's name for it, kept for older callers). With NNI's shape (3 channels; 10 classes for
+    the cifar stem, 1000 for imagenet) the net is NNI's own ``DARTS``.
+    When ``image_size`` is given it must be at least :func:`~nni_darts_ext.space.min_image_size` of the stem.
     NNI splits ``num_cells`` over 3 stages (the 2nd and 3rd start with a reduction cell), so at least 3.
 
     NNI's auxiliary head pools with ``AvgPool2d(5, stride=3)`` (cifar; ``stride=2`` for imagenet), which needs
@@ -606,20 +616,28 @@ def build_model(
         raise ValueError(f"drop_path_prob must be in [0, 1), got {drop_path_prob}")
     if dataset not in _DATASETS:
         raise ValueError(f"dataset must be one of {', '.join(map(repr, _DATASETS))}, got {dataset!r}")
+    num_classes = check_int("num_classes", num_classes, minimum=2)
+    in_channels = check_int("in_channels", in_channels, minimum=1)
+    dataset = check_optional(check_choice, "stem", stem, _DATASETS) or dataset
     if image_size is not None:
         _check_positive_int("image_size", image_size)
     arch = _coerce_arch(arch)
 
-    with import_nni_quietly():
-        from nni.nas.hub.pytorch import DARTS
     from torch import nn
 
-    model = DARTS.frozen_factory(arch)(
+    from .space import DARTS, DartsSpace, check_image_size, nni_shaped
+
+    if image_size is not None:
+        check_image_size(image_size, dataset)
+    shape = {} if nni_shaped(dataset, num_classes, in_channels) else {"num_classes": num_classes,
+                                                                      "in_channels": in_channels}
+    model = (DARTS if not shape else DartsSpace).frozen_factory(arch)(
         width=int(width),
         num_cells=int(num_cells),
         dataset=dataset,
         auxiliary_loss=auxiliary_loss,
         drop_path_prob=float(drop_path_prob),
+        **shape,
     )
     if auxiliary_loss and image_size is not None and image_size != NATIVE_IMAGE_SIZE[dataset]:
         features = model.auxiliary_head.features

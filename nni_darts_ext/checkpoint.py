@@ -40,6 +40,7 @@ from lightning_fabric.utilities.cloud_io import get_filesystem
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
+from .checks import PathLike
 from .errors import CheckpointError
 from .io import atomic_open
 
@@ -60,7 +61,6 @@ __all__ = [
 
 _logger = logging.getLogger(__name__)
 
-PathLike = str | os.PathLike
 
 #: File name of the resumable checkpoint: what ``ModelCheckpoint(save_last=True)`` writes
 #: (``ModelCheckpoint.CHECKPOINT_NAME_LAST = "last"`` plus ``FILE_EXTENSION = ".ckpt"``).

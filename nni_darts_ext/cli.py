@@ -12,6 +12,7 @@ Example::
     nni-darts demo --baseline random
     nni-darts search --recipe demo --seeds 0,1,2 --out runs/seeds
     nni-darts compare --recipe demo --arch runs/seeds/arch.json --random 6 --seeds 2 --out runs/compare
+    nni-darts export runs/demo && nni-darts predict runs/demo/export/model.onnx seven.png --top-k 3
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ _logger = logging.getLogger("nni_darts_ext")
 PROG = "nni-darts"
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell convention (SIGTERM: 143)
+# An exported file whose logits differ from PyTorch's: not bad input (the run is fine), nothing exported.
+EXIT_PARITY = 1
 # A non-finite loss: the run failed, but not on bad input (exit 2 means nothing was written; a diverged run has
 # written checkpoints and config.yaml), so a script can tell "fix the command" from "resume with other settings".
 EXIT_DIVERGED = 1
@@ -156,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--weights", metavar="FILE", help="state dict or Lightning checkpoint (weights_only load)")
     evaluate.add_argument("--pretrained", metavar="NAME", choices=("darts-v2",),
                           help="NNI's pretrained net (darts-v2, CIFAR-10)")
+    evaluate.add_argument("--model", metavar="FILE",
+                          help="test accuracy of an exported file (model.onnx, model.ts) by its own runtime, on its "
+                               "run's test set")
     evaluate.add_argument("--out", metavar="DIR", help="also write DIR/summary.json")
     _add_common(evaluate, resume=False)
 
@@ -202,6 +208,30 @@ def build_parser() -> argparse.ArgumentParser:
     select.add_argument("--set", dest="overrides", metavar="KEY=VALUE", nargs="+", action="extend", default=[],
                         help="override the search's recipe, e.g. --set export.tune_epochs=1")
     _add_common(select, resume=False)
+
+    export = sub.add_parser("export", help="the retrained net as standalone ONNX / TorchScript files, checked against "
+                            "PyTorch, with a model card (params, multiply-adds, latency)")
+    export.add_argument("run", metavar="RUN_DIR", help="a retrain (or demo) folder: config.yaml, arch.json, model.pt")
+    export.add_argument("--format", default="onnx,torchscript", metavar="F,F",
+                        help="onnx, torchscript or both, comma-separated (onnx,torchscript)")
+    export.add_argument("--out", metavar="DIR", help="export folder (RUN_DIR/export)")
+    export.add_argument("--include-preprocessing", action="store_true",
+                        help="scaling and normalisation inside the graph: it takes pixel values 0..255 (resizing "
+                             "stays the caller's)")
+    export.add_argument("--latency-repeats", type=int, default=None, metavar="N",
+                        help="timed runs per latency figure in the model card (30)")
+    export.add_argument("--threads", type=int, metavar="N", help="torch / ONNX Runtime CPU threads (torch's default)")
+    export.add_argument("--quiet", action="store_true", help="only errors and the final result")
+
+    predict = sub.add_parser("predict", help="class names and probabilities of images, from an exported file or a "
+                             "run folder")
+    predict.add_argument("model", metavar="MODEL", help="a run folder, an export folder, an .onnx or a TorchScript "
+                         "file (with model_card.json beside it)")
+    predict.add_argument("inputs", metavar="INPUT", nargs="+", help="image files or folders of images")
+    predict.add_argument("--top-k", type=int, default=1, metavar="K", help="classes per image (1)")
+    predict.add_argument("--json", action="store_true", help="print the predictions as JSON")
+    predict.add_argument("--threads", type=int, metavar="N", help="CPU threads (torch's default)")
+    predict.add_argument("--quiet", action="store_true", help="only errors and the result")
 
     demo = sub.add_parser("demo", help="search, plot and retrain on digits (a few minutes on a CPU)")
     _add_recipe(demo, "default: demo")
@@ -300,13 +330,13 @@ def _options(args: argparse.Namespace, out: str | None) -> Any:
 
 def _duration(flag: str, text: str | None) -> float | None:
     from .durations import parse_duration
-    from .errors import UsageError
+    from .errors import ArgumentError, UsageError
 
     if text is None:
         return None
     try:
         return parse_duration(text)
-    except (TypeError, ValueError) as exc:
+    except ArgumentError as exc:
         raise UsageError(f"{flag} {text}: {exc}") from None
 
 
@@ -470,6 +500,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .pipeline.evaluate import run_evaluate
     from .pipeline.run_folder import CONFIG_FILE
 
+    if args.model is not None:
+        return _evaluate_exported(args)
     if args.pretrained is None and (args.weights is None or args.arch is None):
         raise UsageError("evaluate: give --arch ARCH --weights FILE, or --pretrained darts-v2")
     default = "paper" if args.pretrained else "demo"
@@ -487,6 +519,61 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                            pretrained=args.pretrained)
     print(f"test accuracy {summary['test_accuracy']:.4f} on {recipe.dataset.name} ({summary['params']:,} parameters, "
           f"{summary['cells']} cells, width {summary['width']}, {summary['device']})")
+    return 0
+
+
+def _evaluate_exported(args: argparse.Namespace) -> int:
+    import torch
+
+    from .deploy.predict import model_accuracy
+    from .errors import UsageError
+
+    given = [flag for flag, value in (("--arch", args.arch), ("--weights", args.weights),
+                                      ("--pretrained", args.pretrained), ("--recipe", args.recipe),
+                                      ("--out", args.out)) if value is not None]
+    if given:
+        raise UsageError(f"--model: not used with {', '.join(given)} (the export carries its net and recipe)")
+    result = model_accuracy(args.model, threads=torch.get_num_threads())
+    print(f"test accuracy {result['test_accuracy']:.4f} on {result['dataset']} ({result['images']} images, "
+          f"{result['model']})")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .deploy.export import run_export
+    from .deploy.latency import LATENCY_REPEATS
+
+    repeats = LATENCY_REPEATS if args.latency_repeats is None else _positive("--latency-repeats",
+                                                                              args.latency_repeats)
+    formats = [part.strip() for part in args.format.split(",") if part.strip()]
+    card = run_export(args.run, formats=formats, out=args.out, include_preprocessing=args.include_preprocessing,
+                      latency_repeats=repeats)
+    out = Path(args.out) if args.out else Path(args.run) / "export"
+    for name, parity in card["parity"].items():
+        print(f"{card['files'][name]['file']}: parity on {parity['images']} test images: max |logit diff| "
+              f"{parity['max_abs_diff']:.3g}, top-1 agreement {parity['top1_agreement']:.4f}")
+    lat = card["latency"]
+    for runtime, figures in lat["ms"].items():
+        print(f"latency {runtime}: " + ", ".join(f"{k.replace('_', ' ')} {v:.3f} ms" for k, v in figures.items())
+              + f" ({lat['threads']} thread(s), median of {lat['repeats']})")
+    print(f"{card['params']:,} parameters, {card['macs']:,} multiply-adds per image {card['macs_input_shape']}; "
+          f"wrote {out}/ ({', '.join(f['file'] for f in card['files'].values())}, parity.json, model_card.md, "
+          "model_card.json)")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    import torch
+
+    from .deploy.predict import predict_files
+
+    rows = predict_files(args.model, args.inputs, top_k=_positive("--top-k", args.top_k),
+                         threads=torch.get_num_threads())
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        print(row["file"] + ": " + ", ".join(f"{t['class']} {t['probability']:.4f}" for t in row["top"]))
     return 0
 
 
@@ -530,8 +617,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     recipe = _recipe(args, "demo")
     out = Path(args.out)
-    print(f"nni-darts demo: recipe {recipe.name}, {recipe.dataset.name} {recipe.image_size}x{recipe.image_size}, "
-          f"output in {out}", flush=True)
+    size = f" {recipe.image_size}x{recipe.image_size}" if recipe.image_size is not None else ""
+    print(f"nni-darts demo: recipe {recipe.name}, {recipe.dataset.name}{size}, output in {out}", flush=True)
     summary = run_demo(recipe, _options(args, args.out), baseline=args.baseline,
                        report=lambda line: print(f"  {line}", flush=True))
     print(f"  test accuracy {summary['test_accuracy']:.4f} ({summary['params']:,} parameters, searched cell)"
@@ -554,6 +641,8 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "demo": _cmd_demo,
     "compare": _cmd_compare,
     "select": _cmd_select,
+    "export": _cmd_export,
+    "predict": _cmd_predict,
 }
 
 
@@ -561,7 +650,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``nni-darts`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code.
 
     Exit codes: 0 success; 1 the run diverged (non-finite loss: the last good checkpoint is kept, continue with
-    ``--resume --set ...``), or runs started side by side (``--parallel``) failed (each named with its log);
+    ``--resume --set ...``), runs started side by side (``--parallel``) failed (each named with its log), or an
+    exported file failed its parity check (``export``: nothing written);
     2 bad input or an output folder in use by another run (one line on stderr, nothing
     written); 74 an output could not be written (disk full, file-size limit, I/O error: the previous file is kept
     whole, ``--resume`` once space is back); 130 / 143 stopped by SIGINT / SIGTERM (``DIR/checkpoints/last.ckpt``
@@ -577,6 +667,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, or a usage error already printed on one line
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     training = args.command in ("search", "retrain", "evaluate", "demo", "compare", "select")
+    training = args.command in ("search", "retrain", "evaluate", "demo", "compare", "export")
     _setup_logging(getattr(args, "quiet", False), training=training)
     threads = getattr(args, "threads", None)
     if threads is None and args.command == "demo":
@@ -589,13 +680,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_USAGE
         torch.set_num_threads(threads)
 
-    from .errors import ArchError, RecipeError, RunInterrupted, UsageError
-    from .inspect_run import InspectError
-    from .io import EXIT_OUTPUT_WRITE_FAILED, OutputWriteError, ignore_file_size_signal
-    from .run_lock import RunLockedError
+    from .errors import (
+        ArchError,
+        ExportError,
+        InspectError,
+        OutputWriteError,
+        ParityError,
+        RecipeError,
+        RunInterrupted,
+        RunLockedError,
+        UsageError,
+    )
+    from .io import EXIT_OUTPUT_WRITE_FAILED, ignore_file_size_signal
 
     # Training commands import Lightning anyway; the others (plot, convert, recipes, inspect) stay light.
-    bad_input: tuple = (UsageError, RecipeError, ArchError, InspectError, RunLockedError)
+    bad_input: tuple = (UsageError, RecipeError, ArchError, InspectError, RunLockedError, ExportError)
     diverged: tuple = ()
     signalled: tuple = ()
     if training:
@@ -615,6 +714,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except bad_input as exc:
         print(f"{PROG} {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
+    except ParityError as exc:  # an exported file that does not compute the net's logits: nothing was exported
+        print(f"{PROG} {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_PARITY
     except diverged as exc:  # not bad input: checkpoints were written, the last good one is kept
         print(f"{PROG} {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_DIVERGED

@@ -31,6 +31,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .checks import check_bool
+
 __all__ = ["CompileModel", "compile_cells", "compile_module", "compile_mode_for", "compile_unavailable_reason",
            "is_compiled", "COMPILE_MODES"]
 
@@ -42,11 +44,6 @@ COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotu
 CUDA_DEFAULT_MODE = "reduce-overhead"
 #: Attribute set on a module once it has been compiled by this module (so compiling twice is a no-op).
 _COMPILED_FLAG = "_nni_darts_ext_compiled"
-
-
-def _check_bool(name: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
 
 
 def _check_mode(mode: Any) -> None:
@@ -150,10 +147,10 @@ def compile_module(module: nn.Module, *, mode: str | None = None, fullgraph: boo
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
-    _check_bool("fullgraph", fullgraph)
-    _check_bool("warn", warn)
+    check_bool("fullgraph", fullgraph)
+    check_bool("warn", warn)
     if dynamic is not None:
-        _check_bool("dynamic", dynamic)
+        check_bool("dynamic", dynamic)
     _check_mode(mode)
     if getattr(module, _COMPILED_FLAG, False):
         return module
@@ -246,11 +243,11 @@ class CompileModel(_callback_base()):
 
     def __init__(self, enabled: bool = True, *, mode: str | None = None, fullgraph: bool = False,
                  dynamic: bool | None = None, cells_only: bool = False):
-        _check_bool("enabled", enabled)
-        _check_bool("fullgraph", fullgraph)
-        _check_bool("cells_only", cells_only)
+        check_bool("enabled", enabled)
+        check_bool("fullgraph", fullgraph)
+        check_bool("cells_only", cells_only)
         if dynamic is not None:
-            _check_bool("dynamic", dynamic)
+            check_bool("dynamic", dynamic)
         _check_mode(mode)
         super().__init__()
         self.enabled = enabled

@@ -34,7 +34,6 @@ __all__ = [
     "DARTS_ES_DELTA",
     "DARTS_ES_FACTOR",
     "DARTS_ES_START_EPOCH",
-    "DARTS_ES_HESSIAN_EVERY",
     "MAX_NORMAL_SKIP_CONNECTS",
     "ARCH_STALL_EPOCHS",
     "CIFAR10_IMAGE_SIZE",
@@ -54,6 +53,15 @@ __all__ = [
     "SELECTION_HELD_OUT_FRACTION",
     "SIGNIFICANCE_LEVEL",
     "STATISTICAL_POWER",
+    "STEM_REDUCTIONS",
+    "LAST_STAGE_MIN_MAP",
+    "IMAGENET_STEM_MIN_SIZE",
+    "CROP_PADDING_DIVISOR",
+    "CUTOUT_FRACTION",
+    "STATISTICS_SAMPLE",
+    "MEMORY_CACHE_BYTES",
+    "IMAGEFOLDER_TEST_FRACTION",
+    "NATIVE_DATASET_SIZE",
 ]
 
 # Per-channel statistics of the CIFAR-10 training set, as in quark0/darts cnn/utils.py _data_transforms_cifar10.
@@ -111,6 +119,16 @@ MIN_NUM_CELLS = 3
 NATIVE_IMAGE_SIZE: dict[str, int] = {"cifar": 32, "imagenet": 224}
 # Spatial size of the auxiliary head's pooled map at native size (its next conv has kernel 2, nasnet.py).
 AUX_HEAD_POOLED_SIZE = 2
+# Stride-2 steps of the DARTS net per stem (NNI nasnet.py NDS.__init__): the cifar stem keeps the resolution and
+# the cells reduce twice; the imagenet stem halves three times (stem0: two stride-2 convs, stem1: one), then the
+# cells' two reductions.
+STEM_REDUCTIONS: dict[str, int] = {"cifar": 2, "imagenet": 5}
+# The smallest map side the last stage may work on (ours): 2x2, the map NNI's auxiliary head convolves with its
+# 2x2 kernel (nasnet.py AuxiliaryHead), so an input must be at least 2 * 2 ** STEM_REDUCTIONS[stem] px (8 / 64).
+LAST_STAGE_MIN_MAP = 2
+# Images of this side and more get the imagenet stem unless a recipe says otherwise (ours: the smallest size at
+# which the imagenet stem leaves a LAST_STAGE_MIN_MAP map, 2 * 2 ** 5).
+IMAGENET_STEM_MIN_SIZE = 64
 # An arch file (32 keys of JSON, or one Genotype(...) line) is a few KiB; refuse anything above 1 MiB unread.
 MAX_ARCH_FILE_BYTES = 1 << 20
 
@@ -118,6 +136,20 @@ MAX_ARCH_FILE_BYTES = 1 << 20
 # (quark0/darts cnn/utils.py _data_transforms_cifar10: RandomCrop(32, padding=4)).
 CIFAR10_IMAGE_SIZE = 32
 CIFAR10_PADDING = 4
+# The DARTS random crop pads CIFAR-10's 32 px by 4 (quark0/darts cnn/utils.py): image_size // 8 for any size.
+CROP_PADDING_DIVISOR = 8
+# DARTS' Cutout is 16 px on 32 px CIFAR-10 (quark0/darts cnn/train.py --cutout_length 16): half the side.
+CUTOUT_FRACTION = 0.5
+# Mean / std of an own dataset: from at most this many training images, a seeded sample (ours: bounds the time
+# spent on statistics of a large folder).
+STATISTICS_SAMPLE = 10_000
+# dataset.cache: auto keeps decoded images in memory when they take at most this many bytes (ours: 2 GiB).
+MEMORY_CACHE_BYTES = 2 * 1024**3
+# Native sizes of the torchvision datasets read from local files (torchvision docs: CIFAR-100 and SVHN 32x32 RGB,
+# MNIST and Fashion-MNIST 28x28 grayscale), and CIFAR-10's.
+NATIVE_DATASET_SIZE: dict[str, int] = {"cifar10": 32, "cifar100": 32, "svhn": 32, "mnist": 28, "fashion-mnist": 28}
+# imagefolder without a test/ folder: the held-out test fraction (ours: as DIGITS_TEST_FRACTION).
+IMAGEFOLDER_TEST_FRACTION = 0.2
 # scikit-learn's load_digits: 1797 grey 8x8 images with pixel values 0..16.
 DIGITS_NATIVE_SIZE = 8
 # Our fixed stratified split of digits: 20% test (train_test_split(test_size=0.2, stratify=y, random_state=0)).
@@ -158,24 +190,12 @@ DRNAS_REG_SCALE = 1e-3
 # Architecture optimiser: Adam, lr 6e-4, betas (0.5, 0.999) (train_search.py --arch_learning_rate; architect.py).
 DRNAS_ARC_LEARNING_RATE = 6e-4
 DRNAS_ARC_BETAS = (0.5, 0.999)
-# Weights: SGD lr 0.1, batch 64, 36 channels, 20 cells, searched directly at evaluation size (train_search.py).
-DRNAS_LEARNING_RATE = 0.1
-DRNAS_BATCH_SIZE = 64
-DRNAS_WIDTH = 36
-DRNAS_NUM_CELLS = 20
-# Progressive scheme (train_search.py main): two stages of 25 epochs; partial-channel K 6 then 4; ops kept per
-# edge 7 (all) then 4 (utils.py prune: top-k alpha); no architecture step in a stage's first 10 epochs (train()).
-DRNAS_STAGE_EPOCHS = (25, 25)
-DRNAS_STAGE_PARTIAL_CHANNELS = (6, 4)
-DRNAS_STAGE_OPS_KEPT = (7, 4)
-DRNAS_WARMUP_EPOCHS = 10
 
 # beta-DARTS (Ye et al., CVPR 2022; github:Sunshine-Ye/Beta-DARTS). Loss = mean over edges of logsumexp(alpha)
 # (optimizers/darts/architect.py mlc_loss), weighted by 50 * epoch / 100 (architect.py _backward_step).
 BETA_DARTS_WEIGHT_MAX = 50.0
 BETA_DARTS_WEIGHT_HORIZON = 100
-# Search settings (sota/cnn/train_search.py): 50 epochs, arch Adam lr 3e-4 with weight decay 1e-3.
-BETA_DARTS_EPOCHS = 50
+# Search settings (sota/cnn/train_search.py): arch Adam lr 3e-4 with weight decay 1e-3.
 BETA_DARTS_ARC_LEARNING_RATE = 3e-4
 BETA_DARTS_ARC_WEIGHT_DECAY = 1e-3
 
@@ -185,7 +205,6 @@ BETA_DARTS_ARC_WEIGHT_DECAY = 1e-3
 DARTS_MINUS_SKIP_BETA = 1.0
 DARTS_MINUS_DECAY = "linear"
 DARTS_MINUS_DECAY_START_EPOCH = 0
-DARTS_MINUS_EPOCHS = 50
 
 # SDARTS (Chen & Hsieh, ICML 2020; github:xiangning-chen/SmoothDARTS). The softmax-normalised weights are
 # perturbed during the weight step (sota/cnn/train_search.py train: softmax_arch_parameters, perturb, forward
@@ -196,7 +215,6 @@ SDARTS_EPSILON_MIN = 0.03
 SDARTS_EPSILON_MAX = 0.3
 SDARTS_PGD_STEPS = 7
 SDARTS_PGD_STEP_SCALE = 2.0
-SDARTS_EPOCHS = 50
 
 # FairDARTS (Chu et al., ECCV 2020; github:xiaomi-automl/FairDARTS). Zero-one loss -mean((sigmoid(alpha) - 0.5)^2)
 # (fairdarts/separate_loss.py ConvSeparateLoss), weight 10 (fairdarts/train_search.py --aux_loss_weight);
@@ -204,11 +222,8 @@ SDARTS_EPOCHS = 50
 FAIR_DARTS_ZERO_ONE_CENTER = 0.5
 FAIR_DARTS_ZERO_ONE_WEIGHT = 10.0
 FAIR_DARTS_THRESHOLD = 0.85
-# Search settings (fairdarts/train_search.py): SGD lr 0.005, batch 128, 50 epochs; arch Adam lr 3e-3, betas
-# (0.9, 0.999) (--arch_lr_gamma), weight decay 1e-3.
-FAIR_DARTS_LEARNING_RATE = 0.005
-FAIR_DARTS_BATCH_SIZE = 128
-FAIR_DARTS_EPOCHS = 50
+# Search settings (fairdarts/train_search.py): arch Adam lr 3e-3, betas (0.9, 0.999) (--arch_lr_gamma), weight
+# decay 1e-3 (the weights' SGD settings are in recipes/fair-darts.yaml).
 FAIR_DARTS_ARC_LEARNING_RATE = 3e-3
 FAIR_DARTS_ARC_BETAS = (0.9, 0.999)
 
@@ -219,11 +234,6 @@ FAIR_DARTS_ARC_BETAS = (0.9, 0.999)
 # (the .sh); 16 channels, 2 cells per stage (configs/search-archs/GDAS-NASNet-CIFAR.config).
 GDAS_TAU_MAX = 10.0
 GDAS_TAU_MIN = 0.1
-GDAS_EPOCHS = 250
-GDAS_BATCH_SIZE = 256
-GDAS_LEARNING_RATE = 0.025
-GDAS_LEARNING_RATE_MIN = 0.001
-GDAS_WEIGHT_DECAY = 5e-4
 GDAS_ARC_LEARNING_RATE = 3e-4
 GDAS_ARC_WEIGHT_DECAY = 1e-3
 # Gumbel samples are redrawn while a sample has inf/nan (xautodl/models/cell_searchs/search_model_gdas_nasnet.py);
@@ -247,12 +257,9 @@ PDARTS_DROPOUT_DECAY = 0.2
 # At most 2 skip connections in the exported normal cell (paper Sec. 3.3, M = 2; train_search.py check_sk_number /
 # delete_min_sk_prob loop).
 PDARTS_MAX_SKIP_CONNECTS = 2
-# Search settings (train_search.py): batch 96, SGD lr 0.025 -> 0 cosine per stage, arch Adam lr 6e-4, weight decay
-# 1e-3, arch-gradient norm clipped at 5 (train(): clip_grad_norm_ on arch_parameters, --grad_clip 5).
-PDARTS_BATCH_SIZE = 96
-PDARTS_LEARNING_RATE = 0.025
+# Search settings (train_search.py): arch Adam lr 6e-4, weight decay 1e-3, gradient norm clipped at 5 (train():
+# clip_grad_norm_, --grad_clip 5, as GRADIENT_CLIP_VAL); the weights' SGD settings are in recipes/p-darts.yaml.
 PDARTS_ARC_LEARNING_RATE = 6e-4
-PDARTS_ARC_GRAD_CLIP = 5.0
 
 # Search health (RobustDARTS: Zela et al., "Understanding and Robustifying Differentiable Architecture Search",
 # ICLR 2020, Sec. 4.3 DARTS-ES; github:automl/RobustDARTS). The official code computes the full Hessian of the
@@ -271,8 +278,6 @@ DARTS_ES_WINDOW = 5
 DARTS_ES_DELTA = 4
 DARTS_ES_FACTOR = 1.3
 DARTS_ES_START_EPOCH = 10
-# Eigenvalue every 2 epochs in the published runs (scripts/DARTS_search.sh --report_freq_hessian 2).
-DARTS_ES_HESSIAN_EVERY = 2
 # Warn when the normal cell holds more than 2 skip connections: P-DARTS (Chen et al., ICCV 2019, Sec. 3.3) keeps
 # M = 2 of them, DARTS+ (Liang et al. 2019, arXiv:1909.06035, Sec. 3.2) stops once the normal cell has 2 or more.
 MAX_NORMAL_SKIP_CONNECTS = 2

@@ -35,6 +35,7 @@ from torch.utils.data import Dataset, Subset
 from torchvision.datasets.utils import calculate_md5, download_and_extract_archive
 
 from nni_darts_ext._compat import import_nni_quietly
+from nni_darts_ext.checks import check_bool, check_int
 from nni_darts_ext.constants import (
     CIFAR10_IMAGE_SIZE,
     DIGITS_IMAGE_SIZE,
@@ -45,8 +46,8 @@ from nni_darts_ext.constants import (
     NUM_CLASSES,
     SEARCH_TRAIN_FRACTION,
 )
-from nni_darts_ext.errors import DatasetError
-from nni_darts_ext.transforms import Cutout, _check_length, cifar10_transforms
+from nni_darts_ext.errors import ArgumentTypeError, DatasetError
+from nni_darts_ext.transforms import Cutout, cifar10_transforms
 
 with import_nni_quietly():
     import nni
@@ -72,20 +73,6 @@ DATASETS: tuple[str, ...] = ("cifar10", "digits")
 _DIGITS_MAX_VALUE = 16.0
 # CIFAR-10 batches hold rows of 3 * 32 * 32 uint8 values (https://www.cs.toronto.edu/~kriz/cifar.html).
 _CIFAR10_ROW = 3 * CIFAR10_IMAGE_SIZE * CIFAR10_IMAGE_SIZE
-
-
-def _check_int(value: Any, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"`{name}` must be an int, got {type(value).__name__} ({value!r})")
-    if value < minimum:
-        raise ValueError(f"`{name}` must be >= {minimum}, got {value}")
-    return int(value)
-
-
-def _check_bool(value: Any, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"`{name}` must be a bool, got {type(value).__name__} ({value!r})")
-    return value
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -124,7 +111,7 @@ def search_split(
         raise TypeError(f"`train_fraction` must be a float, got {type(train_fraction).__name__}")
     if not 0.0 < float(train_fraction) < 1.0:
         raise ValueError(f"`train_fraction` must be in (0, 1), got {train_fraction}")
-    seed = _check_int(seed, "seed", minimum=0)
+    seed = check_int("seed", seed, minimum=0)
     n_train = math.floor(Fraction(repr(float(train_fraction))) * n)
     if n_train == 0:  # n_train < n always holds, as train_fraction < 1: the validation side is never empty
         raise ValueError(f"`train_fraction`={train_fraction} of {n} samples leaves the training side empty")
@@ -165,8 +152,8 @@ def search_dataloaders(
         train_loader, val_loader = search_dataloaders(get_dataset("digits", train=True), batch_size=16)
         evaluator = Classification(train_dataloaders=train_loader, val_dataloaders=val_loader, ...)
     """
-    batch_size = _check_int(batch_size, "batch_size", minimum=1)
-    num_workers = _check_int(num_workers, "num_workers", minimum=0)
+    batch_size = check_int("batch_size", batch_size, minimum=1)
+    num_workers = check_int("num_workers", num_workers, minimum=0)
     fixed = sorted({"shuffle", "sampler", "batch_sampler", "drop_last"} & loader_kwargs.keys())
     if fixed:
         raise TypeError(f"search_dataloaders sets {', '.join(fixed)} itself; do not pass them")
@@ -259,9 +246,9 @@ class CIFAR10Dataset(torchvision.datasets.CIFAR10):
     ) -> None:
         if not isinstance(root, (str, os.PathLike)):
             raise TypeError(f"`root` must be a path, got {type(root).__name__}")
-        train = _check_bool(train, "train")
-        download = _check_bool(download, "download")
-        self.verify = _check_bool(verify, "verify")
+        train = check_bool("train", train)
+        download = check_bool("download", download)
+        self.verify = check_bool("verify", verify)
         root_path = Path(root).expanduser()
         folder = root_path / self.base_folder
         # torchvision requires all seven files whichever split is loaded; we verify and load the split's own.
@@ -391,9 +378,9 @@ class DigitsDataset(Dataset):
         from sklearn.model_selection import train_test_split
 
         super().__init__()
-        self.train = _check_bool(train, "train")
-        self.image_size = _check_int(image_size, "image_size", minimum=1)
-        self.seed = _check_int(seed, "seed", minimum=0)
+        self.train = check_bool("train", train)
+        self.image_size = check_int("image_size", image_size, minimum=1)
+        self.seed = check_int("seed", seed, minimum=0)
         if transform is not None and not callable(transform):
             raise TypeError(f"`transform` must be callable or None, got {type(transform).__name__}")
         self.transform = transform
@@ -464,6 +451,9 @@ def get_dataset(
     * ``"digits"``: :func:`digits` at ``image_size`` (default ``constants.DIGITS_IMAGE_SIZE`` = 16), with
       ``Cutout(cutout)`` on the training split when ``cutout`` is given; ``root``, ``download`` and ``verify``
       are ignored (the data ships with scikit-learn).
+    * an own dataset (``imagefolder``, ``npz``, ``cifar100``, ``mnist``, ``fashion-mnist``, ``svhn``):
+      :func:`nni_darts_ext.datasets.load_images` of ``root`` at ``image_size``, the split with the generalised
+      DARTS augmentation (Cutout ``cutout`` px) for training; defaults for the other settings.
 
     Raises:
         ValueError: unknown ``name`` (lists the known ones), ``cutout`` longer than the image (names both),
@@ -475,17 +465,22 @@ def get_dataset(
         train_set = get_dataset("cifar10", train=True, root="data", cutout=16)
         test_set = get_dataset("digits", train=False)
     """
+    from .datasets import OWN_DATASETS, load_images
+
+    if name in OWN_DATASETS:  # read (and checked) on every call: build both splits from one load_images instead
+        images = load_images(name, root, image_size=image_size)
+        return images.dataset(train=check_bool("train", train), cutout=cutout)
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
-    train = _check_bool(train, "train")
+        raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join((*DATASETS, *OWN_DATASETS))}")
+    train = check_bool("train", train)
     if cutout is not None:
-        cutout = _check_length(cutout, "cutout")
+        cutout = check_int("cutout", cutout, minimum=1)
     if image_size is not None:
-        image_size = _check_int(image_size, "image_size", minimum=1)
+        image_size = check_int("image_size", image_size, minimum=1)
 
     if name == "cifar10":
         if root is None:
-            raise TypeError("get_dataset('cifar10') needs `root`, the folder that holds cifar-10-batches-py")
+            raise ArgumentTypeError("root", "is needed for CIFAR-10: the folder that holds cifar-10-batches-py")
         if image_size not in (None, CIFAR10_IMAGE_SIZE):
             raise ValueError(f"CIFAR-10 images are {CIFAR10_IMAGE_SIZE}x{CIFAR10_IMAGE_SIZE}; "
                              f"`image_size`={image_size} is not supported")

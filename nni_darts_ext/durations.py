@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from .errors import ArgumentTypeError, ArgumentValueError
+
 __all__ = ["SECONDS_PER_UNIT", "parse_duration"]
 
 #: Seconds in one of each accepted unit.
@@ -27,8 +29,8 @@ def parse_duration(text: Any) -> float:
     seconds?). The result must be positive.
 
     Raises:
-        TypeError: ``text`` is not a str.
-        ValueError: malformed, a unit repeated or out of order, or zero; the message shows valid examples.
+        ArgumentTypeError: ``text`` is not a str (``argument``: ``"duration"``).
+        ArgumentValueError: malformed, a unit repeated or out of order, or zero; the message shows valid examples.
 
     Example::
 
@@ -36,16 +38,16 @@ def parse_duration(text: Any) -> float:
         parse_duration("90s")   # 90.0
     """
     if not isinstance(text, str):
-        raise TypeError(f"duration must be a str such as '10m', got {type(text).__name__}")
+        raise ArgumentTypeError("duration", f"must be a str such as '10m', got {type(text).__name__}")
     compact = text.strip().lower().replace(" ", "")
     hint = "use a number and a unit, largest first, e.g. '90s', '10m', '1h30m', '2h' or '1d'"
     if not compact or not _WHOLE.fullmatch(compact):
-        raise ValueError(f"duration {text!r} is not understood: {hint}")
+        raise ArgumentValueError("duration", f"{text!r} is not understood: {hint}")
     parts = _PART.findall(compact)
     units = [unit for _, unit in parts]
     if units != sorted(set(units), key=_ORDER.index):
-        raise ValueError(f"duration {text!r} repeats a unit or is out of order: {hint}")
+        raise ArgumentValueError("duration", f"{text!r} repeats a unit or is out of order: {hint}")
     seconds = sum(float(number) * SECONDS_PER_UNIT[unit] for number, unit in parts)
     if seconds <= 0:
-        raise ValueError(f"duration {text!r} must be longer than zero")
+        raise ArgumentValueError("duration", f"{text!r} must be longer than zero")
     return seconds

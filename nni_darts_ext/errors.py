@@ -1,7 +1,9 @@
 """Every exception the package raises on purpose, in one place.
 
 Bad input (the CLI prints one line, exit code 2): :class:`UsageError`, :class:`ArchError`, :class:`DatasetError`,
-:class:`CheckpointError` and :class:`RecipeError`, all but :class:`UsageError` also ``ValueError``. A bad argument
+:class:`CheckpointError`, :class:`RecipeError` (whose ``key`` names the recipe key) and :class:`InspectError`, all
+but :class:`UsageError` also ``ValueError``; :class:`RunLockedError` (the output folder is in use).
+:class:`OutputWriteError`: an output file could not be written (exit 74). A bad argument
 of a component: :class:`ArgumentTypeError` / :class:`ArgumentValueError` (a ``TypeError`` / ``ValueError`` that
 carries the argument's name in ``argument``, so a caller such as the recipe layer can say which recipe key it came
 from without reading the message). A run that stopped: :class:`RunInterrupted` (exit 130),
@@ -21,6 +23,7 @@ Example::
 
 from __future__ import annotations
 
+import errno
 import signal
 from pathlib import Path
 from typing import Any
@@ -32,10 +35,20 @@ __all__ = [
     "ArgumentValueError",
     "ArchError",
     "CheckpointError",
+    "BadImageError",
+    "DataFolderError",
     "DatasetError",
+    "ExportError",
+    "ImageSizeError",
+    "InspectError",
+    "LabelError",
     "NonFiniteLossError",
+    "OutputWriteError",
+    "ParityError",
+    "ProfileError",
     "RecipeError",
     "RunInterrupted",
+    "RunLockedError",
     "RunsFailed",
     "SelectionUnsupportedError",
     "TrainingInterrupted",
@@ -85,7 +98,55 @@ class ArgumentValueError(ArgumentError, ValueError):
 
 
 class RecipeError(ValueError):
-    """A recipe (file, name or override) that cannot be used; the message names the key, on one line."""
+    """A recipe (file, name or override) that cannot be used; the message names the key, on one line.
+
+    ``key``: the dotted recipe key at fault (``"search.arc_betas[0]"``, ``"retrain.cutout"``), or ``None`` when the
+    problem is not one key's (a file that cannot be read, bad YAML).
+
+    Example::
+
+        >>> RecipeError("retrain.epochs: must be >= 1, got 0", key="retrain.epochs").key
+        'retrain.epochs'
+    """
+
+    def __init__(self, message: str, *, key: str | None = None):
+        super().__init__(message)
+        self.key = key
+
+    def __reduce__(self) -> Any:
+        return _rebuild_recipe_error, (str(self), self.key)
+
+
+def _rebuild_recipe_error(message: str, key: str | None) -> RecipeError:
+    return RecipeError(message, key=key)
+
+
+class InspectError(ValueError):
+    """The folder is missing, not a folder, or not an ``nni-darts search`` output; the message is one line."""
+
+
+class RunLockedError(RuntimeError):
+    """The output folder is in use by another live run. ``str(error)`` is one line; attributes ``pid``, ``host``."""
+
+    def __init__(self, message: str, *, pid: int | None, host: str | None):
+        super().__init__(message)
+        self.pid = pid
+        self.host = host
+
+
+class OutputWriteError(OSError):
+    """An output file could not be written; the previous file at that path, if any, is kept whole.
+
+    ``str(error)`` is one line naming the file and the OS error; ``errno``, ``strerror`` and ``filename`` are those
+    of the failed operation.
+    """
+
+    def __str__(self) -> str:
+        name = errno.errorcode.get(self.errno or 0, "unknown")
+        return (
+            f"cannot write {self.filename}: {self.strerror} (errno {self.errno}, {name}); "
+            "the previous file, if any, is kept whole"
+        )
 
 
 class RunInterrupted(Exception):
@@ -133,8 +194,47 @@ class SelectionUnsupportedError(ValueError):
         return (type(self), (self.preset, self.problem))
 
 
+class DataFolderError(DatasetError):
+    """A dataset folder that cannot be used as given: missing or empty, fewer than 2 classes, a class without
+    images in a split, train and test with different classes; the message names the folder and classes."""
+
+
+class BadImageError(DatasetError):
+    """An image file that cannot be decoded (unreadable, truncated, not what its suffix says); ``path`` names it."""
+
+    def __init__(self, path: Path, problem: str):
+        super().__init__(f"{path}: cannot read the image ({problem}); fix or remove it, or set "
+                         "dataset.skip_bad_images=true to skip such files")
+        self.path = Path(path)
+        self.problem = problem
+
+    def __reduce__(self) -> Any:
+        return type(self), (self.path, self.problem)
+
+
+class ImageSizeError(DatasetError):
+    """Images of differing sizes without ``dataset.image_size``, or images too small for the net's reductions."""
+
+
+class LabelError(DatasetError):
+    """Labels that do not fit their images: out of range, not integers, or not one per image (``.npz`` files)."""
+
+
 class CheckpointError(ValueError):
     """A checkpoint cannot be used: unreadable, not a full Lightning checkpoint, or not this run's net."""
+
+
+class ExportError(ValueError):
+    """An exported model that cannot be used: missing, truncated, altered since export (its checksum in
+    ``model_card.json`` differs), or without the model card that says how to feed it; the message names the file."""
+
+
+class ParityError(RuntimeError):
+    """An exported model's logits differ from the PyTorch net's beyond the tolerance (nothing was exported)."""
+
+
+class ProfileError(RuntimeError):
+    """A cost counter (multiply-adds) could not run a model on the given input; the message names the cause."""
 
 
 class NonFiniteLossError(RuntimeError):

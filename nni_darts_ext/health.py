@@ -46,6 +46,8 @@ from nni_darts_ext.constants import (
 )
 from nni_darts_ext.io import atomic_open, atomic_write_json
 
+from .checks import check_int
+
 if TYPE_CHECKING:  # torch is imported where it is used: reading records (nni-darts inspect) does not need it
     import torch
 
@@ -312,12 +314,6 @@ def health_record(
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
-
-
 class DartsEarlyStopping:
     """The DARTS-ES rule of RobustDARTS (Zela et al., ICLR 2020, Sec. 4.3), fed one eigenvalue per evaluation.
 
@@ -345,9 +341,9 @@ class DartsEarlyStopping:
         factor: float = DARTS_ES_FACTOR,
         start_epoch: int = DARTS_ES_START_EPOCH,
     ) -> None:
-        self.window = _check_int("window", window, 1)
-        self.delta = _check_int("delta", delta, 1)
-        self.start_epoch = _check_int("start_epoch", start_epoch, 0)
+        self.window = check_int("window", window, minimum=1)
+        self.delta = check_int("delta", delta, minimum=1)
+        self.start_epoch = check_int("start_epoch", start_epoch, minimum=0)
         if isinstance(factor, bool) or not isinstance(factor, numbers.Real) or not (0 < factor < math.inf):
             raise ValueError(f"factor must be a finite number > 0, got {factor!r}")
         self.factor = float(factor)
@@ -365,7 +361,7 @@ class DartsEarlyStopping:
         Raises:
             ValueError: ``epoch`` not after the previous one, or a non-finite eigenvalue.
         """
-        epoch = _check_int("epoch", epoch, 0)
+        epoch = check_int("epoch", epoch, minimum=0)
         if self.epochs and epoch <= self.epochs[-1]:
             raise ValueError(f"epoch must increase: got {epoch} after {self.epochs[-1]}")
         if isinstance(eigenvalue, bool) or not isinstance(eigenvalue, numbers.Real) or not math.isfinite(eigenvalue):
@@ -406,8 +402,8 @@ def health_warnings(
         for line in health_warnings(records):
             logging.getLogger(__name__).warning(line)
     """
-    _check_int("max_normal_skips", max_normal_skips, 0)
-    _check_int("stall_epochs", stall_epochs, 1)
+    check_int("max_normal_skips", max_normal_skips, minimum=0)
+    check_int("stall_epochs", stall_epochs, minimum=1)
     if not records:
         return []
     last = records[-1]

@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from nni_darts_ext.errors import InspectError
 from nni_darts_ext.health import (
     HEALTH_FILE,
     HEALTH_PLOT,
@@ -26,7 +27,7 @@ from nni_darts_ext.health import (
     read_health_records,
 )
 
-__all__ = ["InspectError", "format_report", "inspect_run"]
+__all__ = ["format_report", "inspect_run"]
 
 # The output layout of ``nni-darts search`` (pipeline.run_search).
 _CONFIG = "config.yaml"
@@ -38,32 +39,30 @@ _TENSORBOARD = "tensorboard"
 _ACCURACY_KEYS = ("val_acc", "train_acc")
 
 
-class InspectError(ValueError):
-    """The folder is missing, not a folder, or not an ``nni-darts search`` output; the message is one line."""
+def _read(path: Path, parse: Any, errors: tuple[type[BaseException], ...], notes: list[str]) -> tuple[bool, Any]:
+    """``(True, parse(text))`` of the file at ``path``; ``(False, None)`` when it is missing, or unreadable (a note
+    says so)."""
+    if not path.is_file():
+        return False, None
+    try:
+        return True, parse(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, *errors) as exc:
+        notes.append(f"{path.name} unreadable ({type(exc).__name__})")
+        return False, None
 
 
 def _read_config(path: Path, notes: list[str]) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
     import yaml
 
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        notes.append(f"{_CONFIG} unreadable ({type(exc).__name__})")
-        return None
-    if not isinstance(data, dict) or not isinstance(data.get("search"), dict):
+    read, data = _read(path, yaml.safe_load, (yaml.YAMLError,), notes)
+    if read and (not isinstance(data, dict) or not isinstance(data.get("search"), dict)):
         raise InspectError(f"{path.parent}: {_CONFIG} is not an nni-darts recipe (no 'search' section)")
     return data
 
 
 def _read_summary(path: Path, notes: list[str]) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        notes.append(f"{_SUMMARY} unreadable ({type(exc).__name__})")
+    read, data = _read(path, json.loads, (json.JSONDecodeError,), notes)
+    if not read:
         return None
     if not isinstance(data, dict):
         raise InspectError(f"{path.parent}: {_SUMMARY} is not an nni-darts summary")

@@ -27,11 +27,13 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO, Union
+from typing import Any, BinaryIO
+
+from .checks import PathLike
+from .errors import OutputWriteError
 
 __all__ = [
     "EXIT_OUTPUT_WRITE_FAILED",
-    "OutputWriteError",
     "ignore_file_size_signal",
     "atomic_open",
     "atomic_write_text",
@@ -43,32 +45,12 @@ __all__ = [
 #: ``sysexits.h`` (74), unused by the other outcomes (0 done, 1 diverged, 2 usage, 130/143 signals).
 EXIT_OUTPUT_WRITE_FAILED = 74
 
-PathLike = Union[str, "os.PathLike[str]"]
-
 
 def _default_file_mode() -> int:
     """The mode ``open()`` would give a new file (0o666 minus the umask); mkstemp's own is 0o600."""
     umask = os.umask(0)
     os.umask(umask)
     return 0o666 & ~umask
-
-
-class OutputWriteError(OSError):
-    """An output file could not be written; the previous file at that path, if any, is kept whole.
-
-    ``str(error)`` is one line naming the file and the OS error; ``errno``, ``strerror`` and ``filename`` are those
-    of the failed operation.
-    """
-
-    def __str__(self) -> str:
-        return (
-            f"cannot write {self.filename}: {self.strerror} (errno {self.errno}, {_errno_name(self.errno)}); "
-            "the previous file, if any, is kept whole"
-        )
-
-
-def _errno_name(number: int | None) -> str:
-    return errno.errorcode.get(number or 0, "unknown")
 
 
 #: The errors of a file write (the folder, the temporary file, the rename); others (a network error while a

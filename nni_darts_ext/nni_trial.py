@@ -215,7 +215,9 @@ def apply_trial_overrides(recipe: Any, parameters: Mapping[str, Any] | None = No
         return apply_overrides(recipe, overrides)
     except RecipeError as exc:
         names = {key: name for name, (key, _) in NNI_PARAMETERS.items()}
-        culprits = [f"{names[key]} -> {key}" for key in overrides if key in str(exc)]
+        at_fault = exc.key or ""
+        culprits = [f"{names[key]} -> {key}" for key in overrides
+                    if at_fault == key or at_fault.startswith((f"{key}.", f"{key}["))]
         hint = f" (NNI parameter {', '.join(culprits)})" if culprits else " (from NNI's parameters)"
         raise RecipeError(f"{exc}{hint}") from None
 
@@ -274,11 +276,3 @@ def report_final_result(result: Any, key: str = "test_acc") -> bool:
     _logger.info("Reported the final result to NNI: %s = %.6f", key, value)
     return True
 
-
-def __getattr__(name: str) -> Any:
-    # The reporting callback lives with the other callbacks; importable from here as before.
-    if name == "NniReportCallback":
-        from .callbacks.nni_report import NniReportCallback
-
-        return NniReportCallback
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

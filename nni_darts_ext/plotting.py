@@ -551,3 +551,36 @@ def plot_comparison(candidates: Sequence[dict[str, Any]], path: str | os.PathLik
     if fmt is None:
         return fig
     return _save_figure(fig, path, fmt)
+
+
+# Above this many classes the matrix is drawn without per-cell numbers and tick labels get small.
+_CONFUSION_ANNOTATED_CLASSES = 20
+
+
+def plot_confusion(matrix: Any, classes: Sequence[str], path: str | os.PathLike[str] | None = None):
+    """A confusion matrix (rows: true class, columns: predicted) with the class names, by scikit-learn's
+    ``ConfusionMatrixDisplay``; the counts are written in the cells for up to 20 classes.
+
+    Example::
+
+        plot_confusion([[9, 1], [2, 8]], ["cat", "dog"], "runs/e/confusion.png")
+    """
+    import numpy as np
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    fmt = _output_format(path)
+    matrix = np.asarray(matrix)
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1] or matrix.shape[0] != len(classes):
+        raise ValueError(f"matrix must be {len(classes)}x{len(classes)} (one row and column per class), "
+                         f"got shape {matrix.shape}")
+    n = len(classes)
+    side = min(4 + 0.4 * n, 40)
+    fig = _new_figure((side, side), layout="constrained")
+    ax = fig.add_subplot()
+    display = ConfusionMatrixDisplay(matrix, display_labels=list(classes))
+    display.plot(ax=ax, include_values=n <= _CONFUSION_ANNOTATED_CLASSES, xticks_rotation="vertical",
+                 colorbar=False, values_format="d")
+    ax.set_title("confusion matrix (rows: true class)")
+    if fmt is None:
+        return fig
+    return _save_figure(fig, path, fmt)

@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import Subset
 
 from ._compat import import_nni_quietly
+from .constants import CIFAR10_IMAGE_SIZE, CIFAR10_MEAN, CIFAR10_STD
 from .data import get_dataset, search_split
 
 with import_nni_quietly():
@@ -31,7 +32,7 @@ with import_nni_quietly():
 
 from .resumable_data import ResumableDataLoader
 
-__all__ = ["RecipeData", "held_out_fraction", "retrain_loaders", "test_loader"]
+__all__ = ["RecipeData", "cifar10_info", "held_out_fraction", "retrain_loaders", "scaled_cutout", "test_loader"]
 
 
 class RecipeData:
@@ -48,11 +49,64 @@ class RecipeData:
         data.split(train=True) is data.split(train=True)  # True: built once
     """
 
-    def __init__(self, recipe: Any) -> None:
+    def __init__(self, recipe: Any, *, statistics: tuple[list[float], list[float]] | None = None) -> None:
         self.recipe = recipe
         self._splits: dict[tuple[bool, int | None], Any] = {}
+        self._own: Any = None
+        #: Per-channel (mean, std) to use instead of the recipe's or the computed ones (a trained net's own).
+        self.statistics = statistics
         #: How many datasets were built (each split and Cutout setting once).
         self.builds = 0
+
+    @property
+    def own(self) -> bool:
+        """Whether the recipe's dataset is an own dataset (:mod:`nni_darts_ext.datasets`)."""
+        from .datasets import OWN_DATASETS
+
+        return self.recipe.dataset.name in OWN_DATASETS
+
+    def images(self) -> Any:
+        """The own dataset's :class:`~nni_darts_ext.datasets.OwnImages`, read and checked once."""
+        if self._own is None:
+            from .datasets import load_images
+
+            d = self.recipe.dataset
+            mean, std = self.statistics if self.statistics is not None else (d.mean, d.std)
+            self._own = load_images(d.name, d.data_dir, image_size=d.image_size, in_channels=d.in_channels,
+                                    test_fraction=d.test_fraction, cache=d.cache, skip_bad_images=d.skip_bad_images,
+                                    seed=self.recipe.seed, mean=mean, std=std, flip=d.flip)
+        return self._own
+
+    def info(self, *, test: bool = True) -> Any:
+        """The :class:`~nni_darts_ext.datasets.DataInfo` of the run's data (built splits with ``max_samples``).
+
+        ``test=False``: the test split is neither built nor counted (a selection retrain never reads it). The test
+        split of cifar10 / digits are counted only when a stage has built them (a search does not need the test
+        split, an evaluation not the training split); with neither built, the training split is built.
+        """
+        from .datasets import DataInfo, digits_info
+
+        wanted = {"train": True, "test": test}
+        if self.own:
+            splits = {name: self.split(train=name == "train") for name, want in wanted.items() if want}
+        else:
+            built = {("train" if train else "test"): split for (train, _), split in self._splits.items()}
+            splits = {name: built[name] for name, want in wanted.items() if want and name in built}
+            splits = splits or {"train": self.split(train=True)}
+        if self.own:
+            base = self.images().info
+        else:
+            base = digits_info(self.recipe.image_size) if self.recipe.dataset.name == "digits" else \
+                cifar10_info(next(iter(splits.values())))
+        counts = {name: _targets(split) for name, split in splits.items()}
+        return DataInfo(
+            name=base.name, classes=base.classes, num_classes=base.num_classes, in_channels=base.in_channels,
+            image_size=base.image_size, mean=base.mean, std=base.std,
+            images={name: len(targets) for name, targets in counts.items()},
+            per_class={name: {c: targets.count(i) for i, c in enumerate(base.classes)}
+                       for name, targets in counts.items()},
+            skipped=base.skipped, ignored=base.ignored,
+        )
 
     def split(self, *, train: bool, cutout: int | None = None) -> Any:
         """The training (``train=True``, optionally with Cutout of side ``cutout``) or test split."""
@@ -64,12 +118,48 @@ class RecipeData:
 
     def _build(self, *, train: bool, cutout: int | None) -> Any:
         d = self.recipe.dataset
-        data = get_dataset(d.name, train=train, root=d.data_dir, image_size=d.image_size, cutout=cutout)
+        if self.own:
+            images = self.images()
+            data = images.dataset(train=train, cutout=scaled_cutout(cutout, images.info.image_size))
+        else:
+            data = get_dataset(d.name, train=train, root=d.data_dir, image_size=d.image_size, cutout=cutout)
         limit = getattr(d, "max_samples", None)
         if limit is not None and len(data) > limit:  # a seeded random `limit` images of the split
             order = torch.randperm(len(data), generator=torch.Generator().manual_seed(self.recipe.seed))
             data = nni.trace(Subset)(dataset=data, indices=sorted(order[:limit].tolist()))
         return data
+
+
+def scaled_cutout(cutout: int | None, image_size: int) -> int | None:
+    """An own dataset's Cutout side: ``retrain.cutout`` is the side on CIFAR-10's 32 px (the paper's 16), scaled to
+    ``image_size`` (at least 1 px); None stays None.
+
+    Example::
+
+        >>> scaled_cutout(16, 64), scaled_cutout(16, 25), scaled_cutout(None, 25)
+        (32, 12, None)
+    """
+    if cutout is None:
+        return None
+    return max(1, round(cutout * image_size / CIFAR10_IMAGE_SIZE))
+
+
+def cifar10_info(train: Any) -> Any:
+    """The :class:`~nni_darts_ext.datasets.DataInfo` basics of CIFAR-10 (counts: :meth:`RecipeData.info`)."""
+    from .datasets import DataInfo
+
+    base = train.dataset if isinstance(train, Subset) else train
+    return DataInfo(name="cifar10", classes=list(base.classes), num_classes=len(base.classes), in_channels=3,
+                    image_size=CIFAR10_IMAGE_SIZE, mean=list(CIFAR10_MEAN), std=list(CIFAR10_STD), images={},
+                    per_class={})
+
+
+def _targets(split: Any) -> list[int]:
+    """The labels of a split, in order (through a ``Subset`` of ``max_samples``)."""
+    if isinstance(split, Subset):
+        inner = _targets(split.dataset)
+        return [inner[i] for i in split.indices]
+    return [int(t) for t in split.targets]
 
 
 def held_out_fraction(validation: Any) -> float | None:

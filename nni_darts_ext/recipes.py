@@ -43,9 +43,12 @@ from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBas
 from .constants import (
     CIFAR10_IMAGE_SIZE,
     DIGITS_IMAGE_SIZE,
+    IMAGEFOLDER_TEST_FRACTION,
     MIN_NUM_CELLS,
+    NATIVE_DATASET_SIZE,
     SELECTION_EPOCHS,
     SELECTION_HELD_OUT_FRACTION,
+    STEM_REDUCTIONS,
 )
 from .errors import RecipeError
 
@@ -72,6 +75,12 @@ __all__ = [
     "SELECT_RULES",
 ]
 
+#: ``dataset.name`` values read by nni_darts_ext.datasets (listed here too: this module imports nothing heavy).
+OWN_DATASETS = ("imagefolder", "npz", "cifar100", "mnist", "fashion-mnist", "svhn")
+#: ``dataset.cache`` values (nni_darts_ext.datasets.CACHE_MODES).
+CACHE_MODES = ("auto", "memory", "none")
+#: ``search.stem`` / ``retrain.stem`` values (nni_darts_ext.space.STEMS).
+STEMS = tuple(STEM_REDUCTIONS)
 #: The recipe the CLI uses when none is named: the smallest, a few minutes on a CPU.
 DEFAULT_RECIPE = "demo"
 #: ``search.order``: first-order (1) or second-order, unrolled (2) architecture gradients (DARTS paper, Sec. 2.3).
@@ -99,17 +108,34 @@ _MAX_QUOTED_CHARS = 40
 
 @dataclass(frozen=True)
 class DatasetSection:
-    """Which data, where. ``name``: ``cifar10`` or ``digits``."""
+    """Which data, where. ``name``: ``cifar10``, ``digits``, or an own dataset (``imagefolder``, ``npz``,
+    ``cifar100``, ``mnist``, ``fashion-mnist``, ``svhn``: nni_darts_ext.datasets)."""
 
     name: str = MISSING
-    # Folder holding cifar-10-batches-py (ignored for digits). Relative paths are relative to the working folder.
+    # Folder holding cifar-10-batches-py (ignored for digits), the image folder (train/CLASS/*, test/CLASS/*), the
+    # .npz file, or the torchvision files. Relative paths are relative to the working folder.
     data_dir: str | None = MISSING
-    # Input size in pixels; null: the default (32 for CIFAR-10, 16 for digits). CIFAR-10 only takes 32.
+    # Input size in pixels; null: the default (32 for CIFAR-10, 16 for digits, the images' own size for an own
+    # dataset). CIFAR-10 only takes 32.
     image_size: int | None = MISSING
     # DataLoader worker processes.
     num_workers: int = MISSING
     # Use at most this many images of each split (a seeded random subset): for smoke tests; null: all.
     max_samples: int | None = MISSING
+    # The rest is read by own datasets only.
+    # Input channels, 1 or 3; null: 1 when every image is grayscale, else 3.
+    in_channels: int | None = None
+    # imagefolder without a test/ folder: this fraction of each class is held out (seeded by `seed`) for testing.
+    test_fraction: float = IMAGEFOLDER_TEST_FRACTION
+    # Random horizontal flips in training (false for digits, text and anything that must not be mirrored).
+    flip: bool = True
+    # auto: decoded images kept in memory when they fit (constants.MEMORY_CACHE_BYTES); memory: always; none: never.
+    cache: str = "auto"
+    # Skip unreadable images (reported in the log and summary.json) instead of stopping.
+    skip_bad_images: bool = False
+    # Per-channel mean / std of the normalisation (pixel values 0..1); null: computed from the training split.
+    mean: list[float] | None = None
+    std: list[float] | None = None
 
 
 @dataclass(frozen=True)
@@ -126,12 +152,14 @@ class SearchSection:
     momentum: float = MISSING
     weight_decay: float = MISSING
     eta_min: float = MISSING
-    gradient_clip: float = MISSING
-    arc_learning_rate: float = MISSING
-    arc_betas: tuple[float, float] = MISSING
-    arc_weight_decay: float = MISSING
-    warmup_epochs: int = MISSING
-    # PC-DARTS: 1/K of each edge's channels go through the candidate ops; null for other strategies.
+    # The strategy's settings below: null means the strategy preset's own (nni_darts_ext.search.presets); a value
+    # given wins over the preset's, also when it equals DARTS' default.
+    gradient_clip: float | None = MISSING
+    arc_learning_rate: float | None = MISSING
+    arc_betas: tuple[float, float] | None = MISSING
+    arc_weight_decay: float | None = MISSING
+    warmup_epochs: int | None = MISSING
+    # 1/K of each edge's channels go through the candidate ops (PC-DARTS; any preset takes it).
     partial_channels: int | None = MISSING
     # Architecture-gradient order, 1 or 2; null: the strategy preset's own.
     order: int | None = None
@@ -145,6 +173,8 @@ class SearchSection:
     seeds: list[int] | None = None
     # How a multi-seed search picks its cell: one of SELECT_RULES.
     select: str = "val"
+    # The supernet's stem, cifar or imagenet (NNI's DARTS stems); null: imagenet for images of 64 px and more.
+    stem: str | None = None
 
 
 @dataclass(frozen=True)
@@ -165,6 +195,8 @@ class RetrainSection:
     cutout: int | None = MISSING
     # Gradient-norm clip; null: no clipping.
     gradient_clip: float | None = MISSING
+    # The fixed net's stem, cifar or imagenet; null: imagenet for images of 64 px and more.
+    stem: str | None = None
 
 
 @dataclass(frozen=True)
@@ -216,11 +248,14 @@ class Recipe:
         return lines + yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
 
     @property
-    def image_size(self) -> int:
-        """The effective input size: ``dataset.image_size`` or the dataset's own."""
+    def image_size(self) -> int | None:
+        """The effective input size: ``dataset.image_size`` or the dataset's own (None for an image folder or an
+        ``.npz`` file, whose size is known once read: ``RecipeData.info.image_size``)."""
         if self.dataset.image_size is not None:
             return self.dataset.image_size
-        return CIFAR10_IMAGE_SIZE if self.dataset.name == "cifar10" else DIGITS_IMAGE_SIZE
+        if self.dataset.name == "digits":
+            return DIGITS_IMAGE_SIZE
+        return NATIVE_DATASET_SIZE.get(self.dataset.name)
 
 
 def _to_plain(value: Any) -> Any:
@@ -291,28 +326,28 @@ def _check_type(key: str, value: Any, tp: Any) -> None:
             try:
                 _check_type(key, value, next(a for a in typing.get_args(tp) if a is not type(None)))
             except RecipeError:
-                raise RecipeError(f"{key}: expected {_type_name(tp)}, got {_describe(value)}") from None
+                raise RecipeError(f"{key}: expected {_type_name(tp)}, got {_describe(value)}", key=key) from None
         return
     if origin is tuple:
         args = typing.get_args(tp)
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise RecipeError(f"{key}: expected a list {_type_name(tp)}, got {_describe(value)}")
+            raise RecipeError(f"{key}: expected a list {_type_name(tp)}, got {_describe(value)}", key=key)
         for i, (item, arg) in enumerate(zip(value, args, strict=True)):
             _check_type(f"{key}[{i}]", item, arg)
         return
     if origin is list:
         if not isinstance(value, (list, tuple)):
-            raise RecipeError(f"{key}: expected a {_type_name(tp)}, got {_describe(value)}")
+            raise RecipeError(f"{key}: expected a {_type_name(tp)}, got {_describe(value)}", key=key)
         for i, item in enumerate(value):
             _check_type(f"{key}[{i}]", item, typing.get_args(tp)[0])
         return
     if origin is dict:
         if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
-            raise RecipeError(f"{key}: expected a mapping with string keys, got {_describe(value)}")
+            raise RecipeError(f"{key}: expected a mapping with string keys, got {_describe(value)}", key=key)
         return
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
-            raise RecipeError(f"{key}: expected a mapping of keys, got {_describe(value)}")
+            raise RecipeError(f"{key}: expected a mapping of keys, got {_describe(value)}", key=key)
         hints = typing.get_type_hints(tp)
         for name, item in value.items():
             if name in hints:  # unknown keys: the schema merge names them
@@ -326,7 +361,7 @@ def _check_type(key: str, value: Any, tp: Any) -> None:
         str: isinstance(value, str),
     }.get(tp, True)
     if not ok:
-        raise RecipeError(f"{key}: expected {_type_name(tp)}, got {_describe(value)}")
+        raise RecipeError(f"{key}: expected {_type_name(tp)}, got {_describe(value)}", key=key)
 
 
 def _check_types(plain: Mapping[str, Any]) -> None:
@@ -355,10 +390,13 @@ def _recipe_error(exc: OmegaConfBaseException) -> RecipeError:
             known = f"{section} has: {', '.join(_field_names(sections[section]))}"
         else:
             known = f"a recipe has: {', '.join(_field_names(Recipe))} (and {_EXTENDS})"
-        return RecipeError(f"{key}: unknown key; {known}")
+        return RecipeError(f"{key}: unknown key; {known}", key=key)
     if isinstance(exc, MissingMandatoryValue) and key:
-        return RecipeError(f"{key}: missing (every key without a default must be set; `extends: paper` fills them in)")
-    return RecipeError(f"{key}: {_reason(exc)}" if key else _reason(exc))
+        return RecipeError(
+            f"{key}: missing (every key without a default must be set; `extends: paper` fills them in)",
+            key=key,
+        )
+    return RecipeError(f"{key}: {_reason(exc)}", key=key) if key else RecipeError(_reason(exc))
 
 
 def _reason(exc: OmegaConfBaseException) -> str:
@@ -437,7 +475,8 @@ def _parse_yaml(text: str, where: str) -> DictConfig:
     except AssertionError:  # OmegaConf.create asserts that YAML text holds a mapping or a list
         raise RecipeError(f"{where}: expected a mapping of sections, got a single value") from None
     except OmegaConfBaseException as exc:
-        raise RecipeError(f"{where}: {_recipe_error(exc)}") from None
+        error = _recipe_error(exc)
+        raise RecipeError(f"{where}: {error}", key=error.key) from None
     if not isinstance(config, DictConfig):
         raise RecipeError(f"{where}: expected a mapping of sections, got a list")
     return config
@@ -461,7 +500,8 @@ def _raw_recipe(name_or_path: str | Path, depth: int = 0) -> tuple[DictConfig, s
     try:
         return OmegaConf.merge(base, config), label
     except OmegaConfBaseException as exc:
-        raise RecipeError(f"{label}: {_recipe_error(exc)}") from None
+        error = _recipe_error(exc)
+        raise RecipeError(f"{label}: {error}", key=error.key) from None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -486,13 +526,13 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not key:
         raise RecipeError(f"--set {text}: empty key")
     if not value_text.strip():
-        raise RecipeError(f"--set {key}: empty value (write {key}=null for null)")
+        raise RecipeError(f"--set {key}: empty value (write {key}=null for null)", key=key)
     if "\n" in value_text.strip():
-        raise RecipeError(f"--set {key}: the value must be one line (a YAML flow value such as [0.5, 0.9])")
+        raise RecipeError(f"--set {key}: the value must be one line (a YAML flow value such as [0.5, 0.9])", key=key)
     try:
         parsed = _parse_yaml(f"value: {value_text.strip()}", f"--set {key}")
     except RecipeError as exc:
-        raise RecipeError(str(exc).replace(f"--set {key}: value: ", f"--set {key}: ", 1)) from None
+        raise RecipeError(str(exc).replace(f"--set {key}: value: ", f"--set {key}: ", 1), key=key) from None
     return key, OmegaConf.to_container(parsed, resolve=False)["value"]
 
 
@@ -504,17 +544,20 @@ def _set_key(config: DictConfig, key: str, value: Any) -> None:
     section, _, name = key.partition(".")
     if not name and section in sections:
         example = _field_names(sections[section])[0]
-        raise RecipeError(f"--set {key}: is a section; set one of its keys, e.g. {key}.{example}")
+        raise RecipeError(f"--set {key}: is a section; set one of its keys, e.g. {key}.{example}", key=key)
     if section not in sections and name:
-        raise RecipeError(f"--set {key}: unknown section {section!r}; known: {', '.join(sections)}")
+        raise RecipeError(f"--set {key}: unknown section {section!r}; known: {', '.join(sections)}", key=key)
     if section not in sections and section not in _field_names(Recipe):
-        raise RecipeError(f"--set {key}: unknown key; known: {', '.join(_field_names(Recipe))}")
+        raise RecipeError(f"--set {key}: unknown key; known: {', '.join(_field_names(Recipe))}", key=key)
     if name and name.split(".")[0] not in _field_names(sections[section]):
-        raise RecipeError(f"--set {key}: unknown key; {section} has: {', '.join(_field_names(sections[section]))}")
+        raise RecipeError(
+            f"--set {key}: unknown key; {section} has: {', '.join(_field_names(sections[section]))}",
+            key=key,
+        )
     try:
         OmegaConf.update(config, key, value, merge=False, force_add=True)
     except OmegaConfBaseException as exc:
-        raise RecipeError(f"--set {key}: {_recipe_error(exc)}") from None
+        raise RecipeError(f"--set {key}: {_recipe_error(exc)}", key=key) from None
 
 
 def _override_items(overrides: Iterable[str] | Mapping[str, Any]) -> Sequence[tuple[str, Any]]:
@@ -542,19 +585,19 @@ def _build(config: DictConfig) -> Recipe:
 
 def _finite(key: str, value: float) -> None:
     if not math.isfinite(value):
-        raise RecipeError(f"{key}: must be a finite number, got {value}")
+        raise RecipeError(f"{key}: must be a finite number, got {value}", key=key)
 
 
 def _at_least(key: str, value: float, minimum: float) -> None:
     _finite(key, value)
     if value < minimum:
-        raise RecipeError(f"{key}: must be >= {minimum}, got {value}")
+        raise RecipeError(f"{key}: must be >= {minimum}, got {value}", key=key)
 
 
 def _positive(key: str, value: float) -> None:
     _finite(key, value)
     if not value > 0:
-        raise RecipeError(f"{key}: must be > 0, got {value}")
+        raise RecipeError(f"{key}: must be > 0, got {value}", key=key)
 
 
 def _in_range(key: str, value: float, low: float, high: float, *, low_open: bool, high_open: bool) -> None:
@@ -563,30 +606,61 @@ def _in_range(key: str, value: float, low: float, high: float, *, low_open: bool
     below = value < high if high_open else value <= high
     if not (above and below):
         interval = ("(" if low_open else "[") + f"{low}, {high}" + (")" if high_open else "]")
-        raise RecipeError(f"{key}: must be in {interval}, got {value}")
+        raise RecipeError(f"{key}: must be in {interval}, got {value}", key=key)
 
 
 def _one_of(key: str, value: Any, allowed: Sequence[Any]) -> None:
     if value is not None and value not in allowed:
         choices = ", ".join(repr(a) for a in allowed)
-        raise RecipeError(f"{key}: must be null or one of {choices}, got {value!r}")
+        raise RecipeError(f"{key}: must be null or one of {choices}, got {value!r}", key=key)
 
 
 def _validate_dataset(recipe: Recipe) -> None:
     from .data import DATASETS
 
     d = recipe.dataset
-    if d.name not in DATASETS:
-        raise RecipeError(f"dataset.name: unknown dataset {d.name!r}; known: {', '.join(DATASETS)}")
+    known = (*DATASETS, *OWN_DATASETS)
+    if d.name not in known:
+        raise RecipeError(f"dataset.name: unknown dataset {d.name!r}; known: {', '.join(known)}", key="dataset.name")
+    _validate_own_dataset(d)
     if d.image_size is not None:
         _at_least("dataset.image_size", d.image_size, 1)
         if d.name == "cifar10" and d.image_size != CIFAR10_IMAGE_SIZE:
             raise RecipeError(
-                f"dataset.image_size: CIFAR-10 images are {CIFAR10_IMAGE_SIZE}x{CIFAR10_IMAGE_SIZE}, got {d.image_size}"
+                f"dataset.image_size: CIFAR-10 images are {CIFAR10_IMAGE_SIZE}x{CIFAR10_IMAGE_SIZE}, "
+                f"got {d.image_size}",
+                key="dataset.image_size",
             )
     _at_least("dataset.num_workers", d.num_workers, 0)
     if d.max_samples is not None:
         _at_least("dataset.max_samples", d.max_samples, 2)
+
+
+def _validate_own_dataset(d: DatasetSection) -> None:
+    """The keys read by own datasets: checked always; refused for cifar10 / digits when they are not the default."""
+    if d.name not in OWN_DATASETS:
+        defaults = DatasetSection(name=d.name, data_dir=None, image_size=None, num_workers=0, max_samples=None)
+        for key in ("in_channels", "mean", "std", "cache", "skip_bad_images", "test_fraction", "flip"):
+            if getattr(d, key) != getattr(defaults, key):
+                raise RecipeError(f"dataset.{key}: only read by own datasets ({', '.join(OWN_DATASETS)}); "
+                                  f"{d.name} has its own; leave it at {getattr(defaults, key)!r}")
+    if d.in_channels is not None and d.in_channels not in (1, 3):
+        raise RecipeError(f"dataset.in_channels: must be null, 1 or 3, got {d.in_channels}")
+    _in_range("dataset.test_fraction", d.test_fraction, 0.0, 1.0, low_open=True, high_open=True)
+    if d.cache not in CACHE_MODES:
+        raise RecipeError(f"dataset.cache: must be one of {', '.join(map(repr, CACHE_MODES))}, got {d.cache!r}")
+    for key in ("mean", "std"):
+        values = getattr(d, key)
+        if values is None:
+            continue
+        if len(values) not in (1, 3):
+            raise RecipeError(f"dataset.{key}: one value per channel (1 or 3), got {len(values)}")
+        if d.in_channels is not None and len(values) != d.in_channels:
+            raise RecipeError(f"dataset.{key}: {len(values)} value(s) for dataset.in_channels {d.in_channels}")
+        for i, value in enumerate(values):
+            (_positive if key == "std" else _finite)(f"dataset.{key}[{i}]", value)
+    if (d.mean is None) != (d.std is None):
+        raise RecipeError("dataset.mean: set mean and std together (or both null: computed from the training split)")
 
 
 def _validate_training(section_name: str, s: SearchSection | RetrainSection) -> None:
@@ -601,7 +675,7 @@ def _validate_training(section_name: str, s: SearchSection | RetrainSection) -> 
     _at_least(key + "weight_decay", s.weight_decay, 0.0)
     _at_least(key + "eta_min", s.eta_min, 0.0)
     if s.eta_min > s.learning_rate:
-        raise RecipeError(f"{key}eta_min: {s.eta_min} is above {key}learning_rate {s.learning_rate}")
+        raise RecipeError(f"{key}eta_min: {s.eta_min} is above {key}learning_rate {s.learning_rate}", key=key)
     if s.gradient_clip is not None:
         _positive(key + "gradient_clip", s.gradient_clip)
 
@@ -611,42 +685,57 @@ def _validate_search(s: SearchSection) -> None:
 
     strategies = list_strategies()
     if s.strategy not in strategies:
-        raise RecipeError(f"search.strategy: unknown strategy {s.strategy!r}; known: {', '.join(strategies)}")
-    _in_range("search.train_fraction", s.train_fraction, 0.0, 1.0, low_open=True, high_open=True)
-    _positive("search.arc_learning_rate", s.arc_learning_rate)
-    for i, beta in enumerate(s.arc_betas):
-        _in_range(f"search.arc_betas[{i}]", beta, 0.0, 1.0, low_open=False, high_open=True)
-    _at_least("search.arc_weight_decay", s.arc_weight_decay, 0.0)
-    _at_least("search.warmup_epochs", s.warmup_epochs, 0)
-    if s.warmup_epochs >= s.epochs:
         raise RecipeError(
-            f"search.warmup_epochs: {s.warmup_epochs} leaves no epoch for the architecture "
-            f"(search.epochs is {s.epochs}); lower it or raise search.epochs"
+            f"search.strategy: unknown strategy {s.strategy!r}; known: {', '.join(strategies)}",
+            key="search.strategy",
         )
+    _in_range("search.train_fraction", s.train_fraction, 0.0, 1.0, low_open=True, high_open=True)
+    if s.arc_learning_rate is not None:
+        _positive("search.arc_learning_rate", s.arc_learning_rate)
+    for i, beta in enumerate(s.arc_betas or ()):
+        _in_range(f"search.arc_betas[{i}]", beta, 0.0, 1.0, low_open=False, high_open=True)
+    if s.arc_weight_decay is not None:
+        _at_least("search.arc_weight_decay", s.arc_weight_decay, 0.0)
+    if s.warmup_epochs is not None:
+        _at_least("search.warmup_epochs", s.warmup_epochs, 0)
+        if s.warmup_epochs >= s.epochs:
+            raise RecipeError(
+                f"search.warmup_epochs: {s.warmup_epochs} leaves no epoch for the architecture "
+                f"(search.epochs is {s.epochs}); lower it or raise search.epochs",
+                key="search.warmup_epochs",
+            )
+    # Whether partial_channels fits the strategy and the supernet is the strategy's to say (DartsSearch.check_space,
+    # called when the search is assembled); only its range is checked here.
     if s.partial_channels is not None:
         _at_least("search.partial_channels", s.partial_channels, 1)
-        if s.strategy != "pc-darts":
-            raise RecipeError(
-                "search.partial_channels: only used by strategy 'pc-darts' "
-                f"(strategy is {s.strategy!r}); set it to null"
-            )
-        if s.width % s.partial_channels:
-            raise RecipeError(f"search.partial_channels: {s.partial_channels} does not divide search.width {s.width}")
     _one_of("search.order", s.order, ARCHITECTURE_ORDERS)
     _at_least("search.hessian_every", s.hessian_every, 0)
     _one_of("search.early_stop", s.early_stop, EARLY_STOP_RULES)
     if s.early_stop == "hessian" and s.hessian_every == 0:
-        raise RecipeError("search.early_stop: 'hessian' needs the Hessian health check; set search.hessian_every >= 1")
+        raise RecipeError(
+            "search.early_stop: 'hessian' needs the Hessian health check; set search.hessian_every >= 1",
+            key="search.early_stop",
+        )
     if s.seeds is not None:
         if not s.seeds:
-            raise RecipeError("search.seeds: expected at least one seed, or null for one search with `seed`")
+            raise RecipeError(
+                "search.seeds: expected at least one seed, or null for one search with `seed`",
+                key="search.seeds",
+            )
         for i, seed in enumerate(s.seeds):
             _at_least(f"search.seeds[{i}]", seed, 0)
         repeated = sorted({seed for seed in s.seeds if s.seeds.count(seed) > 1})
         if repeated:
-            raise RecipeError(f"search.seeds: seed {repeated[0]} is listed twice; each seed runs one search")
+            raise RecipeError(
+                f"search.seeds: seed {repeated[0]} is listed twice; each seed runs one search",
+                key="search.seeds",
+            )
+    _one_of("search.stem", s.stem, STEMS)
     if s.select not in SELECT_RULES:
-        raise RecipeError(f"search.select: must be one of {', '.join(map(repr, SELECT_RULES))}, got {s.select!r}")
+        raise RecipeError(
+            f"search.select: must be one of {', '.join(map(repr, SELECT_RULES))}, got {s.select!r}",
+            key="search.select",
+        )
 
 
 def _validate_select(select: SelectSection) -> None:
@@ -658,11 +747,13 @@ def _validate_retrain(recipe: Recipe) -> None:
     r = recipe.retrain
     _at_least("retrain.auxiliary_weight", r.auxiliary_weight, 0.0)
     _in_range("retrain.drop_path_prob", r.drop_path_prob, 0.0, 1.0, low_open=False, high_open=True)
+    _one_of("retrain.stem", r.stem, STEMS)
     if r.cutout is not None:
         _at_least("retrain.cutout", r.cutout, 1)
-        if r.cutout > recipe.image_size:
+        if recipe.image_size is not None and r.cutout > recipe.image_size:
             raise RecipeError(
-                f"retrain.cutout: {r.cutout} is longer than the {recipe.image_size}x{recipe.image_size} images"
+                f"retrain.cutout: {r.cutout} is longer than the {recipe.image_size}x{recipe.image_size} images",
+                key="retrain.cutout",
             )
 
 
@@ -710,7 +801,7 @@ def load_recipe(name_or_path: str | Path, overrides: Iterable[str] | Mapping[str
     try:
         return validate(_build(config))
     except RecipeError as exc:
-        raise RecipeError(f"{label}: {exc}") from None
+        raise RecipeError(f"{label}: {exc}", key=exc.key) from None
 
 
 def apply_overrides(recipe: Recipe, overrides: Iterable[str] | Mapping[str, Any]) -> Recipe:

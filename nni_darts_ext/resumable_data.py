@@ -46,6 +46,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from .checks import check_int
+
 __all__ = ["ExactResume", "ResumableDataLoader", "ResumableSampler", "data_seed"]
 
 _logger = logging.getLogger(__name__)
@@ -105,14 +107,6 @@ def _set_rng_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
-
-
 class ResumableSampler(Sampler[int]):
     """Indices of a dataset in an order that depends only on ``(seed, epoch)``; Lightning sets the epoch.
 
@@ -132,7 +126,7 @@ class ResumableSampler(Sampler[int]):
         if not hasattr(data_source, "__len__"):
             raise TypeError(f"data_source must have a length, got {type(data_source).__name__}")
         self.num_samples = len(data_source)
-        self.seed = _check_int("seed", seed, 0)
+        self.seed = check_int("seed", seed, minimum=0)
         if not isinstance(shuffle, bool):
             raise TypeError(f"shuffle must be a bool, got {type(shuffle).__name__}")
         self.shuffle = shuffle
@@ -140,7 +134,7 @@ class ResumableSampler(Sampler[int]):
 
     def set_epoch(self, epoch: int) -> None:
         """Use the order of ``epoch`` from the next iteration on."""
-        self.epoch = _check_int("epoch", epoch, 0)
+        self.epoch = check_int("epoch", epoch, minimum=0)
 
     def __iter__(self) -> Iterator[int]:
         if not self.shuffle:
@@ -196,7 +190,7 @@ class ResumableDataLoader(DataLoader):
 
     def __init__(self, dataset: Any, batch_size: int | None = 1, shuffle: bool | None = None, *,
                  seed: int = 0, sampler: Any = None, **kwargs: Any):
-        self.seed = _check_int("seed", seed, 0)
+        self.seed = check_int("seed", seed, minimum=0)
         if sampler is None and kwargs.get("batch_sampler") is None:
             sampler = ResumableSampler(dataset, seed=seed, shuffle=bool(shuffle))
         super().__init__(dataset, batch_size=batch_size, sampler=sampler, **kwargs)

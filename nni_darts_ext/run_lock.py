@@ -35,9 +35,12 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
-__all__ = ["LOCK_FILE_NAME", "RANK_VARIABLES", "RunLock", "RunLockedError", "holds_run_lock", "read_lock_record"]
+from .checks import PathLike
+from .errors import RunLockedError
+
+__all__ = ["LOCK_FILE_NAME", "RANK_VARIABLES", "RunLock", "holds_run_lock", "read_lock_record"]
 
 _logger = logging.getLogger(__name__)
 
@@ -45,8 +48,6 @@ _logger = logging.getLogger(__name__)
 LOCK_FILE_NAME = ".nni-darts.lock"
 _ACQUIRE_ATTEMPTS = 5  # races lost to a concurrent take-over before giving up (each one means another run won)
 _MAX_RECORD_BYTES = 64 * 1024
-
-PathLike = Union[str, "os.PathLike[str]"]
 
 
 #: Environment variables that launchers set to a process's rank: Lightning's DDP launcher re-runs the command for
@@ -66,15 +67,6 @@ def holds_run_lock(environ: dict[str, str] | None = None) -> bool:
     """
     environ = os.environ if environ is None else environ
     return all(environ.get(name, "0") in ("", "0") for name in RANK_VARIABLES)
-
-
-class RunLockedError(RuntimeError):
-    """The output folder is in use by another live run. ``str(error)`` is one line; attributes ``pid``, ``host``."""
-
-    def __init__(self, message: str, *, pid: int | None, host: str | None):
-        super().__init__(message)
-        self.pid = pid
-        self.host = host
 
 
 def read_lock_record(path: PathLike) -> dict[str, Any]:

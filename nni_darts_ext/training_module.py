@@ -176,7 +176,7 @@ class DartsClassificationModule(ClassificationModule):
     # NNI's SupervisedLearningModule reports to NNI whenever ``nni.get_current_parameter()`` is not None: the
     # validation metric after each validation epoch and once more at the end of ``fit`` (lightning.py ~L281-299).
     # Multi-trial NAS relies on that (its final metric is the last val_acc). A retrain tuned by nnictl reports the
-    # *test* accuracy as its final result instead: nni_darts_ext.nni_trial.NniReportCallback then sets
+    # *test* accuracy as its final result instead: nni_darts_ext.callbacks.NniReportCallback then sets
     # ``report_to_nni = False`` and reports itself (rank 0 only), so exactly one report per epoch and one final
     # report reach NNI.
 

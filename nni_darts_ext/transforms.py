@@ -35,6 +35,8 @@ from nni_darts_ext.constants import (
     DEFAULT_CUTOUT_LENGTH,
 )
 
+from .checks import check_int
+
 with import_nni_quietly():
     import nni
 
@@ -45,15 +47,6 @@ __all__ = [
     "cifar10_transforms",
     "cutout",
 ]
-
-
-def _check_length(length: Any, name: str = "length") -> int:
-    """Return ``length`` if it is an int >= 1; TypeError / ValueError naming ``name`` otherwise."""
-    if isinstance(length, bool) or not isinstance(length, numbers.Integral):
-        raise TypeError(f"`{name}` must be an int, got {type(length).__name__} ({length!r})")
-    if length < 1:
-        raise ValueError(f"`{name}` must be >= 1, got {length}")
-    return int(length)
 
 
 def _check_images(images: Any) -> None:
@@ -100,7 +93,7 @@ def cutout(
                 [1., 1., 1., 1.],
                 [1., 1., 1., 1.]])
     """
-    length = _check_length(length)
+    length = check_int("length", length, minimum=1)
     _check_images(images)
     batched = images.ndim == 4
     n = images.shape[0] if batched else 1
@@ -192,7 +185,7 @@ class Cutout(v2.Transform):
     _transformed_types = (_is_plain_tensor, tv_tensors.Image, tv_tensors.Video, PIL.Image.Image)
 
     def __init__(self, length: int = DEFAULT_CUTOUT_LENGTH, generator: torch.Generator | None = None) -> None:
-        length = _check_length(length)
+        length = check_int("length", length, minimum=1)
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"`generator` must be a torch.Generator or None, got {type(generator).__name__}")
         super().__init__()
@@ -265,7 +258,7 @@ _Normalize = nni.trace(T.Normalize)
 def _check_cutout(cutout_length: Any) -> int | None:
     if cutout_length is None:
         return None
-    cutout_length = _check_length(cutout_length, "cutout")
+    cutout_length = check_int("cutout", cutout_length, minimum=1)
     if cutout_length > CIFAR10_IMAGE_SIZE:
         raise ValueError(f"`cutout` must be None or an int in 1..{CIFAR10_IMAGE_SIZE} "
                          f"(the CIFAR-10 image size), got {cutout_length}")

@@ -15,8 +15,9 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 SCRIPT = BENCHMARKS / "search_step.py"
 RETRAIN = BENCHMARKS / "retrain_step.py"
-TINY = ["--width", "8", "--cells", "3", "--batch", "4", "--image-size", "16", "--steps", "2", "--warmup", "1",
-        "--threads", "1", "--matmul-size", "64"]
+# At most 2 warm-up steps (the rule compares two), then 3 steady steps: 6 batches with the FLOP step.
+TIMING = ["--steps", "3", "--warmup", "1", "--max-warmup", "2", "--threads", "1", "--matmul-size", "64"]
+TINY = ["--width", "8", "--cells", "3", "--batch", "4", "--image-size", "16", *TIMING]
 
 
 def _load(name: str):
@@ -41,7 +42,8 @@ def test_search_step_harness_writes_the_documented_json(tmp_path):
     report = json.loads(out.read_text())
     assert set(report) == {"config", "results"}
     config = report["config"]
-    assert (config["width"], config["cells"], config["batch"], config["steps"], config["threads"]) == (8, 3, 4, 2, 1)
+    assert (config["width"], config["cells"], config["batch"], config["steps"], config["threads"]) == (8, 3, 4, 3, 1)
+    assert (config["warmup"], config["max_warmup"], config["tolerance"]) == (1, 2, 0.05)
     assert config["precision"] == "bf16-mixed" and config["compile"] is False
     assert [r["name"] for r in report["results"]] == ["nni-stock", "pc-darts:partial_channels=2"]
     # nni-stock always runs as the tutorial does; the precision applies to our presets only.
@@ -50,7 +52,10 @@ def test_search_step_harness_writes_the_documented_json(tmp_path):
         assert {"name", "step_seconds", "images_per_second", "peak_memory_mb", "startup_seconds"} <= set(r)
         assert r["step_seconds"] > 0 and r["peak_memory_mb"] > 0 and r["startup_seconds"] > 0
         assert r["images_per_second"] == pytest.approx(2 * 4 / r["step_seconds"])
-        assert len(r["step_seconds_all"]) == 3 and r["threads"] == 1
+        # every step's time, warm-up included; the reported step is the median of the steady ones
+        assert r["warmup_steps"] == 2 and isinstance(r["steady"], bool) and r["threads"] == 1
+        assert len(r["step_times_s"]) == 2 + 3 and r["steady_steps"] == 3
+        assert r["step_seconds"] == pytest.approx(sorted(r["step_times_s"][2:])[1])
         assert r["flops"] > 0 and r["matmul_flops_per_second"] > 0
         assert r["matmul_fraction"] == pytest.approx(r["flops"] / r["step_seconds"] / r["matmul_flops_per_second"])
     # Partial channels (1/2 of the channels through the ops) cost fewer FLOPs than the stock full cell.
@@ -60,6 +65,19 @@ def test_search_step_harness_writes_the_documented_json(tmp_path):
     assert "| preset | step (s) | images/s | vs stock |" in proc.stdout
     assert "| nni-stock |" in proc.stdout and "| 1.00x |" in proc.stdout
     assert "| GFLOP/step | matmul fraction |" in proc.stdout
+
+
+@pytest.mark.parametrize("durations, expected", [
+    ([3.0, 2.0, 1.97, 1.96], (3, True)),     # steps 2 and 3 agree within 5%: 3 warm-up steps
+    ([3.0, 2.99], (2, True)),                # the first two agree already
+    ([3.0, 2.0], None),                      # undecided: another step is needed
+    ([8.0, 4.0, 2.0, 1.0], (4, False)),      # the cap ends the warm-up: not steady
+])
+def test_warmup_ends_when_two_consecutive_steps_agree_within_the_tolerance(durations, expected):
+    common = _load("_common")
+    assert common.warmup_length(durations, minimum=1, maximum=4, tolerance=0.05) == expected
+    # at least `minimum` warm-up steps, even when earlier steps agree
+    assert common.warmup_length([2.0, 2.0, 2.0, 2.0], minimum=3, maximum=8, tolerance=0.05) == (3, True)
 
 
 def test_format_table_and_failures():
@@ -93,7 +111,7 @@ def test_parse_preset_reads_overrides_as_python_literals():
 def test_precision_dtype_and_matmul_rate():
     import torch
 
-    bench = _load_script()
+    bench = _load("_common")
     assert bench.precision_dtype("bf16-mixed") is torch.bfloat16 and bench.precision_dtype("32-true") is torch.float32
     assert bench.precision_dtype("16-mixed") is torch.float16 and bench.precision_dtype("64-true") is torch.float64
     assert bench.matmul_flops_per_second(32, torch.float32, "cpu", repeats=2) > 0
@@ -109,15 +127,15 @@ def test_unknown_preset_is_one_line_and_exit_2(capsys):
 def test_retrain_step_reports_flops_and_fraction_in_bf16(tmp_path):
     out = tmp_path / "retrain.json"
     proc = subprocess.run([sys.executable, str(RETRAIN), "--width", "4", "--cells", "3", "--batch", "2",
-                           "--image-size", "8", "--steps", "1", "--warmup", "1", "--threads", "1",
-                           "--matmul-size", "64", "--precision", "bf16-mixed", "--json", str(out)],
+                           "--image-size", "8", *TIMING, "--precision", "bf16-mixed", "--json", str(out)],
                           capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     r = json.loads(out.read_text())
     assert (r["arch"], r["width"], r["cells"], r["batch"], r["precision"], r["compile"]) == (
         "darts-v2", 4, 3, 2, "bf16-mixed", False)
     assert r["step_seconds"] > 0 and r["images_per_second"] == pytest.approx(2 / r["step_seconds"])
-    assert r["flops"] > 0 and r["peak_memory_mb"] > 0 and len(r["step_seconds_all"]) == 2
+    assert r["flops"] > 0 and r["peak_memory_mb"] > 0
+    assert r["warmup_steps"] == 2 and len(r["step_times_s"]) == 5 and r["steady_steps"] == 3
     assert r["matmul_fraction"] == pytest.approx(r["flops"] / r["step_seconds"] / r["matmul_flops_per_second"])
     assert "GFLOP/step" in proc.stdout
 
@@ -135,7 +153,8 @@ def test_gpu_script_cpu_rehearsal(tmp_path):
     assert all(r["flops"] > 0 for r in retrain)
 
 
-@pytest.mark.parametrize("argv", [["--steps", "0"], ["--threads", "0"], ["--strategy-kwargs", "[1]"],
+@pytest.mark.parametrize("argv", [["--steps", "0"], ["--steps", "2"], ["--warmup", "3", "--max-warmup", "2"],
+                                  ["--tolerance", "0"], ["--threads", "0"], ["--strategy-kwargs", "[1]"],
                                   ["--device", "tpu"], ["--precision", "fp8"], ["--presets", "pc-darts:order"],
                                   ["--matmul-size", "0"]])
 def test_bad_arguments_exit_with_code_2(argv):
@@ -197,14 +216,14 @@ def test_flop_totals_without_module_tracking_match_torch_counter():
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    bench = _load("search_step")
+    common = _load("_common")
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(288, 4))
     x = torch.randn(2, 3, 8, 8)
     totals = []
     for tracked in (True, False):
         counter = FlopCounterMode(display=False)
         if not tracked:
-            counter.mod_tracker = bench._GlobalOnly()
+            counter.mod_tracker = common.GlobalOnly()
         with counter:
             net(x).sum().backward()
         totals.append(counter.get_total_flops())

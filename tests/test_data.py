@@ -352,8 +352,8 @@ def test_get_dataset_digits():
 
 
 def test_get_dataset_unknown_name_lists_known():
-    with pytest.raises(ValueError, match="unknown dataset 'mnist'.*cifar10, digits"):
-        get_dataset("mnist", train=True)
+    with pytest.raises(ValueError, match="unknown dataset 'imagenet'.*cifar10, digits"):
+        get_dataset("imagenet", train=True)
 
 
 def test_cifar10_download_only_when_files_are_missing(tmp_path, monkeypatch):

@@ -203,11 +203,3 @@ def test_integral_floats_and_zero_cutout():
     """quniform hands over 16.0 for an int parameter; cutout 0 means no Cutout (null in the recipe)."""
     assert trial_overrides({"epochs": 16.0, "cutout": 0}) == {"retrain.epochs": 16, "retrain.cutout": None}
     assert trial_overrides({"cutout": 8.0}) == {"retrain.cutout": 8}
-
-
-def test_the_report_callback_is_still_importable_from_nni_trial():
-    from nni_darts_ext import nni_trial
-
-    assert nni_trial.NniReportCallback is NniReportCallback
-    with pytest.raises(AttributeError):
-        nni_trial.no_such_name  # noqa: B018

@@ -151,3 +151,14 @@ def test_pipeline_package_re_exports_the_run_functions():
     assert pipeline.run_retrain is run_retrain
     assert pipeline.UsageError is UsageError
     assert {"run_search", "run_retrain", "run_evaluate", "run_demo", "RunOptions"} <= set(pipeline.__all__)
+
+
+def test_typed_errors_become_one_line_naming_the_recipe_key_or_flag(tmp_path):
+    """CIFAR-10 without a data folder names dataset.data_dir; a precision Lightning does not take names --precision;
+    both before anything is written."""
+    recipe = _recipe("dataset.name=cifar10", "dataset.image_size=null", "retrain.cutout=null")
+    with pytest.raises(UsageError, match=r"^dataset.data_dir: is needed for CIFAR-10"):
+        assemble_search(recipe, _cpu(tmp_path))
+    with pytest.raises(UsageError, match=r"^--precision bogus: expected one of .*bf16-mixed"):
+        assemble_search(_recipe(), _cpu(tmp_path, precision="bogus"))
+    assert not (tmp_path / "run").exists()

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from nni_darts_ext.errors import RunLockedError
 from nni_darts_ext.run_lock import (
     LOCK_FILE_NAME,
     RunLock,
-    RunLockedError,
     holds_run_lock,
     read_lock_record,
 )
@@ -54,7 +54,7 @@ def test_second_run_is_refused_naming_pid_and_host(tmp_path):
         assert info.value.pid == holder.pid and info.value.host == socket.gethostname()
         # Refused in another process too (what a second CLI run is).
         probe = subprocess.run(
-            [sys.executable, "-c", "import sys; from nni_darts_ext.run_lock import RunLock, RunLockedError\n"
+            [sys.executable, "-c", "import sys; from nni_darts_ext.errors import RunLockedError\nfrom nni_darts_ext.run_lock import RunLock\n"
              "try:\n RunLock(sys.argv[1]).acquire()\nexcept RunLockedError as e:\n print(e); sys.exit(2)",
              str(tmp_path)], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
         assert probe.returncode == 2 and f"pid {holder.pid}" in probe.stdout

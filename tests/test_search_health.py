@@ -12,6 +12,7 @@ import torch
 
 from nni_darts_ext._compat import import_nni_quietly
 from nni_darts_ext.callbacks.search_health import SearchHealthMonitor
+from nni_darts_ext.errors import InspectError
 from nni_darts_ext.health import (
     RECORD_KEYS,
     DartsEarlyStopping,
@@ -23,7 +24,7 @@ from nni_darts_ext.health import (
     plot_health,
     read_health_records,
 )
-from nni_darts_ext.inspect_run import InspectError, format_report, inspect_run
+from nni_darts_ext.inspect_run import format_report, inspect_run
 
 WIDTH, CELLS, IMAGE, BATCH = 4, 3, 8, 8
 

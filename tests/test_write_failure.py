@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from nni_darts_ext.errors import OutputWriteError
 from nni_darts_ext.io import (
     EXIT_OUTPUT_WRITE_FAILED,
-    OutputWriteError,
     atomic_open,
     atomic_write_text,
 )
@@ -30,7 +30,8 @@ BIG_ELEMENTS = LIMIT_BYTES  # float32: 4x the limit
 _CHILD = textwrap.dedent(
     """
     import resource, sys, torch
-    from nni_darts_ext.io import EXIT_OUTPUT_WRITE_FAILED, OutputWriteError, atomic_torch_save, atomic_write_json
+    from nni_darts_ext.errors import OutputWriteError
+    from nni_darts_ext.io import EXIT_OUTPUT_WRITE_FAILED, atomic_torch_save, atomic_write_json
     from nni_darts_ext.callbacks import AtomicCheckpointIO
     kind, target, limit, size = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))

@@ -37,13 +37,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from nni_darts_ext import build_model, darts_evaluator, load_recipe
     from nni_darts_ext.arch import NAMED_ARCHS, load_arch
+    from nni_darts_ext.callbacks import NniReportCallback
     from nni_darts_ext.evaluator import recipe_dataloaders
-    from nni_darts_ext.nni_trial import (
-        TRIAL_VALIDATION_FRACTION,
-        NniReportCallback,
-        apply_trial_overrides,
-        report_final_result,
-    )
+    from nni_darts_ext.nni_trial import TRIAL_VALIDATION_FRACTION, apply_trial_overrides, report_final_result
     from nni_darts_ext.recipes import RecipeError
 
     try:

@@ -12,6 +12,11 @@ from typing import Any
 
 import pytorch_lightning as pl
 
+from .._compat import import_nni_quietly
+
+with import_nni_quietly():
+    from nni.nas.oneshot.pytorch.base_lightning import BaseOneShotLightningModule
+
 __all__ = ["AlphaHistory"]
 
 
@@ -31,11 +36,11 @@ class AlphaHistory(pl.Callback):
         self.history: list[dict[str, dict[str, float]]] = []
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-        export = getattr(pl_module, "export_probs", None)
-        if export is None:
+        if not isinstance(pl_module, BaseOneShotLightningModule):  # a retrain: no architecture to record
             return
         self.history.append(
-            {str(label): {str(op): float(p) for op, p in dist.items()} for label, dist in export().items()}
+            {str(label): {str(op): float(p) for op, p in dist.items()}
+             for label, dist in pl_module.export_probs().items()}
         )
 
     def state_dict(self) -> dict[str, Any]:

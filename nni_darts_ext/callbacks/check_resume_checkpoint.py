@@ -8,17 +8,14 @@ Example::
 
 from __future__ import annotations
 
-import os
-
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
 
 from ..checkpoint import check_path, read_checkpoint, state_dict_mismatch
+from ..checks import PathLike
 from ..errors import CheckpointError
 
 __all__ = ["CheckResumeCheckpoint"]
-
-PathLike = str | os.PathLike
 
 
 class CheckResumeCheckpoint(Callback):

@@ -29,14 +29,13 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
 
 from ..checkpoint import LAST_CHECKPOINT_NAME, AtomicCheckpointIO, check_path
+from ..checks import PathLike
 from ..errors import TrainingInterrupted
 from .non_finite_loss import batch_loss, is_finite
 
 __all__ = ["CheckpointOnSignal", "TrainingInterrupted"]
 
 _logger = logging.getLogger(__name__)
-
-PathLike = str | os.PathLike
 
 
 _CATCHABLE = {signal.SIGINT, signal.SIGTERM}

@@ -39,8 +39,9 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
+from ..checks import PathLike
 from ..errors import TrainingInterrupted
-from .checkpoint_on_signal import CheckpointOnSignal, PathLike
+from .checkpoint_on_signal import CheckpointOnSignal
 from .non_finite_loss import batch_loss, is_finite
 
 __all__ = ["DistributedSignalStop"]

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import numbers
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -45,6 +44,13 @@ from nni_darts_ext.health import (
     write_health_records,
 )
 
+from .._compat import import_nni_quietly
+from ..checks import check_int, check_optional
+
+with import_nni_quietly():
+    from nni.nas.evaluator.pytorch.lightning import SupervisedLearningModule
+    from nni.nas.oneshot.pytorch.base_lightning import BaseOneShotLightningModule
+
 __all__ = ["EARLY_STOP_RULES", "SearchHealthMonitor"]
 
 _logger = logging.getLogger(__name__)
@@ -57,12 +63,6 @@ _NNI_EXPORT_LOGGER = "nni.nas.oneshot.pytorch.supermodule.differentiable"
 _IMAGE_TAG = "search/cells"
 _SCALAR_KEYS = ("changed_edges", "skip_connects_normal", "skip_connects_reduce", "mean_entropy", "max_weight",
                 "hessian_eigenvalue")
-
-
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def _to_plain(value: Any) -> Any:
@@ -86,11 +86,11 @@ def _sorted_arch_parameters(module: Any) -> list[torch.Tensor]:
 def _default_loss(pl_module: Any, batch: Any) -> torch.Tensor:
     """Validation loss of the wrapped training module on ``batch``: ``criterion(forward(x), y)``.
 
-    Falls back to ``training_step(batch, 0)`` (loss tensor or dict with ``'loss'``) when the module has no
-    ``criterion``; its ``self.log`` calls are discarded.
+    Falls back to ``training_step(batch, 0)`` (loss tensor or dict with ``'loss'``) when the module is not an NNI
+    ``SupervisedLearningModule`` (which holds a ``criterion``); its ``self.log`` calls are discarded.
     """
-    training_module = getattr(pl_module, "training_module", pl_module)
-    criterion = getattr(training_module, "criterion", None)
+    training_module = pl_module.training_module if isinstance(pl_module, BaseOneShotLightningModule) else pl_module
+    criterion = training_module.criterion if isinstance(training_module, SupervisedLearningModule) else None
     if criterion is not None and isinstance(batch, (list, tuple)) and len(batch) == 2:
         x, y = batch
         output = training_module(x)
@@ -205,7 +205,7 @@ class SearchHealthMonitor(pl.Callback):
         if not isinstance(out_dir, (str, Path)):
             raise TypeError(f"out_dir must be a path, got {type(out_dir).__name__}")
         self.out_dir = Path(out_dir)
-        self.hessian_every = _check_int("hessian_every", hessian_every, 0)
+        self.hessian_every = check_int("hessian_every", hessian_every, minimum=0)
         if early_stop is not None and early_stop not in EARLY_STOP_RULES:
             raise ValueError(f"early_stop must be None or one of {list(EARLY_STOP_RULES)}, got {early_stop!r}")
         if early_stop is not None and self.hessian_every == 0:
@@ -215,13 +215,12 @@ class SearchHealthMonitor(pl.Callback):
         self.early_stop = early_stop
         self._rule_template = rule
         self.rule = copy.deepcopy(rule) if rule is not None else DartsEarlyStopping()
-        self.power_iterations = _check_int("power_iterations", power_iterations, 1)
+        self.power_iterations = check_int("power_iterations", power_iterations, minimum=1)
         self.power_tol = float(power_tol)
-        self.max_normal_skips = _check_int("max_normal_skips", max_normal_skips, 0)
-        self.stall_epochs = _check_int("stall_epochs", stall_epochs, 1)
+        self.max_normal_skips = check_int("max_normal_skips", max_normal_skips, minimum=0)
+        self.stall_epochs = check_int("stall_epochs", stall_epochs, minimum=1)
         self.loss_fn = loss_fn or _default_loss
-        self.hessian_batch_size = None if hessian_batch_size is None else _check_int(
-            "hessian_batch_size", hessian_batch_size, 1)
+        self.hessian_batch_size = check_optional(check_int, "hessian_batch_size", hessian_batch_size, minimum=1)
         self.log_images = bool(log_images)
         self.plot = bool(plot)
         self.records: list[dict[str, Any]] = []

@@ -27,15 +27,16 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import pytorch_lightning as pl
+
+from ..checks import PathLike
 
 __all__ = ["TimedCheckpoint"]
 
 _logger = logging.getLogger(__name__)
 
-PathLike = Union[str, "os.PathLike[str]"]
 _CHECKPOINT_SUFFIX = ".ckpt"  # Lightning's ModelCheckpoint.FILE_EXTENSION
 
 

@@ -27,17 +27,19 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from lightning_fabric.plugins.precision.precision import _PRECISION_INPUT
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from .._compat import cpu_has_native_bf16, import_nni_quietly
+from .._compat import cpu_has_native_bf16
 from ..arch import NAMED_ARCHS, build_model, load_arch, normalize_arch
 from ..callbacks import (
     AlphaHistory,
@@ -53,21 +55,24 @@ from ..callbacks import (
 )
 from ..checkpoint import AtomicCheckpointIO, read_checkpoint, state_dict_mismatch
 from ..compile import CompileModel
-from ..constants import ARC_BETAS, ARC_WEIGHT_DECAY, NUM_CLASSES
+from ..constants import NUM_CLASSES
 from ..data import search_dataloaders
 from ..distributed import launched_rank
-from ..errors import CheckpointError, DatasetError, UsageError
+from ..errors import ArgumentError, ArgumentValueError, CheckpointError, DatasetError, UsageError
 from ..evaluator import darts_evaluator, darts_trainer
+from ..io import atomic_write_json
 from ..nni_trial import TRIAL_VALIDATION_FRACTION
 from ..recipe_data import RecipeData, retrain_loaders, test_loader
 from ..recipes import Recipe, RecipeError
 from ..resumable_data import ExactResume
 from ..search import darts_strategy
+from ..space import check_image_size, darts_space, default_stem, min_image_size
 from ..training_module import DartsClassificationModule
 from .options import RunOptions
 from .run_folder import (
     ARCH_FILE,
     CHECKPOINT_DIR,
+    DATASET_FILE,
     TENSORBOARD_DIR,
     check_out_dir_on_rank,
     check_search_resume,
@@ -83,9 +88,16 @@ __all__ = [
     "assemble_retrain",
     "assemble_search",
     "check_device",
+    "check_search",
+    "lightning_precisions",
     "data_errors",
+    "data_shape",
     "per_device_batch",
     "resolve_arch",
+    "search_space",
+    "search_strategy",
+    "strategy_overrides",
+    "write_dataset_info",
 ]
 
 # Lightning's default logging interval (Trainer(log_every_n_steps=50)); lowered to the epoch length on tiny data
@@ -122,6 +134,7 @@ class Assembly:
         evaluator, space, strategy: NNI's evaluator, model space and one-shot strategy (search).
         epoch_log, alpha_history, health: the recording callbacks (the last two for a search only).
         arch, arch_name: the fixed architecture and where it came from (retrain).
+        info, stem: the data's :class:`~nni_darts_ext.datasets.DataInfo` and the net's stem.
     """
 
     command: str
@@ -150,6 +163,8 @@ class Assembly:
     health: SearchHealthMonitor | None = None
     arch: dict | None = None
     arch_name: str | None = None
+    info: Any = None
+    stem: str | None = None
 
 
 # ---------------------------------------------------------------------------------------------------------- checks
@@ -215,6 +230,10 @@ def per_device_batch(global_batch: int, world_size: int, *, key: str, devices: i
     return global_batch // world_size
 
 
+#: The dataset arguments a recipe sets (nni_darts_ext.data.get_dataset's), with their recipe keys.
+_DATA_RECIPE_KEYS = {"root": "dataset.data_dir", "image_size": "dataset.image_size", "cutout": "retrain.cutout"}
+
+
 def data_errors(build: Callable[[], Any]) -> Any:
     """``build()`` with missing or corrupt data turned into UsageError naming the files.
 
@@ -228,8 +247,41 @@ def data_errors(build: Callable[[], Any]) -> Any:
         raise UsageError(f"{exc} (set --data-dir)") from None
     except DatasetError as exc:
         raise UsageError(str(exc)) from None
-    except TypeError as exc:  # e.g. cifar10 without a data_dir
-        raise UsageError(f"dataset.data_dir: {exc}") from None
+    except ArgumentError as exc:  # e.g. cifar10 without a data_dir
+        key = _DATA_RECIPE_KEYS.get(exc.argument)
+        if key is None:
+            raise
+        raise UsageError(f"{key}: {exc.problem}") from None
+
+
+def data_shape(data: RecipeData, stem: str | None, *, key: str, test: bool = True) -> tuple[Any, str]:
+    """The run's :class:`~nni_darts_ext.datasets.DataInfo` and the stem (``stem``, or the default for the images'
+    size), with images too small for that stem's net refused as UsageError stating the minimum.
+
+    Example::
+
+        info, stem = data_shape(data, recipe.search.stem, key="search.stem")
+    """
+    info = data_errors(lambda: data.info(test=test))
+    stem = stem or default_stem(info.image_size)
+    try:
+        check_image_size(info.image_size, stem)
+    except ArgumentValueError:
+        where = "dataset.image_size" if data.recipe.dataset.image_size is not None else "the images' size"
+        raise UsageError(f"{where}: {info.image_size} px is too small for the DARTS net with the {stem} stem "
+                         f"({key}): the minimum is {min_image_size(stem)} px; set dataset.image_size to "
+                         f"{min_image_size(stem)} or more") from None
+    return info, stem
+
+
+def write_dataset_info(out: Path, info: Any) -> None:
+    """``out/dataset.json``: the run's :class:`~nni_darts_ext.datasets.DataInfo` (read by evaluate and deploy).
+
+    Example::
+
+        write_dataset_info(Path("runs/r"), data.info())
+    """
+    atomic_write_json(out / DATASET_FILE, info.to_dict())
 
 
 def check_resumable(path: Path, module: Any = None) -> None:
@@ -280,6 +332,9 @@ def _trainer_settings(options: RunOptions, accelerator: str, devices: int, **kwa
         "enable_model_summary": False,
     }
     if options.precision is not None:
+        if options.precision not in lightning_precisions():
+            raise UsageError(f"--precision {options.precision}: expected one of "
+                             f"{', '.join(map(str, lightning_precisions()))}")
         settings["precision"] = options.precision
         on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
         if options.precision.startswith("bf16") and on_cpu and not cpu_has_native_bf16():
@@ -298,16 +353,31 @@ def _trainer_settings(options: RunOptions, accelerator: str, devices: int, **kwa
     return settings
 
 
+def lightning_precisions() -> tuple[str | int, ...]:
+    """The ``precision`` values Lightning's trainer takes (its ``_PRECISION_INPUT`` type: ``"32-true"``,
+    ``"bf16-mixed"``, ``16``, ...); ``--precision`` is checked against them before a trainer is built.
+
+    Example::
+
+        >>> "bf16-mixed" in lightning_precisions()
+        True
+    """
+    def flat(tp: Any) -> tuple:
+        return tuple(value for arg in typing.get_args(tp) for value in (flat(arg) if typing.get_args(arg) else (arg,)))
+
+    return flat(_PRECISION_INPUT)
+
+
 @contextlib.contextmanager
 def _trainer_errors() -> Iterator[None]:
-    """Lightning's refusals of trainer options (bad --precision, ...) as UsageError."""
+    """Lightning's refusals of trainer options (``--strategy``, ``--num-nodes`` with an accelerator, ...) as
+    UsageError; ``--precision`` is checked before (:func:`lightning_precisions`)."""
     try:
         yield
     except (ValueError, MisconfigurationException) as exc:
         text = str(exc).strip()
         first_line = text.splitlines()[0] if text else type(exc).__name__
-        flag = "--precision" if "recision" in first_line else "trainer options"
-        raise UsageError(f"{flag}: {first_line}") from None
+        raise UsageError(f"trainer options: {first_line}") from None
 
 
 def _log_every(n_batches: int) -> int:
@@ -352,7 +422,8 @@ def _run_callbacks(
     return callbacks, epoch_log, logger
 
 
-def _module(section: Any, num_epochs: int, *, auxiliary_weight: float, drop_path_prob: float | None) -> Any:
+def _module(section: Any, num_epochs: int, *, auxiliary_weight: float, drop_path_prob: float | None,
+            num_classes: int = NUM_CLASSES) -> Any:
     return DartsClassificationModule(
         learning_rate=section.learning_rate,
         weight_decay=section.weight_decay,
@@ -361,49 +432,108 @@ def _module(section: Any, num_epochs: int, *, auxiliary_weight: float, drop_path
         max_epochs=num_epochs,
         auxiliary_loss_weight=auxiliary_weight,
         drop_path_prob=drop_path_prob,
-        num_classes=NUM_CLASSES,
+        num_classes=num_classes,
     )
 
 
 # ---------------------------------------------------------------------------------------------------------- search
-def _strategy(recipe: Recipe) -> Any:
-    """The recipe's strategy preset; options a preset does not take become RecipeError naming the key."""
+#: The strategy arguments a recipe sets, with their recipe keys. A key whose value is null leaves the preset's own
+#: value; any value given is passed and wins, also when it equals DARTS' default.
+STRATEGY_RECIPE_KEYS: dict[str, str] = {
+    "arc_learning_rate": "search.arc_learning_rate",
+    "arc_betas": "search.arc_betas",
+    "arc_weight_decay": "search.arc_weight_decay",
+    "warmup_epochs": "search.warmup_epochs",
+    "gradient_clip_val": "search.gradient_clip",
+    "partial_channels": "search.partial_channels",
+    "order": "search.order",
+    "max_skip_connects": "export.max_skip_connects",
+}
+
+
+def strategy_overrides(recipe: Recipe) -> dict[str, Any]:
+    """The keyword arguments the recipe gives its strategy preset: every non-null value of
+    :data:`STRATEGY_RECIPE_KEYS`, then ``search.strategy_options``.
+
+    Example::
+
+        >>> strategy_overrides(load_recipe("fair-darts"))["arc_betas"]
+        (0.9, 0.999)
+    """
     s = recipe.search
-    kwargs: dict[str, Any] = {
+    values = {
         "arc_learning_rate": s.arc_learning_rate,
-        "gradient_clip_val": s.gradient_clip,
+        "arc_betas": None if s.arc_betas is None else tuple(s.arc_betas),
+        "arc_weight_decay": s.arc_weight_decay,
         "warmup_epochs": s.warmup_epochs,
+        "gradient_clip_val": s.gradient_clip,
+        "partial_channels": s.partial_channels,
+        "order": s.order,
+        "max_skip_connects": recipe.export.max_skip_connects,
     }
-    keys = {"arc_learning_rate": "search.arc_learning_rate", "gradient_clip_val": "search.gradient_clip",
-            "warmup_epochs": "search.warmup_epochs"}
-    # The architecture Adam's betas and weight decay: passed only when they differ from DARTS' (NNI's, the paper's),
-    # so that a preset with its own (fair-darts' betas, drnas' regulariser in place of weight decay) keeps them.
-    if tuple(s.arc_betas) != tuple(ARC_BETAS):
-        kwargs["arc_betas"] = tuple(s.arc_betas)
-        keys["arc_betas"] = "search.arc_betas"
-    if s.arc_weight_decay != ARC_WEIGHT_DECAY:
-        kwargs["arc_weight_decay"] = s.arc_weight_decay
-        keys["arc_weight_decay"] = "search.arc_weight_decay"
-    if s.partial_channels is not None:
-        kwargs["partial_channels"] = s.partial_channels
-        keys["partial_channels"] = "search.partial_channels"
-    order = s.order
-    if order is not None:
-        kwargs["order"] = order
-        keys["order"] = "search.order"
-    max_skip_connects = recipe.export.max_skip_connects
-    if max_skip_connects is not None:
-        kwargs["max_skip_connects"] = max_skip_connects
-        keys["max_skip_connects"] = "export.max_skip_connects"
-    for name, value in dict(s.strategy_options or {}).items():
-        kwargs[name] = value
-        keys[name] = f"search.strategy_options.{name}"
+    overrides = {name: value for name, value in values.items() if value is not None}
+    overrides.update(dict(s.strategy_options or {}))
+    return overrides
+
+
+def search_strategy(recipe: Recipe, space: Any = None) -> Any:
+    """The recipe's strategy preset with :func:`strategy_overrides` applied and, given ``space``, checked against it
+    (:meth:`~nni_darts_ext.search.DartsSearch.check_space`).
+
+    Raises:
+        RecipeError: an argument the preset refuses (its type, its value, an argument it does not take, an option
+            the space cannot take), naming the recipe key it came from; a preset's own warm-up that leaves no epoch.
+
+    Example::
+
+        strategy = search_strategy(load_recipe("drnas", ["search.partial_channels=4"]), DARTS(width=16, num_cells=8))
+    """
+    s = recipe.search
+    options = dict(s.strategy_options or {})
     try:
-        return darts_strategy(s.strategy, **kwargs)
-    except TypeError as exc:
-        named = next((key for arg, key in keys.items() if repr(arg) in str(exc) or f"'{arg}'" in str(exc)), None)
-        key = named or "search.strategy"
-        raise RecipeError(f"{key}: strategy {s.strategy!r} does not take it ({exc})") from None
+        strategy = darts_strategy(s.strategy, **strategy_overrides(recipe))
+        if space is not None:
+            strategy.check_space(space)
+    except ArgumentError as exc:
+        if exc.argument in options:
+            key = f"search.strategy_options.{exc.argument}"
+        else:
+            key = STRATEGY_RECIPE_KEYS.get(exc.argument)
+        if key is None:
+            raise RecipeError(f"search.strategy: {s.strategy!r}: {exc}", key="search.strategy") from None
+        raise RecipeError(f"{key}: {exc.problem} (strategy {s.strategy!r})", key=key) from None
+    if s.warmup_epochs is None and strategy.warmup_epochs >= s.epochs:
+        raise RecipeError(f"search.warmup_epochs: null gives the {s.strategy!r} preset's own {strategy.warmup_epochs}, "
+                          f"which leaves no epoch for the architecture (search.epochs is {s.epochs}); set it or "
+                          "raise search.epochs", key="search.warmup_epochs")
+    return strategy
+
+
+def search_space(recipe: Recipe, info: Any = None, stem: str | None = None) -> Any:
+    """The recipe's DARTS model space (:func:`~nni_darts_ext.space.darts_space` of ``search.width`` x
+    ``search.cells``) for the data described by ``info`` (a :class:`~nni_darts_ext.datasets.DataInfo`; ``None``:
+    10 classes of 3-channel images of the recipe's size, enough to check a strategy against the space).
+
+    Example::
+
+        space = search_space(load_recipe("demo"))
+    """
+    s = recipe.search
+    if info is None:
+        return darts_space(image_size=recipe.image_size or 32, width=s.width, num_cells=s.cells,
+                           stem=stem or s.stem)
+    return darts_space(num_classes=info.num_classes, in_channels=info.in_channels, image_size=info.image_size,
+                       width=s.width, num_cells=s.cells, stem=stem)
+
+
+def check_search(recipe: Recipe) -> None:
+    """Build the recipe's strategy and check it against its space (:func:`search_strategy`), for commands that check
+    a whole recipe before they write anything (a multi-seed search, a demo).
+
+    Raises:
+        RecipeError: as :func:`search_strategy`.
+    """
+    search_strategy(recipe, search_space(recipe))
 
 
 def assemble_search(recipe: Recipe, options: RunOptions, *, data: RecipeData | None = None) -> Assembly:
@@ -436,11 +566,9 @@ def assemble_search(recipe: Recipe, options: RunOptions, *, data: RecipeData | N
         dataset, batch_size=s.batch_size, train_fraction=s.train_fraction, seed=recipe.seed,
         num_workers=recipe.dataset.num_workers,
     )
-    strategy = _strategy(recipe)
-    with import_nni_quietly():
-        from nni.nas.hub.pytorch import DARTS
-
-    space = DARTS(width=s.width, num_cells=s.cells, dataset="cifar")
+    info, stem = data_shape(data, s.stem, key="search.stem")
+    space = search_space(recipe, info, stem)
+    strategy = search_strategy(recipe, space)
     history = AlphaHistory()
     callbacks, epoch_log, logger = _run_callbacks(out, "search", options, learning_rate=s.learning_rate,
                                                   resume_from=resume_from)
@@ -458,6 +586,7 @@ def assemble_search(recipe: Recipe, options: RunOptions, *, data: RecipeData | N
             eta_min=s.eta_min,
             max_epochs=s.epochs,
             auxiliary_loss_weight=0.0,  # the search space has no auxiliary head
+            num_classes=info.num_classes,
             **_trainer_settings(
                 options, accelerator, devices, callbacks=callbacks, logger=logger, default_root_dir=str(out),
                 log_every_n_steps=_log_every(min(len(train_loader), len(val_loader))),
@@ -468,7 +597,7 @@ def assemble_search(recipe: Recipe, options: RunOptions, *, data: RecipeData | N
         world_size=devices * options.num_nodes, rank=rank, data=data, batch_size=s.batch_size, out=out,
         resume_from=resume_from, train_loader=train_loader, val_loader=val_loader, module=evaluator.module,
         trainer=evaluator.trainer, evaluator=evaluator, space=space, strategy=strategy, epoch_log=epoch_log,
-        alpha_history=history, health=health,
+        alpha_history=history, health=health, info=info, stem=stem,
     )
 
 
@@ -509,11 +638,14 @@ def assemble_retrain(recipe: Recipe, arch: Any, options: RunOptions, *, data: Re
     data_errors(lambda: data.split(train=True, cutout=r.cutout))
     if held_out is None:
         data_errors(lambda: data.split(train=False))
+    info, stem = data_shape(data, r.stem, key="retrain.stem", test=held_out is None)
     model = build_model(
         arch_dict, width=r.width, num_cells=r.cells, auxiliary_loss=r.auxiliary_weight > 0,
-        drop_path_prob=r.drop_path_prob, image_size=recipe.image_size,
+        drop_path_prob=r.drop_path_prob, image_size=info.image_size, num_classes=info.num_classes,
+        in_channels=info.in_channels, stem=stem,
     )
-    module = _module(r, r.epochs, auxiliary_weight=r.auxiliary_weight, drop_path_prob=r.drop_path_prob)
+    module = _module(r, r.epochs, auxiliary_weight=r.auxiliary_weight, drop_path_prob=r.drop_path_prob,
+                     num_classes=info.num_classes)
     module.set_model(model)
     if resume_from is not None:
         check_resumable(resume_from, module)
@@ -540,6 +672,7 @@ def assemble_retrain(recipe: Recipe, arch: Any, options: RunOptions, *, data: Re
         world_size=world, rank=rank, data=data, batch_size=batch_size, out=out, resume_from=resume_from,
         train_loader=train_loader, val_loader=val_loader, test_loader=test_loader, validation=validation,
         model=model, module=module, trainer=trainer, epoch_log=epoch_log, arch=arch_dict, arch_name=arch_name,
+        info=info, stem=stem,
     )
 
 
@@ -566,9 +699,11 @@ def assemble_evaluate(
     accelerator, devices = check_device(options.accelerator, options.devices)
     data = data or RecipeData(recipe)
     r = recipe.retrain
-    module = _module(r, 1, auxiliary_weight=r.auxiliary_weight if auxiliary else 0.0, drop_path_prob=0.0)
-    module.set_model(model)
     loader = data_errors(lambda: test_loader(data, batch_size=r.batch_size))
+    info = data_errors(lambda: data.info())
+    module = _module(r, 1, auxiliary_weight=r.auxiliary_weight if auxiliary else 0.0, drop_path_prob=0.0,
+                     num_classes=info.num_classes)
+    module.set_model(model)
     with _trainer_errors():
         trainer = darts_trainer(**_trainer_settings(
             options, accelerator, devices, logger=False, enable_checkpointing=False,
@@ -578,5 +713,5 @@ def assemble_evaluate(
     return Assembly(
         command="evaluate", recipe=recipe, options=options, accelerator=accelerator, devices=devices,
         world_size=devices * options.num_nodes, rank=launched_rank(), data=data, batch_size=r.batch_size, out=out,
-        test_loader=loader, model=model, module=module, trainer=trainer,
+        test_loader=loader, model=model, module=module, trainer=trainer, info=info,
     )

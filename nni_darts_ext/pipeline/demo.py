@@ -21,7 +21,7 @@ from ..errors import UsageError
 from ..io import atomic_write_json
 from ..recipe_data import RecipeData
 from ..recipes import Recipe
-from .assemble import check_device, data_errors
+from .assemble import check_device, check_search, data_errors, write_dataset_info
 from .options import RunOptions
 from .retrain import run_retrain
 from .run_folder import (
@@ -65,8 +65,9 @@ def run_demo(recipe: Recipe, options: RunOptions, *, baseline: str | None = None
     if not options.resume and any((out / name).exists() for name in (SUMMARY_FILE, *_STAGES)):
         raise UsageError(f"--out {out}: already holds a demo; pass --resume to continue it or choose another folder")
     check_device(options.accelerator, options.devices, search=True)
+    check_search(recipe)
     data = RecipeData(recipe)
-    data_errors(lambda: data.split(train=True))
+    info = data_errors(lambda: data.info())
     with holding_run_lock(out, options):
         say = report or (lambda line: None)
         start = time.perf_counter()
@@ -98,6 +99,7 @@ def run_demo(recipe: Recipe, options: RunOptions, *, baseline: str | None = None
             "weights": f"retrain/{MODEL_FILE}",
             "device": retrained["device"],
             **run_facts(recipe),
+            **info.summary(),
         }
         if baseline == "random":
             arch = random_arch(recipe.seed)
@@ -108,5 +110,6 @@ def run_demo(recipe: Recipe, options: RunOptions, *, baseline: str | None = None
             summary["random_retrain_seconds"] = random_run["retrain_seconds"]
             say(f"random cell: {random_run['retrain_seconds']:.1f} s, test accuracy {random_run['test_accuracy']:.4f}")
         summary["total_seconds"] = round(time.perf_counter() - start, 2)
+        write_dataset_info(out, info)
         atomic_write_json(out / SUMMARY_FILE, summary)
         return summary

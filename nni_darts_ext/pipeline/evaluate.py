@@ -10,6 +10,7 @@ Example::
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -17,20 +18,22 @@ from typing import Any
 
 from ..arch import build_model, count_parameters
 from ..checkpoint import load_weights, read_state_dict, shape_of_weights, strip_prefix
-from ..errors import CheckpointError, UsageError
+from ..checks import PathLike
+from ..datasets import DataInfo
+from ..errors import ArgumentValueError, CheckpointError, UsageError
 from ..io import atomic_write_json
+from ..plotting import plot_confusion
 from ..recipe_data import RecipeData
 from ..recipes import Recipe
-from .assemble import assemble_evaluate, check_device, data_errors, resolve_arch
+from .assemble import assemble_evaluate, check_device, data_errors, data_shape, resolve_arch, write_dataset_info
 from .options import RunOptions
 from .pretrained import PRETRAINED, fetch_pretrained
 from .retrain import measure_test
-from .run_folder import SUMMARY_FILE
+from .run_folder import CHECKPOINT_DIR, CONFUSION_PLOT, DATASET_FILE, SUMMARY_FILE
 from .runtime import device_name, quiet_nni, run_facts
 
 __all__ = ["run_evaluate"]
 
-PathLike = str | os.PathLike
 
 # Any drop-path probability > 0 gives NNI's DropPath-wrapped op layout (its value is irrelevant in eval mode).
 _STRUCTURAL_DROP_PATH = 0.1
@@ -83,7 +86,9 @@ def run_evaluate(
         out = Path(options.out).expanduser()
         if (out / SUMMARY_FILE).exists():
             raise UsageError(f"--out {out}: already holds {SUMMARY_FILE}; choose another folder")
-    data = data or RecipeData(recipe)
+    saved = _saved_info(weights, arch)
+    if data is None:
+        data = RecipeData(recipe, statistics=(saved.mean, saved.std) if saved is not None else None)
 
     if pretrained is not None:
         if arch is not None:
@@ -109,8 +114,16 @@ def run_evaluate(
         cells = cells or recipe.retrain.cells
         data_errors(lambda: data.split(train=False))
 
-    model = _net_for_weights(arch_dict, state, width=width, num_cells=cells, auxiliary_loss=aux,
-                             image_size=recipe.image_size)
+    info, stem = data_shape(data, recipe.retrain.stem, key="retrain.stem")
+    if saved is not None and saved.classes != info.classes:
+        raise UsageError(f"the weights were trained on classes {_names(saved.classes)} but the data has "
+                         f"{_names(info.classes)}")
+    try:
+        model = _net_for_weights(arch_dict, state, width=width, num_cells=cells, auxiliary_loss=aux,
+                                 image_size=info.image_size, num_classes=info.num_classes,
+                                 in_channels=info.in_channels, stem=stem)
+    except ArgumentValueError as exc:
+        raise UsageError(str(exc)) from None
     try:
         load_weights(model, state, f"--weights {weights_path}")
     except CheckpointError as exc:
@@ -120,6 +133,7 @@ def run_evaluate(
     start = time.perf_counter()
     with quiet_nni():
         tested = measure_test(trainer, built.module, built.test_loader)
+    matrix = confusion_matrix(model, built.test_loader, info.num_classes)
     summary = {
         "command": "evaluate",
         "recipe": recipe.name,
@@ -134,7 +148,72 @@ def run_evaluate(
         "device": device_name(trainer),
         "precision": str(trainer.precision),
         **run_facts(recipe),
+        "stem": stem,
+        **info.summary(),
+        "per_class_accuracy": per_class_accuracy(matrix, info.classes),
+        "confusion_matrix": matrix.tolist(),
     }
     if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        write_dataset_info(out, info)
+        plot_confusion(matrix, info.classes, out / CONFUSION_PLOT)
+        summary["confusion_plot"] = CONFUSION_PLOT
         atomic_write_json(out / SUMMARY_FILE, summary)
     return summary
+
+
+def _names(classes: list[str], limit: int = 8) -> str:
+    shown = ", ".join(classes[:limit])
+    return f"[{shown}{', ...' if len(classes) > limit else ''}] ({len(classes)})"
+
+
+def _saved_info(weights: PathLike | None, arch: Any) -> DataInfo | None:
+    """The :class:`DataInfo` a retrain wrote beside its weights (or in the ``--arch`` run folder), or None."""
+    folders = []
+    if weights is not None:
+        folder = Path(weights).expanduser().parent
+        folders += [folder] + ([folder.parent] if folder.name == CHECKPOINT_DIR else [])
+    if isinstance(arch, (str, os.PathLike)) and Path(arch).expanduser().is_dir():
+        folders.append(Path(arch).expanduser())
+    for folder in folders:
+        path = folder / DATASET_FILE
+        if path.is_file():
+            try:
+                return DataInfo.from_dict(json.loads(path.read_text(encoding="utf-8")))
+            except (OSError, ValueError, TypeError) as exc:
+                raise UsageError(f"{path}: not a dataset description ({exc})") from None
+    return None
+
+
+def confusion_matrix(model: Any, loader: Any, num_classes: int) -> Any:
+    """``num_classes x num_classes`` counts (rows: true class, columns: predicted) of ``model`` on ``loader``.
+
+    Example::
+
+        matrix = confusion_matrix(net, test_loader, 10)
+    """
+    import torch
+
+    device = next(model.parameters()).device
+    matrix = torch.zeros(num_classes * num_classes, dtype=torch.int64)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for images, labels in loader:
+            predicted = model(images.to(device)).argmax(dim=1).cpu()
+            matrix += torch.bincount(labels * num_classes + predicted, minlength=num_classes * num_classes)
+    model.train(was_training)
+    return matrix.view(num_classes, num_classes).numpy()
+
+
+def per_class_accuracy(matrix: Any, classes: list[str]) -> dict[str, float | None]:
+    """Each class's accuracy (recall): correct / test images of the class; None for a class without images.
+
+    Example::
+
+        >>> per_class_accuracy(np.array([[9, 1], [2, 8]]), ["cat", "dog"])
+        {'cat': 0.9, 'dog': 0.8}
+    """
+    totals = matrix.sum(axis=1)
+    return {name: (round(float(matrix[i, i]) / float(totals[i]), 6) if totals[i] else None)
+            for i, name in enumerate(classes)}

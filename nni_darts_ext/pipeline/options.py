@@ -8,12 +8,11 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass
 
-__all__ = ["RunOptions"]
+from ..checks import PathLike
 
-PathLike = str | os.PathLike
+__all__ = ["RunOptions"]
 
 
 @dataclass

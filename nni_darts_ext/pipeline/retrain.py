@@ -18,7 +18,7 @@ from ..io import atomic_torch_save, atomic_write_json
 from ..nni_trial import report_final_result
 from ..recipe_data import RecipeData
 from ..recipes import Recipe
-from .assemble import TEST_VALIDATION_NOTE, VALIDATION_ON_TEST, assemble_retrain
+from .assemble import TEST_VALIDATION_NOTE, VALIDATION_ON_TEST, assemble_retrain, write_dataset_info
 from .options import RunOptions
 from .run_folder import ARCH_FILE, MODEL_FILE, SUMMARY_FILE, write_config
 from .runtime import check_interrupted, device_name, holding_run_lock, interruptible, quiet_nni, run_facts
@@ -71,6 +71,7 @@ def _retrain(built: Any, recipe: Recipe, options: RunOptions) -> dict[str, Any]:
     if built.rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         write_config(out, recipe, "retrain")
+        write_dataset_info(out, built.info)
         save_arch(built.arch, out / ARCH_FILE)
     with quiet_nni(), allow_checkpoint_globals(), interruptible(trainer, "retrain", out):
         start = time.perf_counter()
@@ -108,6 +109,8 @@ def _retrain(built: Any, recipe: Recipe, options: RunOptions) -> dict[str, Any]:
         "device": device_name(trainer),
         "precision": str(trainer.precision),
         **run_facts(recipe),
+        "stem": built.stem,
+        **built.info.summary(),
     }
     if trainer.is_global_zero:
         atomic_write_json(out / SUMMARY_FILE, summary)

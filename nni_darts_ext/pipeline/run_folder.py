@@ -9,9 +9,9 @@ Example::
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from ..checks import PathLike
 from ..errors import UsageError
 from ..io import atomic_write_text
 from ..recipes import Recipe, RecipeError, load_recipe
@@ -24,6 +24,8 @@ __all__ = [
     "CELLS_PLOT",
     "CHECKPOINT_DIR",
     "CONFIG_FILE",
+    "CONFUSION_PLOT",
+    "DATASET_FILE",
     "GENOTYPE_FILE",
     "LAST_CHECKPOINT",
     "MODEL_FILE",
@@ -36,7 +38,6 @@ __all__ = [
     "write_config",
 ]
 
-PathLike = str | os.PathLike
 
 # Output layout of a run folder.
 CHECKPOINT_DIR = "checkpoints"
@@ -50,10 +51,12 @@ CELLS_PLOT = "cells.png"
 ALPHAS_PLOT = "alphas.png"
 ALPHAS_FILE = "alphas.json"
 MODEL_FILE = "model.pt"
+DATASET_FILE = "dataset.json"
+CONFUSION_PLOT = "confusion.png"
 # Files whose presence means DIR already holds a run (refused without --resume, so nothing is overwritten).
 _RUN_MARKERS = (CHECKPOINT_DIR, SUMMARY_FILE, CONFIG_FILE, MODEL_FILE, ARCH_FILE)
 #: Recipe keys that shape the search supernet: a search checkpoint only fits the values it was started with.
-_SEARCH_SHAPE_KEYS = ("width", "cells", "strategy", "partial_channels")
+_SEARCH_SHAPE_KEYS = ("width", "cells", "strategy", "partial_channels", "stem")
 
 
 def check_out_dir(out: PathLike | None, resume: bool) -> tuple[Path, Path | None]:
@@ -96,7 +99,7 @@ def usable_out_dir(out: PathLike | None) -> Path:
 
 
 def refuse_if_in_use(out: Path) -> None:
-    """Raise :class:`~nni_darts_ext.run_lock.RunLockedError` (pid and host) at once if a live run holds ``out``.
+    """Raise :class:`~nni_darts_ext.errors.RunLockedError` (pid and host) at once if a live run holds ``out``.
 
     Only looks when a lock file exists (it writes nothing otherwise); a stale lock is taken over and released.
     """

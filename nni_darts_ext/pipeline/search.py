@@ -25,7 +25,7 @@ from ..arch import (
     to_genotype,
 )
 from ..checkpoint import allow_checkpoint_globals
-from ..distributed import all_gather_max_abs_diff
+from ..distributed import DistributedArchSync, all_gather_max_abs_diff
 from ..errors import RunInterrupted
 from ..health import HEALTH_FILE, HEALTH_PLOT
 from ..io import atomic_write_json, atomic_write_text
@@ -33,7 +33,8 @@ from ..plotting import plot_alpha_history, plot_cells
 from ..recipe_data import RecipeData
 from ..recipes import Recipe
 from ..search.mixing import Mixing
-from .assemble import assemble_search
+from ..space import default_stem
+from .assemble import assemble_search, write_dataset_info
 from .options import RunOptions
 from .run_folder import (
     ALPHAS_FILE,
@@ -146,8 +147,9 @@ def _search(built: Any, recipe: Recipe, options: RunOptions) -> dict[str, Any]:
         selection_record["search_seconds"] = round(seconds, 2)
         _logger.info("%s selection took %.1f s (the search %.1f s)", selection,
                      time.perf_counter() - select_start, seconds)
-    ranks = getattr(oneshot, "distributed_report", None)
-    if ranks is None:  # a preset without DistributedArchSync: measure here (a collective, on every rank)
+    if isinstance(oneshot, DistributedArchSync):
+        ranks = oneshot.distributed_report
+    else:  # a preset without DistributedArchSync: measure here (a collective, on every rank)
         arch_params = oneshot.arch_parameters()
         order = {id(p): i for i, p in enumerate(oneshot.parameters())}
         ranks = {"world_size": trainer.world_size,
@@ -173,7 +175,11 @@ def _search(built: Any, recipe: Recipe, options: RunOptions) -> dict[str, Any]:
         atomic_write_json(out / ALPHAS_FILE, history)
         plot_alpha_history(history, out / ALPHAS_PLOT)
     r = recipe.retrain
-    net = build_model(arch, width=r.width, num_cells=r.cells, auxiliary_loss=False, image_size=recipe.image_size)
+    info = built.info
+    write_dataset_info(out, info)
+    net = build_model(arch, width=r.width, num_cells=r.cells, auxiliary_loss=False, image_size=info.image_size,
+                      num_classes=info.num_classes, in_channels=info.in_channels,
+                      stem=r.stem or default_stem(info.image_size))
     summary = {
         "command": "search",
         "recipe": recipe.name,
@@ -200,6 +206,8 @@ def _search(built: Any, recipe: Recipe, options: RunOptions) -> dict[str, Any]:
         "health": HEALTH_FILE,
         "health_plot": HEALTH_PLOT,
         "early_stop": health.early_stop_summary() if health is not None else None,
+        "stem": built.stem,
+        **info.summary(),
     }
     atomic_write_json(out / SUMMARY_FILE, summary)
     return summary

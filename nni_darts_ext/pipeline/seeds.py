@@ -42,7 +42,7 @@ from ..io import atomic_write_json, atomic_write_text
 from ..plotting import plot_cells
 from ..recipe_data import RecipeData
 from ..recipes import Recipe, apply_overrides
-from .assemble import check_device, data_errors
+from .assemble import check_device, check_search, data_errors
 from .options import RunOptions
 from .parallel import Job, child_threads, common_argv, run_in_processes
 from .retrain import run_retrain
@@ -109,6 +109,7 @@ def run_seed_searches(recipe: Recipe, options: RunOptions, *, parallel: int = 1,
         # more seeds may be added, and the cell chosen again by the other rule; the rest is the runs' protocol
         check_same_recipe(out, recipe, may_differ=("search.seeds", "search.select"))
     check_device(options.accelerator, options.devices, search=True)
+    check_search(recipe)
     per_seed = {seed: apply_overrides(recipe, {"seed": seed, "search.seeds": None}) for seed in seeds}
     data_errors(lambda: RecipeData(per_seed[seeds[0]]).split(train=True))
     say(f"{len(seeds)} searches ({recipe.name}, seeds {', '.join(map(str, seeds))}), then the cell chosen by "

@@ -7,7 +7,8 @@
 
 ``nni-darts search --set export.selection=perturbation`` selects right after the search; ``nni-darts select
 SEARCH_DIR --selection perturbation --out DIR`` selects again from a finished search's last checkpoint, without
-searching again, and writes ``arch.json``, ``genotype.txt``, ``cells.png`` and ``selection.json`` to ``DIR``.
+searching again, and writes ``arch.json``, ``genotype.txt``, ``cells.png`` and ``selection.json`` (and the
+run's ``dataset.json``) to ``DIR``.
 
 Example::
 
@@ -120,7 +121,7 @@ def run_select(search_dir: Path, selection: str | None, options: RunOptions,
         UsageError, RecipeError: not a search folder, a checkpoint of another net, a preset the selection cannot
             run after, an ``--out`` that is the search folder; one line, nothing written.
     """
-    from .assemble import assemble_search  # imports NNI's experiment machinery
+    from .assemble import assemble_search, write_dataset_info  # imports NNI's experiment machinery
 
     search_dir = Path(search_dir)
     recipe, checkpoint_path = _search_folder(search_dir, overrides)
@@ -156,6 +157,7 @@ def run_select(search_dir: Path, selection: str | None, options: RunOptions,
         arch, record = select_cell(recipe, search, built.train_loader, built.val_loader, out, selection)
         record["from"] = {"search": str(search_dir), "checkpoint": str(checkpoint_path)}
         genotype = write_selection(out, arch, record)
+        write_dataset_info(out, built.info)
     seconds = round(time.perf_counter() - start, 2)
     _logger.info("select: %s selection of %s in %.1f s -> %s", selection, search_dir, seconds, out / ARCH_FILE)
     return {"command": "select", "selection": SELECTION_FILE, "selection_kind": selection, "arch": ARCH_FILE,

@@ -203,6 +203,19 @@ def build_parser() -> argparse.ArgumentParser:
                          help="K retrains side by side as processes (one torch thread each on a CPU)")
     _add_common(compare)
 
+    select = sub.add_parser("select", help="read the cell off a finished search's last checkpoint again, without "
+                            "searching again (arch.json, genotype.txt, cells.png, selection.json)")
+    select.add_argument("search_dir", metavar="SEARCH_DIR", help="a finished search's --out")
+    select.add_argument("--selection", choices=("perturbation", "magnitude"),
+                        help="perturbation (DARTS-PT: keep what the supernet needs most) or magnitude (largest "
+                             "weights); default: the search recipe's export.selection")
+    select.add_argument("--out", required=True, metavar="DIR",
+                        help="folder for the selected cell; rerun with the same DIR to continue an interrupted "
+                             "selection")
+    select.add_argument("--set", dest="overrides", metavar="KEY=VALUE", nargs="+", action="extend", default=[],
+                        help="override the search's recipe, e.g. --set export.tune_epochs=1")
+    _add_common(select, resume=False)
+
     export = sub.add_parser("export", help="the retrained net as standalone ONNX / TorchScript files, checked against "
                             "PyTorch, with a model card (params, multiply-adds, latency)")
     export.add_argument("run", metavar="RUN_DIR", help="a retrain (or demo) folder: config.yaml, arch.json, model.pt")
@@ -461,6 +474,21 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_select(args: argparse.Namespace) -> int:
+    from .pipeline.selection import run_select
+
+    _single_process(args, "select")
+    overrides = list(args.overrides)
+    if args.seed is not None:
+        overrides.append(f"seed={args.seed}")
+    if args.data_dir is not None:
+        overrides.append(f"dataset.data_dir={json.dumps(args.data_dir)}")
+    summary = run_select(Path(args.search_dir), args.selection, _options(args, args.out), overrides=overrides)
+    print(f"{summary['selection_kind']} selection: {summary['genotype']}")
+    print(f"wrote {Path(args.out) / summary['arch']}, {Path(args.out) / summary['selection']}")
+    return 0
+
+
 def _cmd_retrain(args: argparse.Namespace) -> int:
     from .pipeline.retrain import run_retrain
 
@@ -627,6 +655,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "inspect": _cmd_inspect,
     "demo": _cmd_demo,
     "compare": _cmd_compare,
+    "select": _cmd_select,
     "export": _cmd_export,
     "predict": _cmd_predict,
 }
@@ -652,6 +681,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, or a usage error already printed on one line
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    training = args.command in ("search", "retrain", "evaluate", "demo", "compare", "select")
     training = args.command in ("search", "retrain", "evaluate", "demo", "compare", "export")
     _setup_logging(getattr(args, "quiet", False), training=training)
     threads = getattr(args, "threads", None)

@@ -47,6 +47,8 @@ __all__ = [
     "DIGITS_IMAGE_SIZE",
     "PC_PARTIAL_CHANNELS",
     "PC_BYPASS_POOL_SIZE",
+    "PT_TUNE_EPOCHS",
+    "PT_TUNE_LR_DIVISOR",
     "PC_ARC_LEARNING_RATE",
     "ARC_INIT_SCALE",
     "SELECTION_EPOCHS",
@@ -305,3 +307,16 @@ STATISTICAL_POWER = 0.8
 # cnn/train.py --batch_size 96): the reference of --scale-lr's linear rule when batch_size is auto.
 DARTS_SEARCH_BATCH_SIZE = 64
 DARTS_RETRAIN_BATCH_SIZE = 96
+
+# Perturbation-based architecture selection, DARTS-PT (Wang et al., "Rethinking Architecture Selection in
+# Differentiable NAS", ICLR 2021, Sec. 3.2 and Alg. 1; github:ruocwang/darts-pt). Read from sota/cnn/projection.py
+# (pt_project, project_op, project_edge) and sota/cnn/train_search.py / exp_scripts/darts-proj-sota.sh:
+# fine-tuning epochs between two decisions: `--proj_intv 5` in the script that reproduces the paper's DARTS-space
+# results (exp_scripts/darts-proj-sota.sh; train_search.py's argparse default is 10).
+PT_TUNE_EPOCHS = 5
+# The fine-tuning restarts the weight optimiser at the search's learning rate / 10 (projection.py:
+# `model.reset_optimizer(args.learning_rate / 10, ...)`), cosine-annealed to the search's minimum over the whole
+# selection (CosineAnnealingLR(tune_epochs, eta_min=args.learning_rate_min)).
+PT_TUNE_LR_DIVISOR = 10.0
+# Every node keeps INPUTS_PER_NODE inputs (project_edge: `while len(eids) > 2`); accuracy is the criterion
+# (--proj_crit_* acc), measured with BatchNorm on batch statistics (infer(..., _eval=False)).

@@ -52,6 +52,7 @@ __all__ = [
     "RunInterrupted",
     "RunLockedError",
     "RunsFailed",
+    "SelectionUnsupportedError",
     "TrainingInterrupted",
     "UsageError",
 ]
@@ -175,6 +176,24 @@ class ArchError(ValueError):
 
 class DatasetError(ValueError):
     """A dataset file exists but cannot be used (corrupt, truncated, wrong format or checksum)."""
+
+
+class SelectionUnsupportedError(ValueError):
+    """The preset's supernet cannot be selected from by removing ops (perturbation selection); ``preset`` names it.
+
+    Example::
+
+        >>> str(SelectionUnsupportedError("gdas", "runs one sampled op per edge"))
+        "perturbation selection does not work after preset 'gdas': runs one sampled op per edge"
+    """
+
+    def __init__(self, preset: str, problem: str):
+        super().__init__(f"perturbation selection does not work after preset {preset!r}: {problem}")
+        self.preset = preset
+        self.problem = problem
+
+    def __reduce__(self) -> Any:  # picklable across processes (DDP, pytest-xdist)
+        return (type(self), (self.preset, self.problem))
 
 
 class DataFolderError(DatasetError):

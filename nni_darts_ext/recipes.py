@@ -52,12 +52,16 @@ from .constants import (
 )
 from .errors import RecipeError
 
+#: The values of ``export.selection``.
+EXPORT_SELECTIONS = ("magnitude", "perturbation")
+
 __all__ = [
     "RecipeError",
     "Recipe",
     "DatasetSection",
     "SearchSection",
     "RetrainSection",
+    "EXPORT_SELECTIONS",
     "ExportSection",
     "SelectSection",
     "list_recipes",
@@ -212,6 +216,12 @@ class ExportSection:
 
     # At most this many skip connections in the exported normal cell (P-DARTS); null: no limit.
     max_skip_connects: int | None = None
+    # How the cell is read off the trained supernet: magnitude (the largest architecture weights, DARTS) or
+    # perturbation (DARTS-PT, Wang et al. ICLR 2021: keep the op whose removal hurts the supernet's validation
+    # accuracy most, then the same for node inputs; nni_darts_ext.search.perturbation_selection).
+    selection: str = "magnitude"
+    # Perturbation selection: epochs of fine-tuning between two decisions; null: the paper's (PT_TUNE_EPOCHS).
+    tune_epochs: int | None = None
 
 
 @dataclass(frozen=True)
@@ -792,6 +802,9 @@ def validate(recipe: Recipe) -> Recipe:
     _validate_retrain(recipe)
     if recipe.export.max_skip_connects is not None:
         _at_least("export.max_skip_connects", recipe.export.max_skip_connects, 0)
+    _one_of("export.selection", recipe.export.selection, EXPORT_SELECTIONS)
+    if recipe.export.tune_epochs is not None:
+        _at_least("export.tune_epochs", recipe.export.tune_epochs, 0)
     _validate_select(recipe.select)
     return recipe
 

@@ -54,6 +54,7 @@ from .runtime import (
     quiet_nni,
     run_facts,
 )
+from .selection import SELECTION_FILE, check_selection, select_cell, write_selection
 
 with import_nni_quietly():
     from nni.nas.experiment import NasExperiment
@@ -102,6 +103,7 @@ def run_search(recipe: Recipe, options: RunOptions, *, data: RecipeData | None =
         summary["arch"]   # 'arch.json'
     """
     built = assemble_search(recipe, options, data=data)
+    check_selection(recipe, built.strategy)  # a preset perturbation selection cannot run after: before searching
     with holding_run_lock(built.out, options):
         return _search(built, built.recipe, options)
 
@@ -146,6 +148,14 @@ def _search(built: Any, recipe: Recipe, options: RunOptions) -> dict[str, Any]:
                      health.stop_epoch, health.go_back_epoch)
 
     oneshot = strategy.oneshot_module  # a property
+    selection = recipe.export.selection
+    selection_record = None
+    if selection != "magnitude":  # every rank selects (the decisions are collective); rank 0 writes
+        select_start = time.perf_counter()
+        arch, selection_record = select_cell(recipe, oneshot, built.train_loader, built.val_loader, out, selection)
+        selection_record["search_seconds"] = round(seconds, 2)
+        _logger.info("%s selection took %.1f s (the search %.1f s)", selection,
+                     time.perf_counter() - select_start, seconds)
     if isinstance(oneshot, DistributedArchSync):
         ranks = oneshot.distributed_report
     else:  # a preset without DistributedArchSync: measure here (a collective, on every rank)
@@ -162,10 +172,13 @@ def _search(built: Any, recipe: Recipe, options: RunOptions) -> dict[str, Any]:
         _logger.info("search on %d processes: alpha max |difference| across ranks %.3g",
                      ranks["world_size"], ranks["alpha_max_abs_diff_across_ranks"])
 
-    save_arch(arch, out / ARCH_FILE)
-    genotype = format_genotype(to_genotype(arch))
-    atomic_write_text(out / GENOTYPE_FILE, genotype + "\n")
-    plot_cells(arch, out / CELLS_PLOT)
+    if selection_record is not None:
+        genotype = write_selection(out, arch, selection_record)
+    else:
+        save_arch(arch, out / ARCH_FILE)
+        genotype = format_genotype(to_genotype(arch))
+        atomic_write_text(out / GENOTYPE_FILE, genotype + "\n")
+        plot_cells(arch, out / CELLS_PLOT)
     history = built.alpha_history.history
     if history:
         atomic_write_json(out / ALPHAS_FILE, history)
@@ -188,6 +201,9 @@ def _search(built: Any, recipe: Recipe, options: RunOptions) -> dict[str, Any]:
         "resumed_from": str(built.resume_from) if built.resume_from else None,
         "arch": ARCH_FILE,
         "genotype": genotype,
+        "selection": selection,
+        "selection_record": SELECTION_FILE if selection_record is not None else None,
+        "selection_seconds": selection_record.get("selection_seconds") if selection_record is not None else None,
         "device": device_name(trainer),
         "precision": str(trainer.precision),
         **run_facts(recipe),

@@ -9,6 +9,7 @@
 ``regularizers``   loss terms on the logits; ``perturbation``: SDARTS; ``schedules``, ``progressive``: P-DARTS
 ``strategy``       :class:`DartsSearch`: NNI's ``DARTS`` strategy assembled from the parts; ``check_space``
 ``presets``        named combinations, registered one way: ``darts_strategy(name, **overrides)``
+``selection``      the magnitude export rules; ``perturbation_selection``: DARTS-PT (what each op does)
 =================  ==========================================================================================
 
 Example::

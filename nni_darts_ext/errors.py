@@ -34,6 +34,7 @@ __all__ = [
     "CheckpointError",
     "DatasetError",
     "NonFiniteLossError",
+    "ProfileError",
     "RecipeError",
     "RunInterrupted",
     "RunsFailed",
@@ -116,6 +117,10 @@ class DatasetError(ValueError):
 
 class CheckpointError(ValueError):
     """A checkpoint cannot be used: unreadable, not a full Lightning checkpoint, or not this run's net."""
+
+
+class ProfileError(RuntimeError):
+    """A cost counter (multiply-adds) could not run a model on the given input; the message names the cause."""
 
 
 class NonFiniteLossError(RuntimeError):

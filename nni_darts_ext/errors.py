@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "BudgetError",
     "SIGNAL_EXIT_BASE",
     "ArgumentError",
     "ArgumentTypeError",
@@ -86,6 +87,21 @@ class ArgumentValueError(ArgumentError, ValueError):
 
 class RecipeError(ValueError):
     """A recipe (file, name or override) that cannot be used; the message names the key, on one line."""
+
+
+class BudgetError(RecipeError):
+    """A cost target or export limit no cell of the space meets; one line naming the key and the cheapest value.
+
+    Attributes: ``key`` (the recipe key, e.g. ``export.max_params``) and ``cheapest`` (the lowest reachable cost).
+    """
+
+    def __init__(self, key: str, problem: str, cheapest: float | None = None):
+        super().__init__(f"{key}: {problem}")
+        self.key = key
+        self.cheapest = cheapest
+
+    def __reduce__(self) -> Any:
+        return type(self), (self.key, str(self).split(": ", 1)[1], self.cheapest)
 
 
 class RunInterrupted(Exception):

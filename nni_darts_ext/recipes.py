@@ -109,6 +109,16 @@ class DatasetSection:
 
 
 @dataclass(frozen=True)
+class CostSection:
+    """Search under a budget (``search.cost``): ``weight * max(0, E / target - 1)`` added to the architecture loss,
+    ``E`` the supernet's expected ``metric`` (``macs``, ``params`` or ``latency`` in ms) of the retrain network."""
+
+    metric: str = MISSING
+    target: float = MISSING
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
 class SearchSection:
     """The one-shot search: supernet size, weight optimizer (SGD + cosine), architecture optimizer (Adam)."""
 
@@ -141,6 +151,8 @@ class SearchSection:
     seeds: list[int] | None = None
     # How a multi-seed search picks its cell: one of SELECT_RULES.
     select: str = "val"
+    # Search under a budget: {metric: macs | params | latency, target: T, weight: W}; null: accuracy alone.
+    cost: CostSection | None = None
 
 
 @dataclass(frozen=True)
@@ -169,6 +181,11 @@ class ExportSection:
 
     # At most this many skip connections in the exported normal cell (P-DARTS); null: no limit.
     max_skip_connects: int | None = None
+    # Limits on the exported cell's retrain network (multiply-adds of one image, parameters, milliseconds of one
+    # batch of retrain.batch_size on the run's device); the best cell by architecture weight that fits; null: none.
+    max_macs: int | None = None
+    max_params: int | None = None
+    max_latency_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -278,8 +295,12 @@ def _check_type(key: str, value: Any, tp: Any) -> None:
     origin = typing.get_origin(tp)
     if _is_union(tp):
         if value is not None:
+            inner = next(a for a in typing.get_args(tp) if a is not type(None))
+            if dataclasses.is_dataclass(inner) and isinstance(value, Mapping):
+                _check_type(key, value, inner)  # a section: its own error names the key inside it
+                return
             try:
-                _check_type(key, value, next(a for a in typing.get_args(tp) if a is not type(None)))
+                _check_type(key, value, inner)
             except RecipeError:
                 raise RecipeError(f"{key}: expected {_type_name(tp)}, got {_describe(value)}") from None
         return
@@ -637,6 +658,14 @@ def _validate_search(s: SearchSection) -> None:
             raise RecipeError(f"search.seeds: seed {repeated[0]} is listed twice; each seed runs one search")
     if s.select not in SELECT_RULES:
         raise RecipeError(f"search.select: must be one of {', '.join(map(repr, SELECT_RULES))}, got {s.select!r}")
+    if s.cost is not None:
+        from .search.cost import COST_METRICS
+
+        if s.cost.metric not in COST_METRICS:
+            raise RecipeError(f"search.cost.metric: must be one of {', '.join(map(repr, COST_METRICS))}, "
+                              f"got {s.cost.metric!r}")
+        _positive("search.cost.target", s.cost.target)
+        _at_least("search.cost.weight", s.cost.weight, 0.0)
 
 
 def _validate_select(select: SelectSection) -> None:
@@ -674,6 +703,10 @@ def validate(recipe: Recipe) -> Recipe:
     _validate_retrain(recipe)
     if recipe.export.max_skip_connects is not None:
         _at_least("export.max_skip_connects", recipe.export.max_skip_connects, 0)
+    for key in ("max_macs", "max_params", "max_latency_ms"):
+        limit = getattr(recipe.export, key)
+        if limit is not None:
+            _positive(f"export.{key}", limit)
     _validate_select(recipe.select)
     return recipe
 

@@ -64,6 +64,7 @@ from ..recipes import Recipe, RecipeError
 from ..resumable_data import ExactResume
 from ..search import darts_strategy
 from ..training_module import DartsClassificationModule
+from .budget import Budget, timing_device
 from .options import RunOptions
 from .run_folder import (
     ARCH_FILE,
@@ -122,6 +123,7 @@ class Assembly:
         evaluator, space, strategy: NNI's evaluator, model space and one-shot strategy (search).
         epoch_log, alpha_history, health: the recording callbacks (the last two for a search only).
         arch, arch_name: the fixed architecture and where it came from (retrain).
+        budget: the search cost and export limits (search).
     """
 
     command: str
@@ -150,6 +152,7 @@ class Assembly:
     health: SearchHealthMonitor | None = None
     arch: dict | None = None
     arch_name: str | None = None
+    budget: Budget | None = None
 
 
 # ---------------------------------------------------------------------------------------------------------- checks
@@ -366,7 +369,7 @@ def _module(section: Any, num_epochs: int, *, auxiliary_weight: float, drop_path
 
 
 # ---------------------------------------------------------------------------------------------------------- search
-def _strategy(recipe: Recipe) -> Any:
+def _strategy(recipe: Recipe, budget: Budget | None = None) -> Any:
     """The recipe's strategy preset; options a preset does not take become RecipeError naming the key."""
     s = recipe.search
     kwargs: dict[str, Any] = {
@@ -395,6 +398,9 @@ def _strategy(recipe: Recipe) -> Any:
     if max_skip_connects is not None:
         kwargs["max_skip_connects"] = max_skip_connects
         keys["max_skip_connects"] = "export.max_skip_connects"
+    if budget is not None and budget.cost is not None:
+        kwargs["cost"] = budget.cost
+        keys["cost"] = "search.cost"
     for name, value in dict(s.strategy_options or {}).items():
         kwargs[name] = value
         keys[name] = f"search.strategy_options.{name}"
@@ -436,7 +442,10 @@ def assemble_search(recipe: Recipe, options: RunOptions, *, data: RecipeData | N
         dataset, batch_size=s.batch_size, train_fraction=s.train_fraction, seed=recipe.seed,
         num_workers=recipe.dataset.num_workers,
     )
-    strategy = _strategy(recipe)
+    # Cost tables of the retrain net (latency: read back from the run folder on resume); impossible limits refused.
+    budget = Budget.from_recipe(recipe, device=timing_device(accelerator), batch_size=s.batch_size,
+                                out=out if resume_from is not None else None)
+    strategy = _strategy(recipe, budget)
     with import_nni_quietly():
         from nni.nas.hub.pytorch import DARTS
 
@@ -468,7 +477,7 @@ def assemble_search(recipe: Recipe, options: RunOptions, *, data: RecipeData | N
         world_size=devices * options.num_nodes, rank=rank, data=data, batch_size=s.batch_size, out=out,
         resume_from=resume_from, train_loader=train_loader, val_loader=val_loader, module=evaluator.module,
         trainer=evaluator.trainer, evaluator=evaluator, space=space, strategy=strategy, epoch_log=epoch_log,
-        alpha_history=history, health=health,
+        alpha_history=history, health=health, budget=budget,
     )
 
 

@@ -19,7 +19,6 @@ from typing import Any
 from .._compat import import_nni_quietly
 from ..arch import (
     build_model,
-    count_parameters,
     format_genotype,
     save_arch,
     to_genotype,
@@ -34,6 +33,7 @@ from ..recipe_data import RecipeData
 from ..recipes import Recipe
 from ..search.mixing import Mixing
 from .assemble import assemble_search
+from .budget import COST_NOTE, net_costs, timing_device
 from .options import RunOptions
 from .run_folder import (
     ALPHAS_FILE,
@@ -151,6 +151,10 @@ def _search(built: Any, recipe: Recipe, options: RunOptions) -> dict[str, Any]:
         _logger.info("search on %d processes: alpha max |difference| across ranks %.3g",
                      ranks["world_size"], ranks["alpha_max_abs_diff_across_ranks"])
 
+    budget = built.budget
+    if budget is not None:
+        arch = budget.fit(arch, oneshot.mixed_cells())  # export limits: the best cell that fits
+        budget.save(out)
     save_arch(arch, out / ARCH_FILE)
     genotype = format_genotype(to_genotype(arch))
     atomic_write_text(out / GENOTYPE_FILE, genotype + "\n")
@@ -166,8 +170,11 @@ def _search(built: Any, recipe: Recipe, options: RunOptions) -> dict[str, Any]:
         "recipe": recipe.name,
         "dataset": recipe.dataset.name,
         "strategy": recipe.search.strategy,
-        "params": count_parameters(net),
+        **net_costs(net, recipe.image_size, batch_size=recipe.search.batch_size,
+                    device=timing_device(built.accelerator)),
         "params_note": f"the searched cell in the retrain net ({r.cells} cells, width {r.width}, no auxiliary head)",
+        "cost_note": COST_NOTE.format(batch=recipe.search.batch_size),
+        "budget": budget.report(arch) if budget is not None else {},
         "search_seconds": round(seconds, 2),
         "epochs": trainer.current_epoch,
         "resumed_from": str(built.resume_from) if built.resume_from else None,

@@ -13,7 +13,7 @@ and the fixed part is what a whole net measures above its ops, so that
 * ``params``: parameters (:func:`nni_darts_ext.profile.count_params`);
 * ``latency``: milliseconds of one forward pass of a batch, per op measured on the run's device at the run's batch
   size (median of a few timed repeats); the pipeline caches the table in the run folder (``latency_table.json``),
-  so a resumed run and every process read the same one.
+  so a resumed run reads the same one.
 
 Counting is deterministic (macs, params): every process of a DDP run builds the same table.
 
@@ -43,14 +43,13 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
-import json
 import logging
 import statistics
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -60,12 +59,11 @@ from .._compat import import_nni_quietly
 from ..checks import check_choice, check_float, check_int, check_positive
 from ..constants import FIRST_NODE, INPUTS_PER_NODE
 from ..errors import ArgumentValueError, BudgetError
-from ..io import atomic_write_json
 from .cells import MixedCell
 from .parts import SearchState
 
-__all__ = ["COST_METRICS", "CostTable", "ExpectedCost", "LATENCY_REPEATS", "build_cost_table", "cached_cost_table",
-           "cell_weights", "fit_to_limit", "measure_net"]
+__all__ = ["COST_METRICS", "CostTable", "ExpectedCost", "LATENCY_REPEATS", "build_cost_table", "cell_weights",
+           "fit_to_limit", "measure_net"]
 
 _logger = logging.getLogger(__name__)
 
@@ -162,7 +160,7 @@ def _op_cost(metric: str, op: nn.Module, shape: tuple[int, ...], *, batch_size: 
         return float(count_macs(op, (1, *shape[1:])))
     if metric == "params":
         return float(count_params(op))
-    return _time_ms(op.to(device).eval(), torch.randn((batch_size, *shape[1:]), device=device), repeats)
+    return _time_ms(copy.deepcopy(op).to(device).eval(), torch.randn((batch_size, *shape[1:]), device=device), repeats)
 
 
 def measure_net(metric: str, model: nn.Module, image_size: int, *, batch_size: int = 1,
@@ -264,27 +262,6 @@ def _measure_table(metric: str, *, width: int, num_cells: int, image_size: int, 
     # Latency is not exactly additive: the fixed part is clamped at 0 (a net never runs faster than its ops).
     fixed = max(0.0, whole - partial.cost_of(reference)) if metric == "latency" else whole - partial.cost_of(reference)
     return CostTable(metric, fixed, ops, key)
-
-
-def cached_cost_table(path: Path, metric: str, **kwargs: Any) -> CostTable:
-    """:func:`build_cost_table`, read from ``path`` (JSON) when it was measured for the same key, else written.
-
-    Example::
-
-        cached_cost_table(out / "latency_table.json", "latency", width=16, num_cells=8, image_size=32,
-                          batch_size=64, device="cuda")
-    """
-    if path.is_file():
-        try:
-            table = CostTable.from_json(json.loads(path.read_text()))
-        except (ValueError, KeyError, TypeError):
-            table = None
-        if table is not None and table.metric == metric and all(
-                table.key.get(k) == (str(v) if k == "device" else v) for k, v in kwargs.items() if k != "repeats"):
-            return table
-    table = build_cost_table(metric, **kwargs)
-    atomic_write_json(path, table.to_json())
-    return table
 
 
 # ---------------------------------------------------------------------------------------------- expected cost

@@ -183,8 +183,8 @@ class ExportSection:
     max_skip_connects: int | None = None
     # Limits on the exported cell's retrain network (multiply-adds of one image, parameters, milliseconds of one
     # batch of retrain.batch_size on the run's device); the best cell by architecture weight that fits; null: none.
-    max_macs: int | None = None
-    max_params: int | None = None
+    max_macs: float | None = None
+    max_params: float | None = None
     max_latency_ms: float | None = None
 
 

@@ -1,0 +1,204 @@
+"""Search under a budget: cost tables against the fixed net, the expected cost by hand, the hinge penalty and its
+gradient, a cost term on every preset, the export-limit rule and its refusals."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from nni_darts_ext._compat import import_nni_quietly
+from nni_darts_ext.arch import build_model, normalize_arch, random_arch
+from nni_darts_ext.constants import FIRST_NODE, INPUTS_PER_NODE
+from nni_darts_ext.errors import ArgumentTypeError, ArgumentValueError, BudgetError, RecipeError
+from nni_darts_ext.pipeline.budget import Budget, net_costs
+from nni_darts_ext.profile import count_macs, count_params
+from nni_darts_ext.recipes import load_recipe
+from nni_darts_ext.search import darts_strategy, list_strategies
+from nni_darts_ext.search.cells import MixedCell
+from nni_darts_ext.search.cost import ExpectedCost, build_cost_table, cell_weights, fit_to_limit
+from nni_darts_ext.search.progressive import Stage
+
+with import_nni_quietly():
+    from nni.nas.hub.pytorch import DARTS as DartsSpace
+
+from test_search_variants import CELLS, IMAGE, WIDTH, _darts_search  # noqa: E402 (the tiny search of every preset)
+
+SMALL_STAGES = (Stage(num_cells=CELLS, ops_kept=5, skip_dropout=0.1), Stage(num_cells=CELLS, ops_kept=3,
+                                                                               skip_dropout=0.2))
+
+
+@pytest.fixture(scope="module")
+def macs():
+    return build_cost_table("macs", width=WIDTH, num_cells=CELLS, image_size=IMAGE)
+
+
+@pytest.fixture(scope="module")
+def params():
+    return build_cost_table("params", width=WIDTH, num_cells=CELLS, image_size=IMAGE)
+
+
+def _supernet(name="first-order", **overrides):
+    torch.manual_seed(0)
+    return darts_strategy(name, **overrides).mutate_model(DartsSpace(width=WIDTH, num_cells=CELLS, dataset="cifar"))
+
+
+class _Search:
+    """The SearchState of a bare supernet (what a loss term reads)."""
+
+    def __init__(self, net):
+        self.net = net
+        self.mixing = next(m for m in net.modules() if isinstance(m, MixedCell)).mixing
+
+    def mixed_cells(self):
+        return [m for m in self.net.modules() if isinstance(m, MixedCell)]
+
+    def op_alphas(self):
+        return [p for n, p in self.net.named_parameters() if "_arch_alpha" in n]
+
+    def arch_parameters(self):
+        return self.op_alphas()
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_tables_give_the_fixed_nets_cost_exactly(macs, params, seed):
+    arch = random_arch(seed)
+    net = build_model(arch, width=WIDTH, num_cells=CELLS, image_size=IMAGE)
+    assert macs.cost_of(arch) == count_macs(net, (1, 3, IMAGE, IMAGE))
+    assert params.cost_of(arch) == count_params(net)
+
+
+def test_cheapest_cell_is_the_lowest_cost(macs):
+    cheapest, arch = macs.cheapest()
+    assert cheapest == macs.cost_of(arch)
+    assert all(macs.cost_of(random_arch(seed)) >= cheapest for seed in range(5))
+    normalize_arch(arch)  # a valid NNI arch dict
+
+
+def test_expected_cost_by_hand(macs):
+    net = _supernet()
+    search = _Search(net)
+    term = ExpectedCost(macs, target=1.0)
+    with torch.no_grad():
+        for alpha in search.op_alphas():
+            alpha.zero_()
+    # Uniform weights over the 7 ops (NNI's trailing `none` dropped, the rest renormalised): per node
+    # k/n * sum over inputs of the ops' mean cost.
+    by_hand = macs.fixed
+    for nodes in macs.ops.values():
+        for inputs in nodes:
+            by_hand += INPUTS_PER_NODE / len(inputs) * sum(sum(c.values()) / len(c) for c in inputs)
+    assert float(term.expected(search).detach()) == pytest.approx(by_hand, rel=1e-5)
+    # One op dominating every edge: k/n * sum over inputs of that op's cost.
+    cell = search.mixed_cells()[0]
+    sep = cell.op_names.index("sep_conv_3x3")
+    with torch.no_grad():
+        for alpha in search.op_alphas():
+            alpha[sep] = 50.0
+    by_hand = macs.fixed + sum(INPUTS_PER_NODE / len(inputs) * sum(c["sep_conv_3x3"] for c in inputs)
+                               for nodes in macs.ops.values() for inputs in nodes)
+    assert float(term.expected(search).detach()) == pytest.approx(by_hand, rel=1e-5)
+
+
+def test_penalty_is_zero_below_the_target_and_the_hinge_above(macs):
+    search = _Search(_supernet())
+    expected = float(ExpectedCost(macs, target=1.0).expected(search).detach())
+    below = ExpectedCost(macs, target=2 * expected, weight=3.0)
+    assert float(below.arch_loss(search, epoch=0, max_epochs=1)) == 0.0
+    above = ExpectedCost(macs, target=expected / 2, weight=3.0)
+    assert float(above.arch_loss(search, epoch=0, max_epochs=1)) == pytest.approx(3.0 * (2 - 1), rel=1e-5)
+    assert above.last == pytest.approx(expected, rel=1e-6)
+
+
+def test_gradient_reaches_the_alphas_and_favours_cheap_ops(macs):
+    search = _Search(_supernet())
+    term = ExpectedCost(macs, target=1.0)
+    term.arch_loss(search, epoch=0, max_epochs=1).backward()
+    cell = search.mixed_cells()[0]
+    sep5, skip = cell.op_names.index("sep_conv_5x5"), cell.op_names.index("skip_connect")
+    for alpha in search.op_alphas():
+        assert alpha.grad is not None and alpha.grad.abs().sum() > 0
+        assert alpha.grad[sep5] > alpha.grad[skip]  # descent lowers the costly op's logit more
+
+
+def test_expected_cost_refuses_bad_arguments(macs):
+    with pytest.raises(ArgumentValueError) as error:
+        ExpectedCost(macs, target=0.0)
+    assert error.value.argument == "target"
+    with pytest.raises(ArgumentTypeError) as error:
+        darts_strategy("first-order", cost=object())
+    assert error.value.argument == "cost"
+
+
+@pytest.mark.parametrize("name", list_strategies())
+def test_every_preset_searches_with_a_cost_term(name, macs):
+    overrides = {"stages": SMALL_STAGES} if name == "p-darts" else {}
+    cost = ExpectedCost(macs, target=macs.cheapest()[0], weight=1.0)
+    strategy = _darts_search(darts_strategy(name, warmup_epochs=0, cost=cost, **overrides))
+    assert strategy.oneshot_module.cost is cost
+    assert cost.last is not None and math.isfinite(cost.last) and cost.last > macs.fixed
+    arch = normalize_arch(next(iter(strategy.list_models())).sample)
+    assert len(arch) == 32
+
+
+def _weights(net):
+    with torch.no_grad():
+        for alpha in _Search(net).op_alphas():
+            alpha.copy_(torch.randn_like(alpha))
+    return cell_weights(_Search(net).mixed_cells())
+
+
+def _best_arch(weights):
+    """Per node the two inputs with the strongest op (what the unconstrained export keeps)."""
+    arch = {}
+    for label, nodes in weights.items():
+        for pos, w in enumerate(nodes):
+            best, ops = w.max(-1)
+            for n, j in enumerate(best.argsort(descending=True)[:INPUTS_PER_NODE].tolist()):
+                arch[f"{label}/op_{FIRST_NODE + pos}_{n}"] = list(macs_names)[int(ops[j])]
+                arch[f"{label}/input_{FIRST_NODE + pos}_{n}"] = [j]
+    return arch
+
+
+macs_names = ("max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3",
+              "dil_conv_5x5")
+
+
+def test_export_limit_picks_a_fitting_cell_and_refuses_the_impossible(params):
+    net = _supernet()
+    assert tuple(_Search(net).mixed_cells()[0].op_names) == macs_names
+    weights = _weights(net)
+    arch = _best_arch(weights)
+    cheapest = params.cheapest()[0]
+    assert fit_to_limit(arch, weights, params, params.cost_of(arch), key="export.max_params") == arch  # fits
+    limit = cheapest + 0.3 * (params.cost_of(arch) - cheapest)
+    fitted = fit_to_limit(arch, weights, params, limit, key="export.max_params")
+    assert params.cost_of(fitted) <= limit
+    normalize_arch(fitted)
+    assert fit_to_limit(arch, weights, params, cheapest, key="export.max_params") is not None
+    with pytest.raises(BudgetError) as error:
+        fit_to_limit(arch, weights, params, cheapest - 1, key="export.max_params")
+    assert error.value.key == "export.max_params" and error.value.cheapest == cheapest
+    assert f"{int(cheapest)} params" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_recipe_keys_build_the_budget():
+    tiny = ["dataset.image_size=8", f"retrain.width={WIDTH}", f"retrain.cells={CELLS}"]
+    recipe = load_recipe("demo", [*tiny, "search.cost={metric: params, target: 1.0e+9, weight: 2.0}",
+                                  "export.max_macs=1.0e+9"])
+    budget = Budget.from_recipe(recipe)
+    assert budget.cost is not None and budget.cost.weight == 2.0 and budget.cost.metric == "params"
+    assert sorted(key for _, _, key in budget.limits) == ["export.max_macs", "search.cost.target"]
+    with pytest.raises(BudgetError, match=r"export.max_params: 5 is below the cheapest possible cell \(\d+ params"):
+        Budget.from_recipe(load_recipe("demo", [*tiny, "export.max_params=5"]))
+    with pytest.raises(RecipeError, match="search.cost.metric"):
+        load_recipe("demo", ["search.cost={metric: flops, target: 1}"])
+    assert load_recipe("demo").search.cost is None  # default: accuracy alone
+
+
+def test_net_costs_report_the_three_figures():
+    net = build_model(random_arch(0), width=WIDTH, num_cells=CELLS, image_size=IMAGE)
+    costs = net_costs(net, IMAGE, batch_size=2, repeats=1)
+    assert costs["macs"] == count_macs(net, (1, 3, IMAGE, IMAGE)) and costs["params"] == count_params(net)
+    assert costs["latency_ms"] > 0

@@ -3,13 +3,14 @@ gradient, a cost term on every preset, the export-limit rule and its refusals.""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 import torch
 
 from nni_darts_ext._compat import import_nni_quietly
-from nni_darts_ext.arch import build_model, normalize_arch, random_arch
+from nni_darts_ext.arch import build_model, load_arch, normalize_arch, random_arch
 from nni_darts_ext.constants import FIRST_NODE, INPUTS_PER_NODE
 from nni_darts_ext.errors import ArgumentTypeError, ArgumentValueError, BudgetError, RecipeError
 from nni_darts_ext.pipeline.budget import Budget, net_costs
@@ -23,6 +24,7 @@ from nni_darts_ext.search.progressive import Stage
 with import_nni_quietly():
     from nni.nas.hub.pytorch import DARTS as DartsSpace
 
+from test_cli import nni_home  # noqa: E402, F401 (NNI's experiment manifest in a temporary folder)
 from test_search_variants import CELLS, IMAGE, WIDTH, _darts_search  # noqa: E402 (the tiny search of every preset)
 
 SMALL_STAGES = (Stage(num_cells=CELLS, ops_kept=5, skip_dropout=0.1), Stage(num_cells=CELLS, ops_kept=3,
@@ -202,3 +204,65 @@ def test_net_costs_report_the_three_figures():
     costs = net_costs(net, IMAGE, batch_size=2, repeats=1)
     assert costs["macs"] == count_macs(net, (1, 3, IMAGE, IMAGE)) and costs["params"] == count_params(net)
     assert costs["latency_ms"] > 0
+
+
+# ------------------------------------------------------------------------------------------------- the CLI (e2e)
+TINY = ["dataset.image_size=8", "dataset.max_samples=64", "search.width=4", "search.cells=3", "search.epochs=1",
+        "search.batch_size=16", "search.arc_learning_rate=0.05", "retrain.width=4", "retrain.cells=3"]
+
+
+@pytest.fixture(scope="module")
+def searches(tmp_path_factory, nni_home):  # noqa: F811 (the fixture imported above)
+    """An unconstrained tiny search and one with a macs target of half what it exported."""
+    from nni_darts_ext.cli import main
+
+    root = tmp_path_factory.mktemp("budget")
+    assert main(["search", "--out", str(root / "free"), "--quiet", "--threads", "1", "--set", *TINY]) == 0
+    free = json.loads((root / "free" / "summary.json").read_text())
+    # Half of the unconstrained cell's cost; at this tiny size the stem and classifier make most of it, so the
+    # target is kept just above the cheapest cell's cost when half would be below it.
+    cheapest = build_cost_table("macs", width=4, num_cells=3, image_size=8).cheapest()[0]
+    target = max(free["macs"] / 2, 1.01 * cheapest)
+    assert main(["search", "--out", str(root / "cost"), "--quiet", "--threads", "1", "--set", *TINY,
+                 f"search.cost={{metric: macs, target: {target}, weight: 1.0}}"]) == 0
+    return root, free, target
+
+
+@pytest.mark.e2e
+def test_cli_search_with_a_cost_target_exports_a_cell_within_it(searches):
+    root, free, target = searches
+    summary = json.loads((root / "cost" / "summary.json").read_text())
+    arch = load_arch(root / "cost" / "arch.json")
+    net = build_model(arch, width=4, num_cells=3, image_size=8)
+    assert summary["macs"] == count_macs(net, (1, 3, 8, 8)) <= target
+    assert summary["params"] == count_params(net) and summary["latency_ms"] > 0
+    assert summary["budget"]["search.cost.target"] == {"metric": "macs", "limit": target,
+                                                       "value": float(summary["macs"]), "within": True}
+    records = json.loads((root / "cost" / "search_health.json").read_text())
+    assert records and all(r["expected_cost"]["metric"] == "macs" and r["expected_cost"]["target"] == target
+                           and r["expected_cost"]["expected"] > 0 for r in records)
+    assert all(r["expected_cost"] is None for r in json.loads((root / "free" / "search_health.json").read_text()))
+    assert free["budget"] == {} and free["macs"] > 0
+
+
+@pytest.mark.e2e
+def test_cli_inspect_shows_the_cost(searches, capsys):
+    from nni_darts_ext.cli import main
+
+    root, _, target = searches
+    assert main(["inspect", str(root / "cost")]) == 0
+    out = capsys.readouterr().out
+    assert f"search cost: macs, target {target:g}" in out and "expected macs" in out
+    assert "search.cost.target:" in out and "(within)" in out
+
+
+@pytest.mark.e2e
+def test_cli_refuses_an_impossible_limit_naming_the_cheapest(tmp_path, capsys, params):
+    from nni_darts_ext.cli import main
+
+    out = tmp_path / "run"
+    code = main(["search", "--out", str(out), "--quiet", "--threads", "1", "--set", *TINY, "export.max_params=10"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "Traceback" not in err
+    assert f"export.max_params: 10 is below the cheapest possible cell ({int(params.cheapest()[0])} params" in err
+    assert not out.exists()  # refused before anything is written

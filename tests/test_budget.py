@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -266,3 +267,24 @@ def test_cli_refuses_an_impossible_limit_naming_the_cheapest(tmp_path, capsys, p
     assert code == 2 and "\n" not in err and "Traceback" not in err
     assert f"export.max_params: 10 is below the cheapest possible cell ({int(params.cheapest()[0])} params" in err
     assert not out.exists()  # refused before anything is written
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("name", ["first-order"])
+def test_search_with_a_cost_killed_and_resumed_is_bit_identical(name, tmp_path):
+    from test_exact_resume import REPO, _argv, _assert_identical, _killed
+
+    from nni_darts_ext.cli import main
+
+    home = tmp_path / "home"
+    env = dict(os.environ, HOME=str(home), NNI_HOME=str(home / ".nni"), OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    cost = ["search.cost={metric: macs, target: 1.0e+5, weight: 1.0}"]  # appended to _argv's --set list
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert main([*_argv("search", straight, name), *cost]) == 0
+    _killed([*_argv("search", killed, name), *cost], env, killed / "checkpoints" / "last.ckpt")
+    assert main([*_argv("search", killed, name, "--resume"), *cost]) == 0
+    _assert_identical(straight, killed)
+    records = json.loads((killed / "search_health.json").read_text())
+    assert [r["expected_cost"]["expected"] for r in records] == [
+        r["expected_cost"]["expected"] for r in json.loads((straight / "search_health.json").read_text())]

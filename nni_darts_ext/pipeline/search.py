@@ -106,6 +106,8 @@ def _search(built: Any, recipe: Recipe, options: RunOptions) -> dict[str, Any]:
     if rank_zero:
         out.mkdir(parents=True, exist_ok=True)
         write_config(out, recipe, "search")
+        if built.budget is not None:
+            built.budget.save(out)  # the latency table, before training: a resumed run reads this one back
     experiment = NasExperiment(built.space, built.evaluator, strategy)
     scratch = None if rank_zero else tempfile.TemporaryDirectory(prefix="nni-darts-rank")
     experiment.config.experiment_working_directory = str(out.resolve()) if rank_zero else scratch.name
@@ -154,7 +156,6 @@ def _search(built: Any, recipe: Recipe, options: RunOptions) -> dict[str, Any]:
     budget = built.budget
     if budget is not None:
         arch = budget.fit(arch, oneshot.mixed_cells())  # export limits: the best cell that fits
-        budget.save(out)
     save_arch(arch, out / ARCH_FILE)
     genotype = format_genotype(to_genotype(arch))
     atomic_write_text(out / GENOTYPE_FILE, genotype + "\n")

@@ -288,3 +288,31 @@ def test_search_with_a_cost_killed_and_resumed_is_bit_identical(name, tmp_path):
     records = json.loads((killed / "search_health.json").read_text())
     assert [r["expected_cost"]["expected"] for r in records] == [
         r["expected_cost"]["expected"] for r in json.loads((straight / "search_health.json").read_text())]
+
+
+def test_latency_table_is_cached_in_the_run_folder_and_read_back(tmp_path, monkeypatch):
+    from nni_darts_ext.pipeline import budget as budget_module
+    from nni_darts_ext.search.cost import CostTable
+
+    tiny = ["dataset.image_size=8", f"retrain.width={WIDTH}", f"retrain.cells={CELLS}", "export.max_latency_ms=1.0e+6"]
+    recipe = load_recipe("demo", tiny)
+    built = Budget.from_recipe(recipe, batch_size=2, out=tmp_path)
+    table = built.latency_table
+    assert table is not None and table.key["batch_size"] == 2 and table.key["device"] == "cpu"
+    assert table.fixed >= 0 and all(c >= 0 for nodes in table.ops.values() for inputs in nodes
+                                    for costs in inputs for c in costs.values())
+    built.save(tmp_path)
+    saved = CostTable.from_json(json.loads((tmp_path / "latency_table.json").read_text()))
+    monkeypatch.setattr(budget_module, "build_cost_table", lambda *a, **k: pytest.fail("measured again"))
+    again = Budget.from_recipe(recipe, batch_size=2, out=tmp_path).latency_table
+    assert again == saved  # resume: the same table, not a new measurement
+
+
+def test_health_record_and_plot_carry_the_expected_cost(tmp_path):
+    from nni_darts_ext.health import health_record, plot_health
+
+    arch = random_arch(0)
+    cost = {"metric": "macs", "expected": 1.5e5, "target": 1e5}
+    records = [health_record(e, arch, None, {}, expected_cost=cost) for e in range(2)]
+    assert records[0]["expected_cost"] == cost and health_record(0, arch, None, {})["expected_cost"] is None
+    assert len(plot_health(records).axes) == 4 and len(plot_health([health_record(0, arch, None, {})]).axes) == 3

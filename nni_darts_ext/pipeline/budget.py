@@ -3,8 +3,9 @@ cost figures (``macs``, ``params``, ``latency_ms``) of a run's net.
 
 Every cost is that of the recipe's *retrain* network (``retrain.width``, ``retrain.cells``, the dataset's image
 size, no auxiliary head). A ``search.cost`` target also limits the export in its metric unless the matching
-``export.max_*`` is given (the caller wins), so the exported cell fits the target. Limits no cell of the space
-meets are refused before anything is trained (:class:`~nni_darts_ext.errors.BudgetError`, exit 2, naming the
+``export.max_*`` is given (the caller wins), so the exported cell fits the target (a target below the cheapest cell
+of the space exports the cheapest cells, with a warning). Export limits no cell of the space meets are refused
+before anything is trained (:class:`~nni_darts_ext.errors.BudgetError`, exit 2, naming the
 cheapest value).
 
 Example::
@@ -73,10 +74,13 @@ class Budget:
     Attributes:
         cost: the :class:`~nni_darts_ext.search.cost.ExpectedCost` of ``search.cost`` (``None``: none).
         limits: ``[(table, limit, recipe key)]`` the exported cell must meet.
+        requested: ``{recipe key: value}`` as the recipe gives it (a ``search.cost`` target below the cheapest cell
+            is kept here, its limit is the cheapest cell's cost).
     """
 
     cost: ExpectedCost | None
     limits: list[tuple[CostTable, float, str]]
+    requested: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def from_recipe(cls, recipe: Recipe, *, device: str = "cpu", batch_size: int = 1,
@@ -106,12 +110,19 @@ class Budget:
                 limits.append((table(metric), float(limit), _LIMIT_KEYS[metric]))
             elif spec is not None and spec.metric == metric:
                 limits.append((table(metric), float(spec.target), "search.cost.target"))
-        for limit_table, limit, key in limits:
+        requested = {key: limit for _, limit, key in limits}
+        for index, (limit_table, limit, key) in enumerate(limits):
             cheapest = limit_table.cheapest()[0]
-            if cheapest > limit:
+            if cheapest > limit and key == "search.cost.target":
+                # A target is something to aim for: the search pulls towards it and the export takes the cheapest
+                # cells; only an explicit export limit is refused.
+                _logger.warning("search.cost.target %g is below the cheapest possible cell (%s for the retrain net); "
+                                "the export keeps the cheapest cells", limit, _format(limit_table, cheapest))
+                limits[index] = (limit_table, cheapest, key)
+            elif cheapest > limit:
                 raise BudgetError(key, f"{limit:g} is below the cheapest possible cell "
                                        f"({_format(limit_table, cheapest)} for the retrain net)", cheapest)
-        return cls(cost, limits)
+        return cls(cost, limits, requested)
 
     @property
     def latency_table(self) -> CostTable | None:
@@ -155,8 +166,13 @@ class Budget:
 
     def report(self, arch: dict[str, Any]) -> dict[str, Any]:
         """``{key: {"limit", "value", "within"}}`` of each limit for ``arch`` (table values), for summary.json."""
-        return {key: {"metric": table.metric, "limit": limit, "value": round(table.cost_of(arch), 6),
-                      "within": table.cost_of(arch) <= limit} for table, limit, key in self.limits}
+        report = {}
+        for table, limit, key in self.limits:
+            asked = self.requested.get(key, limit)
+            value = table.cost_of(arch)
+            report[key] = {"metric": table.metric, "limit": asked, "value": round(value, 6), "within": value <= asked,
+                           **({"export_limit": limit} if limit != asked else {})}
+        return report
 
 
 def _format(table: CostTable, value: float) -> str:

@@ -323,3 +323,11 @@ def test_health_record_and_plot_carry_the_expected_cost(tmp_path):
     records = [health_record(e, arch, None, {}, expected_cost=cost) for e in range(2)]
     assert records[0]["expected_cost"] == cost and health_record(0, arch, None, {})["expected_cost"] is None
     assert len(plot_health(records).axes) == 4 and len(plot_health([health_record(0, arch, None, {})]).axes) == 3
+
+
+def test_building_a_table_leaves_the_random_stream_alone():
+    torch.manual_seed(3)
+    expected = torch.rand(3)
+    torch.manual_seed(3)
+    build_cost_table("latency", width=WIDTH, num_cells=CELLS, image_size=IMAGE, batch_size=2, repeats=1)
+    assert torch.equal(torch.rand(3), expected)  # a run with a cost starts from the same random state

@@ -160,7 +160,8 @@ def _op_cost(metric: str, op: nn.Module, shape: tuple[int, ...], *, batch_size: 
         return float(count_macs(op, (1, *shape[1:])))
     if metric == "params":
         return float(count_params(op))
-    return _time_ms(copy.deepcopy(op).to(device).eval(), torch.randn((batch_size, *shape[1:]), device=device), repeats)
+    x = torch.rand((batch_size, *shape[1:]), generator=torch.Generator().manual_seed(0)).to(device)
+    return _time_ms(copy.deepcopy(op).to(device).eval(), x, repeats)
 
 
 def measure_net(metric: str, model: nn.Module, image_size: int, *, batch_size: int = 1,
@@ -172,8 +173,9 @@ def measure_net(metric: str, model: nn.Module, image_size: int, *, batch_size: i
         measure_net("params", build_model("darts-v2", width=4, num_cells=3), 8)
     """
     check_choice("metric", metric, COST_METRICS)
-    return _op_cost(metric, model, (1, 3, image_size, image_size), batch_size=batch_size,
-                    device=torch.device(device), repeats=repeats)
+    with torch.random.fork_rng(devices=[]):
+        return _op_cost(metric, model, (1, 3, image_size, image_size), batch_size=batch_size,
+                        device=torch.device(device), repeats=repeats)
 
 
 def build_cost_table(metric: str, *, width: int, num_cells: int, image_size: int, batch_size: int = 1,
@@ -205,8 +207,16 @@ def _counted_table(metric: str, width: int, num_cells: int, image_size: int) -> 
     return _measure_table(metric, width=width, num_cells=num_cells, image_size=image_size)
 
 
-def _measure_table(metric: str, *, width: int, num_cells: int, image_size: int, batch_size: int = 1,
-                   device: str | torch.device = "cpu", repeats: int = LATENCY_REPEATS) -> CostTable:
+def _measure_table(metric: str, **kwargs: Any) -> CostTable:
+    """The table, built without touching the caller's random stream (building ops draws initial weights: a run
+    with a cost must start from the same random state as one without, and as its own resume)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return _build_table(metric, **kwargs)
+
+
+def _build_table(metric: str, *, width: int, num_cells: int, image_size: int, batch_size: int = 1,
+                 device: str | torch.device = "cpu", repeats: int = LATENCY_REPEATS) -> CostTable:
     from ..arch import build_model  # the fixed net (arch imports nothing of the engine)
     from .strategy import DartsSearch
 
@@ -222,9 +232,7 @@ def _measure_table(metric: str, *, width: int, num_cells: int, image_size: int, 
         from nni.nas.space import model_context
 
     # A full-channel supernet of the retrain size gives each cell's state shapes and its candidates' names.
-    with torch.random.fork_rng():  # building draws alphas: leave the caller's random stream alone
-        torch.manual_seed(0)
-        supernet = DartsSearch().mutate_model(DARTS(width=width, num_cells=num_cells, dataset="cifar")).eval()
+    supernet = DartsSearch().mutate_model(DARTS(width=width, num_cells=num_cells, dataset="cifar")).eval()
     cells = [m for m in supernet.modules() if isinstance(m, MixedCell)]
     shapes: dict[int, list[tuple[int, ...]]] = {}
     hooks = [cell.preprocessor.register_forward_hook(

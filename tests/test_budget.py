@@ -331,3 +331,17 @@ def test_building_a_table_leaves_the_random_stream_alone():
     torch.manual_seed(3)
     build_cost_table("latency", width=WIDTH, num_cells=CELLS, image_size=IMAGE, batch_size=2, repeats=1)
     assert torch.equal(torch.rand(3), expected)  # a run with a cost starts from the same random state
+
+
+@pytest.mark.parametrize("name", ["first-order", "fair-darts", "drnas", "gdas"])
+def test_descending_the_penalty_lowers_the_expected_cost_to_the_target(name, params):
+    search = _Search(_supernet(name))
+    start = float(ExpectedCost(params, target=1.0).expected(search).detach())
+    target = params.cheapest()[0] + 0.5 * (start - params.cheapest()[0])
+    term = ExpectedCost(params, target=target, weight=1.0)
+    optimizer = torch.optim.Adam(search.op_alphas(), lr=0.1)
+    for _ in range(60):
+        optimizer.zero_grad()
+        term.arch_loss(search, epoch=0, max_epochs=1).backward()
+        optimizer.step()
+    assert term.last < start and float(term.expected(search).detach()) <= 1.02 * target

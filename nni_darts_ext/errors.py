@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "BudgetError",
     "SIGNAL_EXIT_BASE",
     "ArgumentError",
     "ArgumentTypeError",
@@ -149,6 +150,20 @@ class OutputWriteError(OSError):
             f"cannot write {self.filename}: {self.strerror} (errno {self.errno}, {name}); "
             "the previous file, if any, is kept whole"
         )
+
+
+class BudgetError(RecipeError):
+    """A cost target or export limit no cell of the space meets; one line naming the key and the cheapest value.
+
+    Attributes: ``key`` (the recipe key, e.g. ``export.max_params``) and ``cheapest`` (the lowest reachable cost).
+    """
+
+    def __init__(self, key: str, problem: str, cheapest: float | None = None):
+        super().__init__(f"{key}: {problem}", key=key)
+        self.cheapest = cheapest
+
+    def __reduce__(self) -> Any:
+        return type(self), (self.key, str(self).split(": ", 1)[1], self.cheapest)
 
 
 class RunInterrupted(Exception):

@@ -85,6 +85,7 @@ RECORD_KEYS = (
     "mean_entropy",
     "max_weight",
     "hessian_eigenvalue",
+    "expected_cost",
 )
 _SKIP_OP = "skip_connect"
 _HEALTH_FIGSIZE = (7.0, 7.5)
@@ -338,6 +339,7 @@ def health_record(
     probs: Mapping[str, Any],
     *,
     hessian_eigenvalue: float | None = None,
+    expected_cost: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The health record of one epoch (keys :data:`RECORD_KEYS`, plus ``arch``).
 
@@ -348,6 +350,8 @@ def health_record(
         probs: the mixing weights per choice, ``{label: probabilities}`` as NNI's ``export_probs()`` gives them
             (``{op: p}`` dicts), or 1-D tensors / sequences.
         hessian_eigenvalue: this epoch's dominant eigenvalue, or ``None`` when not computed.
+        expected_cost: the search cost's ``{"metric", "expected", "target"}`` (the supernet's expected cost of the
+            retrain net at the epoch's end), or ``None`` for a search without ``search.cost``.
 
     For a DARTS arch, ``genotype`` is its Genotype text, ``changed_edges`` counts the edges (of 16) whose op or
     input differs from ``previous_arch`` and the skip counts count ``skip_connect`` ops per cell. For any other
@@ -383,6 +387,7 @@ def health_record(
         "mean_entropy": sum(map(_entropy, distributions)) / len(distributions) if distributions else None,
         "max_weight": max(max(d) for d in distributions) if distributions else None,
         "hessian_eigenvalue": None if hessian_eigenvalue is None else float(hessian_eigenvalue),
+        "expected_cost": None if expected_cost is None else dict(expected_cost),
         "arch": darts if darts is not None else json.loads(json.dumps(dict(arch), default=str)),
     }
 
@@ -545,7 +550,8 @@ def append_health_record(path: str | os.PathLike[str], record: Mapping[str, Any]
 
 
 def plot_health(records: Sequence[Mapping[str, Any]], path: str | os.PathLike[str] | None = None):
-    """Draw eigenvalue, mean entropy and skip counts over the epochs (three panels, matplotlib Agg).
+    """Draw eigenvalue, mean entropy, skip counts and, under a search cost, the expected cost against its target
+    over the epochs (three or four panels, matplotlib Agg).
 
     Writes ``path`` (PNG, atomically) and returns it; without a path returns the Figure.
 
@@ -557,9 +563,11 @@ def plot_health(records: Sequence[Mapping[str, Any]], path: str | os.PathLike[st
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    fig = Figure(figsize=_HEALTH_FIGSIZE, dpi=_HEALTH_DPI, layout="constrained")
+    costs = [(r["epoch"], r["expected_cost"]) for r in records if r.get("expected_cost")]
+    fig = Figure(figsize=(_HEALTH_FIGSIZE[0], _HEALTH_FIGSIZE[1] * (4 / 3 if costs else 1)), dpi=_HEALTH_DPI,
+                 layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(3, 1, sharex=True)
+    axes = fig.subplots(4 if costs else 3, 1, sharex=True)
     epochs = [r["epoch"] for r in records]
     computed = [(r["epoch"], r["hessian_eigenvalue"]) for r in records if r.get("hessian_eigenvalue") is not None]
     if computed:
@@ -577,10 +585,17 @@ def plot_health(records: Sequence[Mapping[str, Any]], path: str | os.PathLike[st
                      label=f"{cell} cell")
     axes[2].axhline(MAX_NORMAL_SKIP_CONNECTS, color="grey", linestyle="--", linewidth=0.8)
     axes[2].set_ylabel("skip connections")
-    axes[2].set_xlabel("epoch")
+    if costs:  # search under a budget: the supernet's expected cost against the target
+        metric = costs[-1][1]["metric"]
+        axes[3].plot([e for e, _ in costs], [c["expected"] for _, c in costs], marker="o", color="tab:orange",
+                     label="expected")
+        axes[3].axhline(costs[-1][1]["target"], color="grey", linestyle="--", linewidth=0.8, label="target")
+        axes[3].set_ylabel(f"expected {metric}")
+        axes[3].legend(loc="upper right")
+    axes[-1].set_xlabel("epoch")
     axes[2].legend(loc="upper left")
     axes[0].set_title("search health")
-    axes[2].xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[2].yaxis.set_major_locator(MaxNLocator(integer=True))
     if path is None:
         return fig

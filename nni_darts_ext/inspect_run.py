@@ -83,6 +83,7 @@ def _row(record: dict[str, Any]) -> dict[str, Any]:
         "skip_connects_reduce": record.get("skip_connects_reduce"),
         "mean_entropy": record.get("mean_entropy"),
         "hessian_eigenvalue": record.get("hessian_eigenvalue"),
+        "expected_cost": (record.get("expected_cost") or {}).get("expected"),
     }
 
 
@@ -92,7 +93,9 @@ def inspect_run(directory: str | os.PathLike[str]) -> dict[str, Any]:
     Keys: ``dir``, ``status`` (``'finished'`` with a summary, else ``'incomplete'``: still running or stopped),
     ``recipe``, ``preset`` (the strategy preset), ``dataset``, ``epochs_done``, ``epochs_planned``, ``epochs``
     (one row per health record: ``accuracy`` and the metric it is, ``changed_edges``, skip counts,
-    ``mean_entropy``, ``hessian_eigenvalue``), ``early_stop`` (``None`` or the summary's/record's note),
+    ``mean_entropy``, ``hessian_eigenvalue``, ``expected_cost``), ``cost`` (``None``, or the search cost's ``metric``
+    and ``target``, the exported net's ``macs``/``params``/``latency_ms`` and each limit's value),
+    ``early_stop`` (``None`` or the summary's/record's note),
     ``warnings``, ``plots`` (file name -> path or ``None``), ``checkpoint`` (last checkpoint or ``None``),
     ``tensorboard`` (the TensorBoard log folder or ``None``), ``hessian_every`` (from the recipe),
     ``genotype`` (final, else the latest record's) and ``notes`` (unreadable files).
@@ -143,8 +146,19 @@ def inspect_run(directory: str | os.PathLike[str]) -> dict[str, Any]:
         "checkpoint": str(checkpoint) if checkpoint.is_file() else None,
         "tensorboard": str(path / _TENSORBOARD) if (path / _TENSORBOARD).is_dir() else None,
         "genotype": genotype,
+        "cost": _cost(records, summary),
         "notes": notes,
     }
+
+
+def _cost(records: list[dict[str, Any]], summary: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The search cost (metric, target) and the exported net's figures; ``None`` for a search without either."""
+    spec = next((r["expected_cost"] for r in reversed(records) if isinstance(r.get("expected_cost"), dict)), None)
+    figures = {key: (summary or {}).get(key) for key in ("macs", "params", "latency_ms")}
+    if spec is None and not (summary or {}).get("budget"):
+        return None
+    return {"metric": None if spec is None else spec.get("metric"), "target": None if spec is None else
+            spec.get("target"), "exported": figures, "limits": (summary or {}).get("budget") or {}}
 
 
 def _number(value: Any, digits: int) -> str:
@@ -175,18 +189,32 @@ def format_report(report: dict[str, Any]) -> str:
     if rows:
         metric = next((r["accuracy_metric"] for r in rows if r["accuracy_metric"]), "accuracy")
         lines.append("")
-        lines.append(f"{'epoch':>5}  {metric:>9}  {'changed':>7}  {'skips n/r':>9}  {'entropy':>7}  {'eigenvalue':>10}")
+        cost = report.get("cost") or {}
+        cost_head = f"  {'expected ' + cost['metric']:>16}" if cost.get("metric") else ""
+        lines.append(f"{'epoch':>5}  {metric:>9}  {'changed':>7}  {'skips n/r':>9}  {'entropy':>7}  {'eigenvalue':>10}"
+                     + cost_head)
         for r in rows:
             skips = f"{r['skip_connects_normal'] if r['skip_connects_normal'] is not None else '-'}/" \
                     f"{r['skip_connects_reduce'] if r['skip_connects_reduce'] is not None else '-'}"
             changed = "-" if r["changed_edges"] is None else str(r["changed_edges"])
             lines.append(f"{r['epoch']:>5}  {_number(r['accuracy'], 4):>9}  {changed:>7}  {skips:>9}  "
-                         f"{_number(r['mean_entropy'], 4):>7}  {_number(r['hessian_eigenvalue'], 4):>10}")
+                         f"{_number(r['mean_entropy'], 4):>7}  {_number(r['hessian_eigenvalue'], 4):>10}"
+                         + (f"  {_number(r['expected_cost'], 1):>16}" if cost_head else ""))
         lines.append("")
     else:
         lines.append("no search_health.json records yet")
     if report.get("genotype"):
         lines.append(f"genotype: {report['genotype']}")
+    if report.get("cost"):
+        cost = report["cost"]
+        if cost.get("metric"):
+            lines.append(f"search cost: {cost['metric']}, target {cost['target']:g}")
+        figures = ", ".join(f"{k} {v}" for k, v in cost["exported"].items() if v is not None)
+        if figures:
+            lines.append(f"exported net (retrain size): {figures}")
+        for key, limit in cost["limits"].items():
+            lines.append(f"  {key}: {limit['value']:g} of {limit['limit']:g} "
+                         f"({'within' if limit['within'] else 'ABOVE'})")
     lines.append("warnings: " + ("none" if not report["warnings"] else ""))
     lines.extend(f"  - {w}" for w in report["warnings"])
     present = [p for p in report["plots"].values() if p]

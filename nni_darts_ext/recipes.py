@@ -141,6 +141,16 @@ class DatasetSection:
 
 
 @dataclass(frozen=True)
+class CostSection:
+    """Search under a budget (``search.cost``): ``weight * max(0, E / target - 1)`` added to the architecture loss,
+    ``E`` the supernet's expected ``metric`` (``macs``, ``params`` or ``latency`` in ms) of the retrain network."""
+
+    metric: str = MISSING
+    target: float = MISSING
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
 class SearchSection:
     """The one-shot search: supernet size, weight optimizer (SGD + cosine), architecture optimizer (Adam)."""
 
@@ -183,6 +193,8 @@ class SearchSection:
     hessian_batch_size: int | None = None
     # The supernet's stem, cifar or imagenet (NNI's DARTS stems); null: imagenet for images of 64 px and more.
     stem: str | None = None
+    # Search under a budget: {metric: macs | params | latency, target: T, weight: W}; null: accuracy alone.
+    cost: CostSection | None = None
 
 
 @dataclass(frozen=True)
@@ -222,6 +234,11 @@ class ExportSection:
     selection: str = "magnitude"
     # Perturbation selection: epochs of fine-tuning between two decisions; null: the paper's (PT_TUNE_EPOCHS).
     tune_epochs: int | None = None
+    # Limits on the exported cell's retrain network (multiply-adds of one image, parameters, milliseconds of one
+    # batch of retrain.batch_size on the run's device); the best cell by architecture weight that fits; null: none.
+    max_macs: float | None = None
+    max_params: float | None = None
+    max_latency_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -338,6 +355,9 @@ def _check_type(key: str, value: Any, tp: Any) -> None:
         if value is None and type(None) in args:
             return
         for arg in (a for a in args if a is not type(None)):
+            if dataclasses.is_dataclass(arg) and isinstance(value, Mapping):
+                _check_type(key, value, arg)  # a section: its own error names the key inside it
+                return
             try:
                 _check_type(key, value, arg)
                 return
@@ -763,6 +783,14 @@ def _validate_search(s: SearchSection) -> None:
             f"search.select: must be one of {', '.join(map(repr, SELECT_RULES))}, got {s.select!r}",
             key="search.select",
         )
+    if s.cost is not None:
+        from .search.cost import COST_METRICS
+
+        if s.cost.metric not in COST_METRICS:
+            raise RecipeError(f"search.cost.metric: must be one of {', '.join(map(repr, COST_METRICS))}, "
+                              f"got {s.cost.metric!r}", key="search.cost.metric")
+        _positive("search.cost.target", s.cost.target)
+        _at_least("search.cost.weight", s.cost.weight, 0.0)
 
 
 def _validate_select(select: SelectSection) -> None:
@@ -805,6 +833,11 @@ def validate(recipe: Recipe) -> Recipe:
     _one_of("export.selection", recipe.export.selection, EXPORT_SELECTIONS)
     if recipe.export.tune_epochs is not None:
         _at_least("export.tune_epochs", recipe.export.tune_epochs, 0)
+    export = recipe.export
+    for key, limit in {"max_macs": export.max_macs, "max_params": export.max_params,
+                       "max_latency_ms": export.max_latency_ms}.items():
+        if limit is not None:
+            _positive(f"export.{key}", limit)
     _validate_select(recipe.select)
     return recipe
 

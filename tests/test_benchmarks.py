@@ -231,3 +231,20 @@ def test_flop_totals_without_module_tracking_match_torch_counter():
             net(x).sum().backward()
         totals.append(counter.get_total_flops())
     assert totals[0] == totals[1] > 0
+
+
+@pytest.mark.e2e
+def test_pareto_benchmark_smoke(tmp_path):
+    """benchmarks/pareto.py at tiny size: the unconstrained search, one cost target, one random cell each."""
+    pareto = _load("pareto")
+    tiny = ["dataset.image_size=8", "dataset.max_samples=64", "search.width=4", "search.cells=3", "search.epochs=1",
+            "search.batch_size=16", "retrain.width=4", "retrain.cells=3", "retrain.epochs=1", "retrain.batch_size=16"]
+    out = tmp_path / "pareto"
+    result = pareto.run_pareto(pareto.parse_args(["--out", str(out), "--targets", "0.6", "--random", "1",
+                                                  "--pool", "8", "--threads", "1", "--set", *tiny]))
+    kinds = [row["kind"] for row in result["rows"]]
+    assert kinds == ["unconstrained", "cost", "random", "random"]
+    cost = result["rows"][1]
+    assert cost["macs"] <= cost["target"] and all(0.0 <= row["test_accuracy"] <= 1.0 for row in result["rows"])
+    assert json.loads((out / "pareto.json").read_text())["rows"] == result["rows"]
+    assert (out / "pareto.png").read_bytes()[:4] == b"\x89PNG"

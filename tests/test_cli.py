@@ -187,7 +187,10 @@ def test_retrain_writes_model_and_tests_it(retrained, searched):
     assert load_arch(retrained / "arch.json") == load_arch(searched / "arch.json")
     model = build_model(load_arch(searched / "arch.json"), width=4, num_cells=3, auxiliary_loss=True,
                         drop_path_prob=0.2, image_size=8)
-    assert summary["params"] == count_parameters(model)
+    assert summary["trained_params"] == count_parameters(model)
+    assert summary["params"] == count_parameters(build_model(load_arch(searched / "arch.json"), width=4, num_cells=3,
+                                                             image_size=8))  # as deployed: no auxiliary head
+    assert summary["macs"] > 0 and summary["latency_ms"] > 0
     state = torch.load(retrained / "model.pt", weights_only=True)
     model.load_state_dict(state)  # a plain state dict of the net
 

@@ -46,6 +46,7 @@ from nni_darts_ext.health import (
     plot_health,
     write_health_records,
 )
+from nni_darts_ext.search.module import DartsSearchModule
 
 from .._compat import import_nni_quietly
 from ..checks import check_int, check_optional
@@ -304,7 +305,9 @@ class SearchHealthMonitor(pl.Callback):
                                 "the Hessian eigenvalue is not computed")
         arch = _quiet_export(pl_module)
         previous = self.records[-1]["arch"] if self.records else None
-        record = health_record(epoch, arch, previous, pl_module.export_probs(), hessian_eigenvalue=eigenvalue)
+        cost = pl_module.cost if isinstance(pl_module, DartsSearchModule) else None
+        record = health_record(epoch, arch, previous, pl_module.export_probs(), hessian_eigenvalue=eigenvalue,
+                               expected_cost=None if cost is None else cost.state(pl_module))
         record["hessian_iterations"] = iterations
         record["hessian_seconds"] = None if seconds is None else round(seconds, 3)
         record["metrics"] = {k: float(v) for k, v in trainer.callback_metrics.items()  # per-op probs are in arch

@@ -70,6 +70,7 @@ from ..resumable_data import ExactResume
 from ..search import darts_strategy
 from ..space import check_image_size, darts_space, default_stem, min_image_size
 from ..training_module import DartsClassificationModule
+from .budget import Budget, timing_device
 from .options import RunOptions
 from .run_folder import (
     ARCH_FILE,
@@ -142,6 +143,7 @@ class Assembly:
         batch_facts: ``{"batch_size", "batch_size_found_by"}`` for the summary when the recipe's batch was
             ``auto`` (``recipe`` then holds the batch found), else ``None``.
         info, stem: the data's :class:`~nni_darts_ext.datasets.DataInfo` and the net's stem.
+        budget: the search cost and export limits (search).
     """
 
     command: str
@@ -173,6 +175,7 @@ class Assembly:
     batch_facts: dict | None = None
     info: Any = None
     stem: str | None = None
+    budget: Budget | None = None
 
 
 # ---------------------------------------------------------------------------------------------------------- checks
@@ -497,6 +500,7 @@ STRATEGY_RECIPE_KEYS: dict[str, str] = {
     "order": "search.order",
     "max_skip_connects": "export.max_skip_connects",
     "checkpointing": "search.checkpointing",
+    "cost": "search.cost",
 }
 
 
@@ -526,9 +530,9 @@ def strategy_overrides(recipe: Recipe) -> dict[str, Any]:
     return overrides
 
 
-def search_strategy(recipe: Recipe, space: Any = None) -> Any:
+def search_strategy(recipe: Recipe, space: Any = None, budget: Budget | None = None) -> Any:
     """The recipe's strategy preset with :func:`strategy_overrides` applied and, given ``space``, checked against it
-    (:meth:`~nni_darts_ext.search.DartsSearch.check_space`).
+    (:meth:`~nni_darts_ext.search.DartsSearch.check_space`); given ``budget``, with its cost term (``search.cost``).
 
     Raises:
         RecipeError: an argument the preset refuses (its type, its value, an argument it does not take, an option
@@ -541,7 +545,10 @@ def search_strategy(recipe: Recipe, space: Any = None) -> Any:
     s = recipe.search
     options = dict(s.strategy_options or {})
     try:
-        strategy = darts_strategy(s.strategy, **strategy_overrides(recipe))
+        overrides = strategy_overrides(recipe)
+        if budget is not None and budget.cost is not None:
+            overrides["cost"] = budget.cost
+        strategy = darts_strategy(s.strategy, **overrides)
         if space is not None:
             strategy.check_space(space)
     except ArgumentError as exc:
@@ -621,9 +628,12 @@ def assemble_search(recipe: Recipe, options: RunOptions, *, data: RecipeData | N
         dataset, batch_size=s.batch_size, train_fraction=s.train_fraction, seed=recipe.seed,
         num_workers=recipe.dataset.num_workers,
     )
-    data_shape(data, recipe.retrain.stem, key="retrain.stem")  # the summary counts the retrain net's parameters
+    _, retrain_stem = data_shape(data, recipe.retrain.stem, key="retrain.stem")  # the summary counts its costs
+    # Cost tables of the retrain net (latency: read back from the run folder on resume); impossible limits refused.
+    budget = Budget.from_recipe(recipe, info=info, stem=retrain_stem, device=timing_device(accelerator),
+                                batch_size=s.batch_size, out=out if resume_from is not None else None)
     space = search_space(recipe, info, stem)
-    strategy = search_strategy(recipe, space)
+    strategy = search_strategy(recipe, space, budget)
     history = AlphaHistory()
     callbacks, epoch_log, logger = _run_callbacks(out, "search", options, learning_rate=s.learning_rate,
                                                   resume_from=resume_from)
@@ -653,7 +663,7 @@ def assemble_search(recipe: Recipe, options: RunOptions, *, data: RecipeData | N
         world_size=devices * options.num_nodes, rank=rank, data=data, batch_size=s.batch_size, out=out,
         resume_from=resume_from, train_loader=train_loader, val_loader=val_loader, module=evaluator.module,
         trainer=evaluator.trainer, evaluator=evaluator, space=space, strategy=strategy, epoch_log=epoch_log,
-        alpha_history=history, health=health, info=info, stem=stem, batch_facts=batch_facts,
+        alpha_history=history, health=health, info=info, stem=stem, batch_facts=batch_facts, budget=budget,
     )
 
 

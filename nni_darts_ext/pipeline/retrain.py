@@ -12,13 +12,14 @@ import logging
 import time
 from typing import Any
 
-from ..arch import count_parameters, save_arch
+from ..arch import build_model, count_parameters, save_arch
 from ..checkpoint import allow_checkpoint_globals
 from ..io import atomic_torch_save, atomic_write_json
 from ..nni_trial import report_final_result
 from ..recipe_data import RecipeData
 from ..recipes import Recipe
 from .assemble import TEST_VALIDATION_NOTE, VALIDATION_ON_TEST, assemble_retrain, write_dataset_info
+from .budget import COST_NOTE, net_costs, timing_device
 from .options import RunOptions
 from .run_folder import ARCH_FILE, MODEL_FILE, SUMMARY_FILE, write_config
 from .runtime import (
@@ -99,7 +100,14 @@ def _retrain(built: Any, recipe: Recipe, options: RunOptions) -> dict[str, Any]:
         "recipe": recipe.name,
         "dataset": recipe.dataset.name,
         **tested,
-        "params": count_parameters(built.model),
+        # macs, params, latency_ms of the net as deployed (the auxiliary head only trains).
+        **net_costs(build_model(built.arch, width=r.width, num_cells=r.cells, image_size=built.info.image_size,
+                                num_classes=built.info.num_classes, in_channels=built.info.in_channels,
+                                stem=built.stem),
+                    built.info.image_size, batch_size=built.train_loader.batch_size,
+                    device=timing_device(built.accelerator), in_channels=built.info.in_channels),
+        "cost_note": COST_NOTE.format(batch=built.train_loader.batch_size),
+        "trained_params": count_parameters(built.model),
         "retrain_seconds": round(seconds, 2),
         "epochs": trainer.current_epoch,
         "resumed_from": str(ckpt) if ckpt else None,

@@ -19,7 +19,6 @@ from typing import Any
 from .._compat import import_nni_quietly
 from ..arch import (
     build_model,
-    count_parameters,
     format_genotype,
     save_arch,
     to_genotype,
@@ -35,6 +34,7 @@ from ..recipes import Recipe
 from ..search.mixing import Mixing
 from ..space import default_stem
 from .assemble import assemble_search, write_dataset_info
+from .budget import COST_NOTE, net_costs, timing_device
 from .options import RunOptions
 from .run_folder import (
     ALPHAS_FILE,
@@ -117,6 +117,8 @@ def _search(built: Any, recipe: Recipe, options: RunOptions) -> dict[str, Any]:
     if rank_zero:
         out.mkdir(parents=True, exist_ok=True)
         write_config(out, recipe, "search")
+        if built.budget is not None:
+            built.budget.save(out)  # the latency table, before training: a resumed run reads this one back
     experiment = NasExperiment(built.space, built.evaluator, strategy)
     scratch = None if rank_zero else tempfile.TemporaryDirectory(prefix="nni-darts-rank")
     experiment.config.experiment_working_directory = str(out.resolve()) if rank_zero else scratch.name
@@ -172,6 +174,9 @@ def _search(built: Any, recipe: Recipe, options: RunOptions) -> dict[str, Any]:
         _logger.info("search on %d processes: alpha max |difference| across ranks %.3g",
                      ranks["world_size"], ranks["alpha_max_abs_diff_across_ranks"])
 
+    budget = built.budget
+    if budget is not None:
+        arch = budget.fit(arch, oneshot.mixed_cells())  # export limits: the best cell that fits
     if selection_record is not None:
         genotype = write_selection(out, arch, selection_record)
     else:
@@ -194,8 +199,11 @@ def _search(built: Any, recipe: Recipe, options: RunOptions) -> dict[str, Any]:
         "recipe": recipe.name,
         "dataset": recipe.dataset.name,
         "strategy": recipe.search.strategy,
-        "params": count_parameters(net),
+        **net_costs(net, info.image_size, batch_size=recipe.search.batch_size,
+                    device=timing_device(built.accelerator), in_channels=info.in_channels),
         "params_note": f"the searched cell in the retrain net ({r.cells} cells, width {r.width}, no auxiliary head)",
+        "cost_note": COST_NOTE.format(batch=recipe.search.batch_size),
+        "budget": budget.report(arch) if budget is not None else {},
         "search_seconds": round(seconds, 2),
         "epochs": trainer.current_epoch,
         "resumed_from": str(built.resume_from) if built.resume_from else None,

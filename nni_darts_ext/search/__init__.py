@@ -7,6 +7,7 @@
 ``gradients``      first order, second order (unrolled)
 ``mixing``         how weights come from the logits (softmax, Dirichlet, hard Gumbel, sigmoid)
 ``regularizers``   loss terms on the logits; ``perturbation``: SDARTS; ``schedules``, ``progressive``: P-DARTS
+``cost``           search under a budget: per-op cost tables, the expected cost (a loss term), the export limit
 ``strategy``       :class:`DartsSearch`: NNI's ``DARTS`` strategy assembled from the parts; ``check_space``
 ``presets``        named combinations, registered one way: ``darts_strategy(name, **overrides)``
 ``selection``      the magnitude export rules; ``perturbation_selection``: DARTS-PT (what each op does)

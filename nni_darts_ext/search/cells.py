@@ -404,6 +404,11 @@ class MixedCell(DifferentiableMixedCell):
     def _node_ops(self) -> Sequence[Sequence[dict[str, nn.Module]]]:
         return cast(Sequence[Sequence[dict[str, nn.Module]]], self.ops)
 
+    def edge_candidates(self, pos: int, edge: int) -> Mapping[str, nn.Module]:
+        """The candidate op modules ``{op name: module}`` of edge ``edge`` (input index) of node position ``pos``
+        (what a cost table measures)."""
+        return self._node_ops()[pos][edge]
+
     # ---------------------------------------------------------------------------------------- settings
     @classmethod
     def check_settings(cls, settings: Mapping[str, Any], argument: str) -> None:

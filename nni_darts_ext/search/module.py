@@ -41,6 +41,7 @@ from ..constants import ARC_BETAS, ARC_WEIGHT_DECAY
 from ..distributed import DistributedArchSync, arch_gradient_sync_hook
 from ..errors import ArgumentTypeError
 from .cells import MixedCell
+from .cost import ExpectedCost
 from .gradients import FirstOrderGradient
 from .layers import ChannelsFirstFactorizedReduce
 from .mixing import Mixing, as_mixing
@@ -64,6 +65,8 @@ class DartsSearchModule(DistributedArchSync, DartsLightningModule):
         gradient: an :class:`~.parts.ArchitectureGradient` (default :class:`.gradients.FirstOrderGradient`).
         mixing: the strategy's :class:`.mixing.Mixing` (loss terms read it); the supernet modules hold it too.
         regularizers: :class:`~.parts.ArchLossTerm` s added to the architecture loss (regularisers, a cost).
+        cost: the search cost among ``regularizers`` (:class:`~.cost.ExpectedCost`), kept for reports (the
+            health records read its expected cost); ``None`` without one.
         perturbation: a :class:`~.parts.Perturbation` of the architecture around the weight step (SDARTS).
         cell_schedule: a :class:`~.parts.CellSchedule` (``(epoch, max_epochs) -> {MixedCell setting: value}``),
             applied at every epoch start.
@@ -87,6 +90,7 @@ class DartsSearchModule(DistributedArchSync, DartsLightningModule):
 
     def __init__(self, training_module: Any, *, gradient: ArchitectureGradient | None = None,
                  mixing: Mixing | None = None, regularizers: Sequence[ArchLossTerm] = (),
+                 cost: ExpectedCost | None = None,
                  perturbation: Perturbation | None = None, cell_schedule: CellSchedule | None = None,
                  cell_settings: Mapping[str, Any] | None = None, arc_betas: tuple[float, float] = ARC_BETAS,
                  arc_weight_decay: float = ARC_WEIGHT_DECAY, skip_unused_gradients: bool = True,
@@ -96,6 +100,9 @@ class DartsSearchModule(DistributedArchSync, DartsLightningModule):
         self.gradient: ArchitectureGradient = gradient if gradient is not None else FirstOrderGradient()
         self.regularizers: list[ArchLossTerm] = check_parts(regularizers=regularizers, perturbation=perturbation,
                                                             cell_schedule=cell_schedule, gradient=self.gradient)
+        if cost is not None and not isinstance(cost, ExpectedCost):
+            raise ArgumentTypeError("cost", f"must be an ExpectedCost, got {type(cost).__name__}")
+        self.cost = cost
         self.mixing: Mixing | None = None if mixing is None else as_mixing(mixing)
         self.perturbation = perturbation
         self.cell_schedule = cell_schedule

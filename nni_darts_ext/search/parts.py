@@ -12,7 +12,7 @@ mixing                    :class:`~.mixing.Mixing` (base class;   ``SoftmaxMixin
                           an ``nn.Module``, as NNI's cells hold   ``GumbelHardMixing``, ``SigmoidMixing``
                           it as a submodule)
 architecture gradient     :class:`ArchitectureGradient`           ``FirstOrderGradient``, ``UnrolledGradient``
-architecture loss term    :class:`ArchLossTerm`                   ``ArchRegularizer`` subclasses; a search cost
+architecture loss term    :class:`ArchLossTerm`                   ``ArchRegularizer`` subclasses; ``ExpectedCost``
 perturbation              :class:`Perturbation`                   ``RandomAlphaPerturbation``,
                                                                   ``PGDAlphaPerturbation``
 cell schedule             :class:`CellSchedule`                   ``DartsMinusSkipSchedule``, ``StageSkipDropout``
@@ -25,7 +25,8 @@ cell: after each edge     :class:`EdgeHook`                       ``AuxiliarySki
 reads ``search.op_alphas()`` and ``search.mixing``; a term that needs the supernet itself -- a differentiable
 expected cost of the searched cell, for instance -- reads ``search.mixed_cells()`` and each cell's
 ``mixing_weights(pos)`` (differentiable) or ``edge_weights(pos)``, ``node_indices`` and ``op_names``. Hand such a
-term to ``DartsSearch(regularizers=[...])`` like any regulariser; its value is added to the architecture loss.
+term to ``DartsSearch(regularizers=[...])`` like any regulariser; its value is added to the architecture loss
+(:class:`~.cost.ExpectedCost`, the search cost, goes to ``DartsSearch(cost=...)``, which also reports it).
 
 Example::
 

@@ -43,6 +43,7 @@ from ..checks import check_bool, check_float, check_int, check_optional, check_p
 from ..constants import ARC_BETAS, ARC_LEARNING_RATE, ARC_WEIGHT_DECAY, HESSIAN_EPS
 from ..errors import ArgumentTypeError, ArgumentValueError
 from .cells import MixedCell
+from .cost import ExpectedCost
 from .gradients import architecture_gradient
 from .mixing import Mixing, SoftmaxMixing, as_mixing
 from .module import DartsSearchModule, check_arc_betas, check_arc_weight_decay
@@ -70,7 +71,9 @@ class DartsSearch(DARTS):
         auxiliary_skip: DARTS-' auxiliary skip connection on every edge (its weight comes from ``cell_schedule``).
         mixing: how weights come from the logits (default :class:`.mixing.SoftmaxMixing`).
         regularizers: :class:`~.parts.ArchLossTerm` s added to the architecture step's loss (regularisers on the
-            logits, or terms that read the supernet's cells, such as a search cost).
+            logits, or terms that read the supernet's cells).
+        cost: a search cost (:class:`~.cost.ExpectedCost`), added to the architecture loss after the preset's own
+            regularizers and reported by the search module (``DartsSearchModule.cost``); ``None``: accuracy alone.
         perturbation: a :class:`~.parts.Perturbation` of the architecture during the weight step (SDARTS).
         cell_schedule: a :class:`~.parts.CellSchedule`, ``(epoch, max_epochs) -> {MixedCell setting: value}``,
             applied at every epoch start.
@@ -99,7 +102,8 @@ class DartsSearch(DARTS):
 
     def __init__(self, *, order: int = 1, hessian_eps: float = HESSIAN_EPS, partial_channels: int = 1,
                  edge_normalization: bool = False, auxiliary_skip: bool = False, mixing: Mixing | None = None,
-                 regularizers: Sequence[ArchLossTerm] = (), perturbation: Perturbation | None = None,
+                 regularizers: Sequence[ArchLossTerm] = (), cost: ExpectedCost | None = None,
+                 perturbation: Perturbation | None = None,
                  cell_schedule: CellSchedule | None = None, max_skip_connects: int | None = None,
                  export_threshold: float | None = None, arc_betas: tuple[float, float] = ARC_BETAS,
                  arc_weight_decay: float = ARC_WEIGHT_DECAY, skip_unused_gradients: bool = True,
@@ -115,6 +119,9 @@ class DartsSearch(DARTS):
         self.mixing: Mixing = SoftmaxMixing() if mixing is None else _check_mixing(mixing)
         self.regularizers = check_parts(regularizers=regularizers, perturbation=perturbation,
                                         cell_schedule=cell_schedule)
+        if cost is not None and not isinstance(cost, ExpectedCost):
+            raise ArgumentTypeError("cost", f"must be an ExpectedCost, got {type(cost).__name__}")
+        self.cost = cost
         self.max_skip_connects = check_optional(check_int, "max_skip_connects", max_skip_connects, minimum=0)
         self.export_threshold = check_optional(check_float, "export_threshold", export_threshold, low=0.0, high=1.0)
         self.arc_betas = check_arc_betas(arc_betas)
@@ -192,7 +199,8 @@ class DartsSearch(DARTS):
             training_module,
             gradient=architecture_gradient(self.order, hessian_eps=self.hessian_eps),
             mixing=self.mixing,
-            regularizers=self.regularizers,
+            regularizers=[*self.regularizers, *([self.cost] if self.cost is not None else [])],
+            cost=self.cost,
             perturbation=self.perturbation,
             cell_schedule=self.cell_schedule,
             cell_settings={"max_skip_connects": self.max_skip_connects, "export_threshold": self.export_threshold,

@@ -72,6 +72,19 @@ def test_tables_give_the_fixed_nets_cost_exactly(macs, params, seed):
     assert params.cost_of(arch) == count_params(net)
 
 
+def test_tables_follow_the_datas_shape():
+    """Own data: 2 classes of 1-channel images, and the imagenet stem at 64 px, give the built net's cost."""
+    arch = random_arch(5)
+    for shape in ({"num_classes": 2, "in_channels": 1, "image_size": 8, "stem": None},
+                  {"num_classes": 3, "in_channels": 3, "image_size": 64, "stem": "imagenet"}):
+        size = shape["image_size"]
+        net = build_model(arch, width=WIDTH, num_cells=CELLS, **shape)
+        params = build_cost_table("params", width=WIDTH, num_cells=CELLS, **shape)
+        macs = build_cost_table("macs", width=WIDTH, num_cells=CELLS, **shape)
+        assert params.cost_of(arch) == count_params(net)
+        assert macs.cost_of(arch) == count_macs(net, (1, shape["in_channels"], size, size))
+
+
 def test_cheapest_cell_is_the_lowest_cost(macs):
     cheapest, arch = macs.cheapest()
     assert cheapest == macs.cost_of(arch)

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..constants import NUM_CLASSES
 from ..errors import BudgetError
 from ..io import atomic_write_json
 from ..recipes import Recipe
@@ -53,7 +54,7 @@ def _table_args(recipe: Recipe, info: Any, stem: str | None) -> dict[str, Any]:
     """The retrain net's shape: the recipe's width and cells for the data ``info`` describes (``None``: the recipe's
     image size, 10 classes of 3 channels)."""
     args = {"width": recipe.retrain.width, "num_cells": recipe.retrain.cells, "image_size": recipe.image_size,
-            "stem": stem}
+            "num_classes": NUM_CLASSES, "in_channels": 3, "stem": stem}
     if info is not None:
         args |= {"image_size": info.image_size, "num_classes": info.num_classes, "in_channels": info.in_channels}
     return args

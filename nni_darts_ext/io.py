@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import signal
@@ -39,6 +40,7 @@ __all__ = [
     "atomic_write_text",
     "atomic_write_json",
     "atomic_torch_save",
+    "sha256_of",
 ]
 
 #: Exit status of a run stopped because an output file could not be written: ``EX_IOERR`` of BSD
@@ -140,3 +142,14 @@ def atomic_torch_save(obj: Any, path: PathLike) -> None:
 
     with atomic_open(path) as handle:
         torch.save(obj, handle)
+
+
+def sha256_of(path: PathLike) -> str:
+    """Hex SHA-256 of a file's bytes (``hashlib.file_digest``, read in blocks).
+
+    Example::
+
+        sha256_of("runs/r/export/model.onnx")
+    """
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()

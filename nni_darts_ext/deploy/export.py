@@ -27,13 +27,13 @@ import torch
 from ..arch import format_genotype, to_genotype
 from ..checks import PathLike
 from ..errors import UsageError
-from ..io import atomic_write_json, atomic_write_text
+from ..io import atomic_write_json, atomic_write_text, sha256_of
 from ..profile import count_macs, count_params
 from .dataset_info import images_of_test_split
 from .formats import FORMATS, INPUT_NAME, eager_runner
 from .inference import Named, Preprocessed, load_run, to_pixels
 from .latency import LATENCY_REPEATS, measure_latency
-from .model_card import CARD_VERSION, RECIPE_FILE, sha256_of, write_model_card
+from .model_card import CARD_VERSION, RECIPE_FILE, write_model_card
 from .parity import MAX_PARITY_IMAGES, check_parity
 
 __all__ = ["EXPORT_DIR", "PARITY_FILE", "run_export"]

@@ -21,9 +21,10 @@ import torch
 
 from ..checks import PathLike
 from ..errors import ExportError
+from ..io import sha256_of
 from .formats import FORMATS, Runner, eager_runner, format_of_file
 from .inference import to_pixels
-from .model_card import CARD_FILE, RECIPE_FILE, read_model_card, sha256_of
+from .model_card import CARD_FILE, RECIPE_FILE, read_model_card
 
 __all__ = ["OpenedModel", "open_model"]
 

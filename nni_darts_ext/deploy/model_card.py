@@ -8,14 +8,13 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 from ..io import atomic_write_json, atomic_write_text
 
-__all__ = ["CARD_FILE", "CARD_MARKDOWN", "CARD_VERSION", "RECIPE_FILE", "read_model_card", "sha256_of",
+__all__ = ["CARD_FILE", "CARD_MARKDOWN", "CARD_VERSION", "RECIPE_FILE", "read_model_card",
            "write_model_card"]
 
 CARD_FILE = "model_card.json"
@@ -23,16 +22,7 @@ CARD_MARKDOWN = "model_card.md"
 CARD_VERSION = 1
 #: The run's recipe, copied into the export (``evaluate --model`` finds the test set with it).
 RECIPE_FILE = "recipe.yaml"
-_CHUNK = 1 << 20
 
-
-def sha256_of(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes (recorded per exported file; checked before it is loaded)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(_CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_model_card(path: Path) -> dict[str, Any]:

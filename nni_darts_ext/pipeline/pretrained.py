@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .._compat import import_nni_quietly
 from ..errors import UsageError
-from ..io import atomic_open
+from ..io import atomic_open, sha256_of
 
 __all__ = ["PRETRAINED", "fetch_pretrained", "pretrained_weights_path"]
 
@@ -40,13 +40,6 @@ def pretrained_weights_path(name: str) -> Path:
 
     return Path(nni_cache_home()) / "nashub" / PRETRAINED[name]["file"]
 
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(_HASH_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def fetch_pretrained(name: str) -> Path:
@@ -83,7 +76,7 @@ def fetch_pretrained(name: str) -> Path:
                 f"--pretrained {name}: cannot download {url} ({reason}); offline, put {info['file']} "
                 f"(sha256 {info['sha256_prefix']}...) in {path.parent}/ (NNI_HOME or XDG_CACHE_HOME move it)"
             ) from None
-    actual = _sha256(path)
+    actual = sha256_of(path)
     if not actual.startswith(info["sha256_prefix"]):
         raise UsageError(
             f"--pretrained {name}: {path} has sha256 {actual[:16]}..., expected {info['sha256_prefix']}...: "

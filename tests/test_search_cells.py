@@ -422,6 +422,7 @@ def private_manifest(nni_experiment_dir, monkeypatch):
     return nni_experiment_dir
 
 
+@pytest.mark.e2e  # a whole search
 def test_short_pc_darts_search_through_nas_experiment(private_manifest):
     with import_nni_quietly():
         from nni.nas.evaluator.pytorch import Trainer

@@ -280,6 +280,35 @@ def test_export_ranks_edges_by_alpha_times_beta():
     _assert_valid_arch(exported)
 
 
+
+def test_fair_darts_export_fills_a_node_below_the_threshold_with_its_best_ranked_others():
+    """FairDARTS keeps an input only if its sigmoid weight reaches 0.85; NNI's space needs two per node, so a node
+    with fewer is filled with its best-ranked other inputs (and a node with two keeps its own)."""
+    net, oneshot = _oneshot(darts_strategy("fair-darts"))
+    oneshot.apply_cell_settings()  # the preset's export threshold, as at the start of a fit
+    cell = _cells(net)[0]
+    assert cell.export_threshold == pytest.approx(0.85)
+    with torch.no_grad():
+        for p in cell._arch_alpha.values():
+            p.fill_(-5.0)  # sigmoid ~0.007: nothing reaches the threshold
+    # Node 2: both inputs above the threshold (sigmoid(3) = 0.95): kept as they are.
+    _set_alpha(cell, 2, 0, {"sep_conv_3x3": 3.0}, none=-5.0)
+    _set_alpha(cell, 2, 1, {"max_pool_3x3": 3.0}, none=-5.0)
+    # Node 3: one input above (edge 2, sigmoid(3)); edge 1 ranks next (sigmoid(1) = 0.73 < 0.85), edge 0 last.
+    _set_alpha(cell, 3, 2, {"skip_connect": 3.0}, none=-5.0)
+    _set_alpha(cell, 3, 1, {"dil_conv_3x3": 1.0}, none=-5.0)
+    _set_alpha(cell, 3, 0, {"avg_pool_3x3": 0.0}, none=-5.0)
+    # Node 4: no input above; the two best-ranked (edges 3 and 0) fill in.
+    _set_alpha(cell, 4, 3, {"sep_conv_5x5": 1.5}, none=-5.0)
+    _set_alpha(cell, 4, 0, {"max_pool_3x3": 0.5}, none=-5.0)
+    arch = oneshot.export()  # through the module: the arch dict a search writes
+    assert (arch["normal/op_2_0"], arch["normal/input_2_0"], arch["normal/op_2_1"], arch["normal/input_2_1"]) == (
+        "sep_conv_3x3", [0], "max_pool_3x3", [1])
+    assert (arch["normal/op_3_0"], arch["normal/input_3_0"], arch["normal/op_3_1"], arch["normal/input_3_1"]) == (
+        "skip_connect", [2], "dil_conv_3x3", [1])
+    assert {(arch["normal/op_4_0"], arch["normal/input_4_0"][0]), (arch["normal/op_4_1"], arch["normal/input_4_1"][0])} \
+        == {("sep_conv_5x5", 3), ("max_pool_3x3", 0)}
+
 def _assert_valid_arch(arch):
     expected_keys = {f"{t}/{kind}_{i}_{k}" for t in ("normal", "reduce") for kind in ("op", "input")
                      for i in range(2, 6) for k in range(2)}

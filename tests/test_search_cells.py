@@ -372,10 +372,18 @@ def test_lean_cell_equals_nni_cell_forward_backward_and_export(channels_last):
     x = _images()
     out_stock, out_lean = stock(x), lean(x)
     torch.testing.assert_close(out_lean, out_stock, rtol=1e-6, atol=1e-6 if not channels_last else 1e-5)
+    # Gradients to 1e-6, in float64: in float32 the two nets sum the same terms in another order, and the
+    # rounding differences of a width-4 net's weight gradients reach ~1e-5 (float noise, not a difference in math);
+    # in float64 that noise is ~1e-14, so 1e-6 tells a wrong gradient from rounding.
+    stock64, lean64, x64 = copy.deepcopy(stock).double(), copy.deepcopy(lean).double(), x.double()
+    stock64(x64).square().sum().backward()
+    lean64(x64).square().sum().backward()
+    for (name, a), (_, b) in zip(stock64.named_parameters(), lean64.named_parameters(), strict=True):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-6, atol=1e-6, msg=name)
     out_stock.square().sum().backward()
     out_lean.square().sum().backward()
     for (name, a), (_, b) in zip(stock.named_parameters(), lean.named_parameters(), strict=False):
-        torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-5, msg=name)
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-5, msg=name)  # float32: rounding only
     inputs = _captured_cell_inputs(stock, x)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     for cs, cl, args in zip(_cells(stock), _cells(lean), inputs, strict=False):
@@ -438,6 +446,27 @@ def test_skipped_gradients_are_restored_after_each_step():
     strategy = darts_strategy("pc-darts", warmup_epochs=0)
     net, _ = _fit(strategy, steps=1)
     assert all(p.requires_grad for p in net.parameters())
+
+
+def test_gradients_nobody_reads_are_not_computed():
+    """By effect: in one first-order search step the weights' gradient is accumulated once (the weight step, not
+    the architecture step) and the alphas' once (the architecture step, not the weight step)."""
+    strategy = darts_strategy("first-order")
+    assert strategy.skip_unused_gradients
+    net = strategy.mutate_model(_space())
+    weight = next(p for n, p in net.named_parameters() if "_arch_" not in n and p.dim() == 4)
+    alpha = next(p for n, p in net.named_parameters() if "_arch_alpha" in n)
+    calls = {"weight": 0, "alpha": 0}
+    weight.register_post_accumulate_grad_hook(lambda p: calls.__setitem__("weight", calls["weight"] + 1))
+    alpha.register_post_accumulate_grad_hook(lambda p: calls.__setitem__("alpha", calls["alpha"] + 1))
+    module = ClassificationModule(learning_rate=0.1, optimizer=torch.optim.SGD, num_classes=10, export_onnx=False)
+    module.set_model(net)
+    oneshot = strategy.configure_oneshot_module(module)
+    train = torch.utils.data.DataLoader(_digit_batches(1, 0), batch_size=None)
+    val = torch.utils.data.DataLoader(_digit_batches(1, 1), batch_size=None)
+    pl.Trainer(max_epochs=1, **QUIET).fit(oneshot, train_dataloaders=strategy.train_dataloader(lambda: train,
+                                                                                               lambda: val))
+    assert calls == {"weight": 1, "alpha": 1}
 
 
 # ------------------------------------------------------------------------------------------------ real search

@@ -71,8 +71,9 @@ class SubprocessInUnitTestError(RuntimeError):
     """A test without ``@pytest.mark.e2e`` tried to start a process."""
 
 
-# Programs a unit test may start: graphviz's renderer (cell plots). Python, shells and the CLIs are e2e only.
-UNIT_TEST_PROGRAMS = frozenset({"dot"})
+# Programs a unit test may start: graphviz's renderer (cell plots) and fontconfig's fc-list (matplotlib builds its
+# font cache with it in a fresh HOME). Python, shells and the CLIs are e2e only.
+UNIT_TEST_PROGRAMS = frozenset({"dot", "fc-list"})
 
 
 @pytest.fixture(autouse=True)
@@ -80,7 +81,7 @@ def _unit_tests_start_no_process(request, monkeypatch):
     """Unit tests (no ``e2e`` marker) start no process: ``pytest -m "not e2e"`` stays fast and starts no training.
 
     In a test without the marker, ``subprocess.Popen`` (hence ``subprocess.run``) of anything but graphviz's
-    ``dot`` and every ``multiprocessing`` process start (hence ``torch.multiprocessing.spawn``, DataLoader workers)
+    ``dot`` (and ``fc-list``) and every ``multiprocessing`` process start (hence ``torch.multiprocessing.spawn``, DataLoader workers)
     raise :class:`SubprocessInUnitTestError`.
     """
     if request.node.get_closest_marker("e2e") is not None:

@@ -108,3 +108,11 @@ def _unit_tests_start_no_process(request, monkeypatch):
 
     monkeypatch.setattr(subprocess, "Popen", GuardedPopen)
     monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", refuse_start)
+
+
+def pytest_collection_modifyitems(config, items):
+    """A ``slow`` test (torch.compile: inductor runs the C++ compiler in subprocesses, minutes each) is end-to-end
+    too, so ``-m "not e2e"`` (which replaces the default ``-m 'not slow'``) leaves it out as well."""
+    for item in items:
+        if item.get_closest_marker("slow") is not None and item.get_closest_marker("e2e") is None:
+            item.add_marker(pytest.mark.e2e)

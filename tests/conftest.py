@@ -65,3 +65,54 @@ def nni_experiment_dir(tmp_path, monkeypatch):
     # NNI computed its manifest folder when first imported; point the manifest class at this test's home.
     monkeypatch.setattr(config_utils.Experiments.__init__, "__defaults__", (str(home / "nni-experiments"),))
     return home / "nni-experiments"
+
+
+class SubprocessInUnitTestError(RuntimeError):
+    """A test without ``@pytest.mark.e2e`` tried to start a process."""
+
+
+# Programs a unit test may start: graphviz's renderer (cell plots) and fontconfig's fc-list (matplotlib builds its
+# font cache with it in a fresh HOME). Python, shells and the CLIs are e2e only.
+UNIT_TEST_PROGRAMS = frozenset({"dot", "fc-list"})
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_start_no_process(request, monkeypatch):
+    """Unit tests (no ``e2e`` marker) start no process: ``pytest -m "not e2e"`` stays fast and starts no training.
+
+    In a test without the marker, ``subprocess.Popen`` (hence ``subprocess.run``) of anything but graphviz's
+    ``dot`` (and ``fc-list``) and every ``multiprocessing`` process start (hence ``torch.multiprocessing.spawn``, DataLoader workers)
+    raise :class:`SubprocessInUnitTestError`.
+    """
+    if request.node.get_closest_marker("e2e") is not None:
+        return
+    import multiprocessing.process
+    import subprocess
+
+    popen = subprocess.Popen
+    nodeid = request.node.nodeid
+
+    def refuse(what):
+        raise SubprocessInUnitTestError(
+            f"{nodeid} starts {what}: mark it @pytest.mark.e2e (unit tests run in-process only)")
+
+    class GuardedPopen(popen):
+        def __init__(self, args, *rest, **kwargs):
+            program = args if isinstance(args, (str, bytes, os.PathLike)) else args[0]
+            if kwargs.get("shell") or os.path.basename(os.fsdecode(program)) not in UNIT_TEST_PROGRAMS:
+                refuse(f"a process ({os.fsdecode(program)})")
+            super().__init__(args, *rest, **kwargs)
+
+    def refuse_start(process):
+        refuse(f"a multiprocessing process ({process!r})")
+
+    monkeypatch.setattr(subprocess, "Popen", GuardedPopen)
+    monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", refuse_start)
+
+
+def pytest_collection_modifyitems(config, items):
+    """A ``slow`` test (torch.compile: inductor runs the C++ compiler in subprocesses, minutes each) is end-to-end
+    too, so ``-m "not e2e"`` (which replaces the default ``-m 'not slow'``) leaves it out as well."""
+    for item in items:
+        if item.get_closest_marker("slow") is not None and item.get_closest_marker("e2e") is None:
+            item.add_marker(pytest.mark.e2e)

@@ -125,6 +125,7 @@ def test_unknown_preset_is_one_line_and_exit_2(capsys):
     assert len(err) == 1 and "no-such-preset" in err[0]
 
 
+@pytest.mark.e2e
 def test_retrain_step_reports_flops_and_fraction_in_bf16(tmp_path):
     out = tmp_path / "retrain.json"
     proc = subprocess.run([sys.executable, str(RETRAIN), "--width", "4", "--cells", "3", "--batch", "2",
@@ -142,6 +143,7 @@ def test_retrain_step_reports_flops_and_fraction_in_bf16(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_gpu_script_cpu_rehearsal(tmp_path):
     env = {**os.environ, "BENCH_DEVICE": "cpu", "BENCH_TINY": "1", "BATCHES": "2", "OUT_DIR": str(tmp_path),
            "PYTHON": sys.executable, "BUDGET_S": "850"}

@@ -149,6 +149,7 @@ def test_nan_loss_on_another_process_stops_this_one_too(tmp_path, monkeypatch):
     assert decisions == [True, True, True]
 
 
+@pytest.mark.e2e  # a whole search
 def test_nan_guard_sees_the_weight_step_loss_of_nni_darts_search(tmp_path):
     """NNI's one-shot DARTS (manual optimisation) passes its training_step's loss dict to on_train_batch_end."""
     from nni_darts_ext._compat import import_nni_quietly

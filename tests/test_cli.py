@@ -22,7 +22,8 @@ from nni_darts_ext.cli import main
 from nni_darts_ext.pipeline import pretrained
 from nni_darts_ext.recipe_data import RecipeData
 
-pytestmark = pytest.mark.e2e  # runs searches, retrains or the CLI
+# e2e: runs searches, retrains or the CLI. One xdist worker: the module's search and retrain fixtures run once.
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("test_cli")]
 
 TINY_DATA = ["dataset.image_size=8", "dataset.max_samples=64"]
 TINY_SEARCH = ["search.width=4", "search.cells=3", "search.epochs=1", "search.batch_size=16",

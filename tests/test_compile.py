@@ -183,6 +183,7 @@ def _tiny_search_fit(preset: str, precision: str, steps: int = 2, compiled: bool
     return oneshot, trainer
 
 
+@pytest.mark.e2e  # a search fit of every preset
 @pytest.mark.parametrize("preset", PRESETS)
 def test_bf16_mixed_keeps_arch_parameters_and_adam_states_fp32(preset):
     torch.set_num_threads(1)

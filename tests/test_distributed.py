@@ -18,6 +18,10 @@ from pathlib import Path
 import pytest
 import torch
 
+# One xdist worker for every 2-process launch (here and in test_distributed_signal.py): two launches never share
+# the 2 cores, and the module's DDP run (ddp_run) happens once.
+pytestmark = pytest.mark.xdist_group("ddp")
+
 REPO = Path(__file__).resolve().parents[1]
 PRESETS = ("first-order", "second-order", "pc-darts")
 WORLD_SIZE = 2
@@ -47,10 +51,12 @@ def _worker(out: Path) -> None:  # pragma: no cover - runs in the DDP subprocess
         """Each rank's samplers, first batch labels and final parameters, saved at train end."""
 
         def __init__(self, stage: str):
-            self.stage, self.first = stage, None
+            self.stage, self.first, self.start = stage, None, None
 
         def on_train_batch_start(self, trainer, module, batch, batch_idx):
             if self.first is None:
+                # Before the first step (and after the strategy synced the ranks): what the search starts from.
+                self.start = {n: p.detach().clone() for n, p in module.named_parameters() if "_arch_" in n}
                 self.first = {k: v[1].tolist() for k, v in batch.items()} if isinstance(batch, dict) else batch[1].tolist()
 
         def on_train_end(self, trainer, module):
@@ -59,6 +65,7 @@ def _worker(out: Path) -> None:  # pragma: no cover - runs in the DDP subprocess
             record = {
                 "samplers": [type(dl.sampler).__name__ for dl in loaders],
                 "first_batch": self.first,
+                "start_arch_params": self.start,
                 "world_size": trainer.world_size,
                 "params": {n: p.detach().clone() for n, p in module.named_parameters()},
                 "weights_diff": all_gather_max_abs_diff(list(module.parameters())),
@@ -150,8 +157,12 @@ def test_ddp_search_same_architecture_on_every_rank(ddp_run, preset):
         torch.testing.assert_close(ranks[0]["params"][name], ranks[1]["params"][name], rtol=0, atol=1e-6)
     assert ranks[0]["arch"] == ranks[1]["arch"]
     assert all(r["synced_by_us"] for r in ranks), "the preset's module does not mix in DistributedArchSync"
-    # The search moved the alphas away from the start (the gradients were not all zero).
-    assert any(ranks[0]["params"][n].abs().max() > 0 for n in arch_names)
+    # Every rank started from the same alphas (rank 0's), and the search moved every one of them from there.
+    for name in arch_names:
+        torch.testing.assert_close(ranks[0]["start_arch_params"][name], ranks[1]["start_arch_params"][name],
+                                   rtol=0, atol=0)
+    moved = [n for n in arch_names if not torch.equal(ranks[0]["params"][n], ranks[0]["start_arch_params"][n])]
+    assert moved == arch_names, f"the search left these at their start values: {sorted(set(arch_names) - set(moved))}"
 
 
 @pytest.mark.e2e

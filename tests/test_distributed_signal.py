@@ -91,6 +91,8 @@ def _load(path: Path) -> dict:
     return torch.load(path, weights_only=False)
 
 
+@pytest.mark.e2e  # a 2-process DDP launch
+@pytest.mark.xdist_group("ddp")  # never beside another DDP launch (see test_distributed.py)
 def test_sigterm_on_one_rank_stops_all_saves_once_and_resumes(tmp_path):
     full = _launch(tmp_path, "full")
     assert full.returncode == 0, full.stderr[-3000:]

@@ -14,10 +14,13 @@ import time
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 
 from nni_darts_ext.checkpoint import read_checkpoint
 from nni_darts_ext.cli import main
+from nni_darts_ext.pipeline import assemble
+from nni_darts_ext.search import list_strategies
 
 pytestmark = pytest.mark.e2e
 
@@ -77,6 +80,8 @@ def _killed(argv, env, last: Path, *, mid_epoch_steps: int | None = None, after_
 def _assert_identical(a: Path, b: Path) -> None:
     left, right = read_checkpoint(a / "checkpoints" / "last.ckpt"), read_checkpoint(b / "checkpoints" / "last.ckpt")
     assert left["global_step"] == right["global_step"]
+    # The learning-rate schedulers too (cosine position, last LRs): a resume that restarted one would differ here.
+    assert left["lr_schedulers"] and left["lr_schedulers"] == right["lr_schedulers"]
     assert list(left["state_dict"]) == list(right["state_dict"])
     for key, value in left["state_dict"].items():
         assert torch.equal(value, right["state_dict"][key]), key
@@ -151,3 +156,39 @@ def test_retrain_killed_after_a_mid_epoch_checkpoint_resumes_bit_identical(tmp_p
     assert at_kill["global_step"] % 32 and at_kill["global_step"] > 32  # inside epoch 2, drop path > 0
     assert main(argv(killed, "--resume")) == 0
     _assert_identical(straight, killed)
+
+
+class _SigintAfter(pl.Callback):
+    """Sends this process SIGINT after ``batches`` training batches: the run saves last.ckpt after that step, 130."""
+
+    def __init__(self, batches: int):
+        self.batches, self.seen = batches, 0
+
+    def on_train_batch_end(self, *args):
+        self.seen += 1
+        if self.seen == self.batches:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+@pytest.mark.parametrize("name", list_strategies())
+def test_every_preset_stopped_mid_epoch_resumes_bit_identical(name, tmp_path, monkeypatch):
+    """Every registered preset (a new one is covered by default), in-process: a search stopped by SIGINT inside
+    its second epoch and resumed with ``--resume`` ends with the uninterrupted run's weights, architecture
+    parameters, optimizer and learning-rate scheduler states and ``arch.json``."""
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    tiny = ["search.epochs=2"]  # after the --set list of _argv: 2 epochs of 2 batches
+    assert main(_argv("search", straight, name) + tiny) == 0
+
+    run_callbacks = assemble._run_callbacks
+
+    def with_sigint(*args, **kwargs):
+        callbacks, epoch_log, logger = run_callbacks(*args, **kwargs)
+        return [*callbacks, _SigintAfter(BATCHES + 1)], epoch_log, logger
+
+    with monkeypatch.context() as patch:
+        patch.setattr(assemble, "_run_callbacks", with_sigint)
+        assert main(_argv("search", stopped, name) + tiny) == 130
+    at_stop = read_checkpoint(stopped / "checkpoints" / "last.ckpt")
+    assert at_stop["epoch"] == 1 and not (stopped / "arch.json").exists()  # stopped inside epoch 2
+    assert main(_argv("search", stopped, name, "--resume") + tiny) == 0
+    _assert_identical(straight, stopped)

@@ -86,6 +86,15 @@ def test_nnictl_trial_api_example_reports_like_a_trial(tmp_path, monkeypatch):
     monkeypatch.setattr(nni.trial, "_params", None)  # nni.trial keeps the received parameters in globals
     monkeypatch.setattr(nni.trial, "_intermediate_seq", 0)
     monkeypatch.chdir(tmp_path)
+    import nni_darts_ext
+
+    built = []  # the evaluator the example builds, to read what it trained with
+
+    def recording_evaluator(*args, _real=nni_darts_ext.darts_evaluator, **kwargs):
+        built.append((args, _real(*args, **kwargs)))
+        return built[-1][1]
+
+    monkeypatch.setattr(nni_darts_ext, "darts_evaluator", recording_evaluator)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -99,3 +108,11 @@ def test_nnictl_trial_api_example_reports_like_a_trial(tmp_path, monkeypatch):
     kinds = [kind for kind, _ in channel.metrics]
     assert kinds == ["PERIODICAL", "PERIODICAL", "FINAL"]
     assert all(0.0 <= value <= 1.0 for _, value in channel.metrics)
+    # The tuner's parameters were applied over the recipe's (demo: lr 0.025, no cutout, no aux head, no drop path)
+    # and the --set values kept: the run trained with them.
+    [((recipe, *_), evaluator)] = built
+    r = recipe.retrain
+    assert (r.learning_rate, r.cutout, r.auxiliary_weight, r.drop_path_prob) == (0.05, 4, 0.4, 0.1)
+    assert (r.cells, r.width, r.epochs) == (3, 4, 2)
+    [optimizer] = evaluator.trainer.optimizers
+    assert optimizer.param_groups[0]["initial_lr"] == 0.05

@@ -8,6 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.e2e  # runs the benchmark script (search and retrain) in a subprocess
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "memory_leak.py"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from pathlib import Path
 
@@ -245,6 +246,14 @@ def test_any_override_is_accepted_or_a_recipe_error_naming_the_key(key, value):
         assert key.split(".")[-1] in message or any(s in message for s in ("dataset", "search.", "retrain."))
     else:
         assert isinstance(recipe, Recipe)
+        section, _, field = key.rpartition(".")
+        got = getattr(getattr(recipe, section) if section else recipe, field)
+        if isinstance(value, float) and math.isnan(value):
+            assert isinstance(got, float) and math.isnan(got)
+        elif isinstance(value, list):
+            assert list(got) == value  # a list key holds the values given
+        else:
+            assert got == value and isinstance(got, str) == isinstance(value, str)  # the value given, its kind kept
 
 
 # ----------------------------------------------------------------------------------------------------------------

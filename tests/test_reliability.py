@@ -35,7 +35,8 @@ from nni_darts_ext import io as atomic_io
 from nni_darts_ext.checkpoint import read_checkpoint
 from nni_darts_ext.cli import main
 
-pytestmark = pytest.mark.e2e  # runs searches, retrains or the CLI
+# e2e: runs searches, retrains or the CLI. One xdist worker: the module's killed and finished runs happen once.
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("test_reliability")]
 
 REPO = Path(__file__).resolve().parents[1]
 THREADS = ["--threads", "1"]

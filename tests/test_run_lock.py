@@ -42,6 +42,7 @@ def _start_holder(out: Path) -> subprocess.Popen:
     return proc
 
 
+@pytest.mark.e2e  # real holder processes
 def test_second_run_is_refused_naming_pid_and_host(tmp_path):
     holder = _start_holder(tmp_path)
     try:
@@ -63,6 +64,7 @@ def test_second_run_is_refused_naming_pid_and_host(tmp_path):
         holder.wait()
 
 
+@pytest.mark.e2e  # real holder processes
 def test_sigkilled_holder_leaves_a_stale_lock_that_is_taken_over(tmp_path, caplog):
     holder = _start_holder(tmp_path)
     holder.send_signal(signal.SIGKILL)

@@ -280,6 +280,35 @@ def test_export_ranks_edges_by_alpha_times_beta():
     _assert_valid_arch(exported)
 
 
+
+def test_fair_darts_export_fills_a_node_below_the_threshold_with_its_best_ranked_others():
+    """FairDARTS keeps an input only if its sigmoid weight reaches 0.85; NNI's space needs two per node, so a node
+    with fewer is filled with its best-ranked other inputs (and a node with two keeps its own)."""
+    net, oneshot = _oneshot(darts_strategy("fair-darts"))
+    oneshot.apply_cell_settings()  # the preset's export threshold, as at the start of a fit
+    cell = _cells(net)[0]
+    assert cell.export_threshold == pytest.approx(0.85)
+    with torch.no_grad():
+        for p in cell._arch_alpha.values():
+            p.fill_(-5.0)  # sigmoid ~0.007: nothing reaches the threshold
+    # Node 2: both inputs above the threshold (sigmoid(3) = 0.95): kept as they are.
+    _set_alpha(cell, 2, 0, {"sep_conv_3x3": 3.0}, none=-5.0)
+    _set_alpha(cell, 2, 1, {"max_pool_3x3": 3.0}, none=-5.0)
+    # Node 3: one input above (edge 2, sigmoid(3)); edge 1 ranks next (sigmoid(1) = 0.73 < 0.85), edge 0 last.
+    _set_alpha(cell, 3, 2, {"skip_connect": 3.0}, none=-5.0)
+    _set_alpha(cell, 3, 1, {"dil_conv_3x3": 1.0}, none=-5.0)
+    _set_alpha(cell, 3, 0, {"avg_pool_3x3": 0.0}, none=-5.0)
+    # Node 4: no input above; the two best-ranked (edges 3 and 0) fill in.
+    _set_alpha(cell, 4, 3, {"sep_conv_5x5": 1.5}, none=-5.0)
+    _set_alpha(cell, 4, 0, {"max_pool_3x3": 0.5}, none=-5.0)
+    arch = oneshot.export()  # through the module: the arch dict a search writes
+    assert (arch["normal/op_2_0"], arch["normal/input_2_0"], arch["normal/op_2_1"], arch["normal/input_2_1"]) == (
+        "sep_conv_3x3", [0], "max_pool_3x3", [1])
+    assert (arch["normal/op_3_0"], arch["normal/input_3_0"], arch["normal/op_3_1"], arch["normal/input_3_1"]) == (
+        "skip_connect", [2], "dil_conv_3x3", [1])
+    assert {(arch["normal/op_4_0"], arch["normal/input_4_0"][0]), (arch["normal/op_4_1"], arch["normal/input_4_1"][0])} \
+        == {("sep_conv_5x5", 3), ("max_pool_3x3", 0)}
+
 def _assert_valid_arch(arch):
     expected_keys = {f"{t}/{kind}_{i}_{k}" for t in ("normal", "reduce") for kind in ("op", "input")
                      for i in range(2, 6) for k in range(2)}
@@ -343,10 +372,18 @@ def test_lean_cell_equals_nni_cell_forward_backward_and_export(channels_last):
     x = _images()
     out_stock, out_lean = stock(x), lean(x)
     torch.testing.assert_close(out_lean, out_stock, rtol=1e-6, atol=1e-6 if not channels_last else 1e-5)
+    # Gradients to 1e-6, in float64: in float32 the two nets sum the same terms in another order, and the
+    # rounding differences of a width-4 net's weight gradients reach ~1e-5 (float noise, not a difference in math);
+    # in float64 that noise is ~1e-14, so 1e-6 tells a wrong gradient from rounding.
+    stock64, lean64, x64 = copy.deepcopy(stock).double(), copy.deepcopy(lean).double(), x.double()
+    stock64(x64).square().sum().backward()
+    lean64(x64).square().sum().backward()
+    for (name, a), (_, b) in zip(stock64.named_parameters(), lean64.named_parameters(), strict=True):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-6, atol=1e-6, msg=name)
     out_stock.square().sum().backward()
     out_lean.square().sum().backward()
     for (name, a), (_, b) in zip(stock.named_parameters(), lean.named_parameters(), strict=False):
-        torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-5, msg=name)
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-5, msg=name)  # float32: rounding only
     inputs = _captured_cell_inputs(stock, x)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     for cs, cl, args in zip(_cells(stock), _cells(lean), inputs, strict=False):
@@ -411,6 +448,27 @@ def test_skipped_gradients_are_restored_after_each_step():
     assert all(p.requires_grad for p in net.parameters())
 
 
+def test_gradients_nobody_reads_are_not_computed():
+    """By effect: in one first-order search step the weights' gradient is accumulated once (the weight step, not
+    the architecture step) and the alphas' once (the architecture step, not the weight step)."""
+    strategy = darts_strategy("first-order")
+    assert strategy.skip_unused_gradients
+    net = strategy.mutate_model(_space())
+    weight = next(p for n, p in net.named_parameters() if "_arch_" not in n and p.dim() == 4)
+    alpha = next(p for n, p in net.named_parameters() if "_arch_alpha" in n)
+    calls = {"weight": 0, "alpha": 0}
+    weight.register_post_accumulate_grad_hook(lambda p: calls.__setitem__("weight", calls["weight"] + 1))
+    alpha.register_post_accumulate_grad_hook(lambda p: calls.__setitem__("alpha", calls["alpha"] + 1))
+    module = ClassificationModule(learning_rate=0.1, optimizer=torch.optim.SGD, num_classes=10, export_onnx=False)
+    module.set_model(net)
+    oneshot = strategy.configure_oneshot_module(module)
+    train = torch.utils.data.DataLoader(_digit_batches(1, 0), batch_size=None)
+    val = torch.utils.data.DataLoader(_digit_batches(1, 1), batch_size=None)
+    pl.Trainer(max_epochs=1, **QUIET).fit(oneshot, train_dataloaders=strategy.train_dataloader(lambda: train,
+                                                                                               lambda: val))
+    assert calls == {"weight": 1, "alpha": 1}
+
+
 # ------------------------------------------------------------------------------------------------ real search
 @pytest.fixture
 def private_manifest(nni_experiment_dir, monkeypatch):
@@ -422,6 +480,7 @@ def private_manifest(nni_experiment_dir, monkeypatch):
     return nni_experiment_dir
 
 
+@pytest.mark.e2e  # a whole search
 def test_short_pc_darts_search_through_nas_experiment(private_manifest):
     with import_nni_quietly():
         from nni.nas.evaluator.pytorch import Trainer

@@ -354,6 +354,7 @@ def test_lightning_checkpoint_holds_alphas_and_both_optimizers_and_resumes(tmp_p
     assert trainer2.optimizers[1].state_dict()["state"][0]["step"] == 4
 
 
+@pytest.mark.e2e  # a whole search
 def test_real_search_on_digits_exports_a_valid_darts_arch(nni_experiment_dir):
     """NNI DARTS space (width 4, 3 cells), 16x16 digits, 2 batches of 8, DartsClassificationModule, NasExperiment."""
     from sklearn.datasets import load_digits

@@ -295,6 +295,7 @@ def _write_search_files(out, epochs, summary=None):
         (out / "summary.json").write_text(json.dumps(summary))
 
 
+@pytest.mark.e2e  # a whole search
 def test_tiny_search_writes_one_record_per_epoch_early_stops_and_inspect_reports(tmp_path, caplog):
     out, snapshot = tmp_path / "run", tmp_path / "killed"
     out.mkdir()
@@ -437,6 +438,7 @@ def test_monitor_argument_checks(kwargs, error, message):
         SearchHealthMonitor("out", **kwargs)
 
 
+@pytest.mark.e2e  # a fresh interpreter
 def test_inspect_reads_records_without_importing_torch():
     import subprocess
     import sys

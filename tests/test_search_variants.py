@@ -62,6 +62,7 @@ def test_every_variant_is_a_preset():
     assert set(VARIANTS) | {"first-order", "second-order", "pc-darts"} <= set(list_strategies())
 
 
+@pytest.mark.e2e  # a whole search
 @pytest.mark.parametrize("name", VARIANTS)
 def test_variant_searches_the_darts_space_and_exports_a_valid_arch(name):
     strategy = _darts_search(darts_strategy(name, warmup_epochs=0))
@@ -255,6 +256,7 @@ def test_max_skip_connects_limits_every_presets_normal_cell(name):
     assert _normal_skips(export(2)) == 2 and _normal_skips(export(0)) == 0
 
 
+@pytest.mark.e2e  # a whole search
 def test_p_darts_grows_the_supernet_and_prunes_between_stages():
     sizes, masks = [], []
 
@@ -318,6 +320,7 @@ def _same_masks(a, b):
     return a.keys() == b.keys() and all(torch.equal(x, y) for k in a for x, y in zip(a[k], b[k], strict=True))
 
 
+@pytest.mark.e2e  # a whole search
 def test_p_darts_resumes_in_the_stage_its_checkpoint_was_written_in(tmp_path):
     """A checkpoint of stage 1 (of 0, 1, 2) resumes the 4-cell stage with its op masks, then runs stage 2; one of
     stage 0 resumes stage 0 and builds stages 1 and 2 fresh (they do not load the 3-cell checkpoint)."""

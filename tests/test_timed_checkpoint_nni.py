@@ -72,6 +72,7 @@ def _search(tmp_path, name, callbacks, ckpt_path=None):
     return {n: p.detach().clone() for n, p in strategy.oneshot_module.named_parameters()}
 
 
+@pytest.mark.e2e  # a whole search
 def test_nni_search_resumed_mid_epoch_is_bit_identical(tmp_path, monkeypatch):
     monkeypatch.setenv("NNI_HOME", str(tmp_path / "nni-home"))
     torch.set_num_threads(1)

@@ -135,6 +135,7 @@ def test_explicit_drop_path_prob_overrides_net_attribute(darts_v2_arch):
     assert module.drop_path_prob_at(20) == pytest.approx(0.3)
 
 
+@pytest.mark.e2e  # a whole search
 def test_works_as_evaluator_module_of_a_darts_search(nni_experiment_dir):
     """NNI's one-shot wrapper drives training_step under manual optimisation; weights and alphas both move."""
     from nni_darts_ext.search import darts_strategy

@@ -60,6 +60,7 @@ def _good(kind: str, target: Path) -> bytes:
     return target.read_bytes()
 
 
+@pytest.mark.e2e  # a child process under RLIMIT_FSIZE
 @pytest.mark.parametrize("kind, name", [("model", "model.pt"), ("checkpoint", "last.ckpt"), ("json", "summary.json")])
 def test_write_over_file_size_limit_keeps_previous_file(tmp_path, kind, name):
     target = tmp_path / name
@@ -75,6 +76,7 @@ def test_write_over_file_size_limit_keeps_previous_file(tmp_path, kind, name):
     assert sorted(p.name for p in tmp_path.iterdir()) == [name]  # no temporary file left
 
 
+@pytest.mark.e2e  # a child process
 def test_write_succeeds_again_once_space_is_back(tmp_path):
     target = tmp_path / "model.pt"
     _good("model", target)

@@ -21,6 +21,7 @@ from nni_darts_ext.checkpoint import read_checkpoint
 from nni_darts_ext.cli import main
 from nni_darts_ext.pipeline import assemble
 from nni_darts_ext.search import list_strategies
+from nni_darts_ext.search.progressive import Stage
 
 pytestmark = pytest.mark.e2e
 
@@ -177,6 +178,10 @@ def test_every_preset_stopped_mid_epoch_resumes_bit_identical(name, tmp_path, mo
     parameters, optimizer and learning-rate scheduler states and ``arch.json``."""
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     tiny = ["search.epochs=2"]  # after the --set list of _argv: 2 epochs of 2 batches
+    if name == "p-darts":  # two shallow stages (3 then 4 cells) instead of 3, 9 and 15 cells: the same stage hooks
+        overrides = assemble.strategy_overrides
+        shallow = (Stage(num_cells=5, ops_kept=5, skip_dropout=0.1), Stage(num_cells=6, ops_kept=3, skip_dropout=0.4))
+        monkeypatch.setattr(assemble, "strategy_overrides", lambda recipe: {**overrides(recipe), "stages": shallow})
     assert main(_argv("search", straight, name) + tiny) == 0
 
     run_callbacks = assemble._run_callbacks

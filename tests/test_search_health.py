@@ -504,3 +504,28 @@ def test_chunked_eigenvalue_equals_the_whole_batch_one(name):
         assert iterations == 3 and value != 0.0
         values.append(value)
     assert values[1] == pytest.approx(values[0], rel=1e-9)
+
+
+@pytest.mark.e2e  # a whole search through the CLI
+def test_cli_search_stopped_by_darts_es_exports_the_architecture_of_the_go_back_epoch(tmp_path, monkeypatch):
+    """DARTS-ES through ``nni-darts search``: arch.json, genotype.txt and summary.json hold the architecture of the
+    epoch the rule goes back to (a scripted rule fires at epoch 1 and goes back to epoch 0), not the last one."""
+    from test_cli import nni_home  # noqa: F401 (NNI's experiment manifest in a temporary folder)
+
+    from nni_darts_ext.arch import load_arch, normalize_arch
+    from nni_darts_ext.callbacks import search_health as search_health_module
+    from nni_darts_ext.cli import main
+
+    monkeypatch.setattr(search_health_module, "DartsEarlyStopping", _FiresAtEpochOne)
+    out = tmp_path / "search"
+    tiny = ["dataset.image_size=8", "dataset.max_samples=64", "search.width=4", "search.cells=3", "search.epochs=3",
+            "search.batch_size=16", "search.arc_learning_rate=3.0", "search.hessian_every=1",
+            "search.early_stop=hessian"]
+    assert main(["search", "--recipe", "demo", "--out", str(out), "--quiet", "--threads", "1", "--set", *tiny]) == 0
+    records = read_health_records(out / "search_health.json")
+    assert [r["epoch"] for r in records] == [0, 1]
+    assert records[0]["arch"] != records[1]["arch"]  # the two epochs export different cells: the choice is visible
+    assert load_arch(out / "arch.json") == normalize_arch(records[0]["arch"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["early_stop"]["go_back_epoch"] == 0 and summary["early_stop"]["stop_epoch"] == 1
+    assert summary["genotype"] == records[0]["genotype"]

@@ -7,7 +7,7 @@ but :class:`UsageError` also ``ValueError``; :class:`RunLockedError` (the output
 of a component: :class:`ArgumentTypeError` / :class:`ArgumentValueError` (a ``TypeError`` / ``ValueError`` that
 carries the argument's name in ``argument``, so a caller such as the recipe layer can say which recipe key it came
 from without reading the message). A run that stopped: :class:`RunInterrupted` (exit 130),
-:class:`TrainingInterrupted` (a ``SystemExit`` with status 128 + signal), :class:`NonFiniteLossError` (exit 3).
+:class:`TrainingInterrupted` (a ``SystemExit`` with status 128 + signal), :class:`NonFiniteLossError` (exit 1).
 Out of device memory: :class:`OutOfMemoryInStage` (exit 75).
 
 This module imports nothing heavy (no torch, no Lightning), so anything may import it.

@@ -81,20 +81,22 @@ def plot_pareto(rows: list[dict[str, Any]], path: Path) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6.5, 4.5), dpi=100, layout="constrained")
+    fig = Figure(figsize=(7.5, 4.5), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.subplots()
     for kind, (color, marker) in _KIND_STYLE.items():
         points = [(r["macs"], r["test_accuracy"]) for r in rows if r["kind"] == kind and r["test_accuracy"] is not None]
         if points:
             ax.scatter(*zip(*points, strict=True), color=color, marker=marker, label=kind)
+    targets: dict[tuple[float, float], list[str]] = {}  # searches that exported the same cell share one label
     for r in rows:
         if r["kind"] == "cost" and r["test_accuracy"] is not None:
-            ax.annotate(f"T={r['target']:.3g}", (r["macs"], r["test_accuracy"]), fontsize=7,
-                        textcoords="offset points", xytext=(4, 4))
+            targets.setdefault((r["macs"], r["test_accuracy"]), []).append(f"{r['target']:.3g}")
+    for point, values in targets.items():
+        ax.annotate("T=" + ", ".join(values), point, fontsize=7, textcoords="offset points", xytext=(4, 4))
     ax.set_xlabel("multiply-adds of the retrain net (one image)")
     ax.set_ylabel("test accuracy")
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside the axes: it hides no point
     ax.set_title("search under a budget: accuracy vs multiply-adds")
     with atomic_open(path) as handle:
         fig.savefig(handle, format="png")

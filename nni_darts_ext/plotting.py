@@ -356,9 +356,16 @@ def _plot(arch: Any, cells: Sequence[str], path: Any, what: str):
     arch = _coerce_arch(arch)
     dot = shutil.which("dot")
     if dot:
-        _logger.info("drawing %s with graphviz ('dot' at %s)", what, dot)
-        return _render_graphviz(_graphviz_graph(arch, cells), path, fmt)
-    _logger.info("graphviz 'dot' program not found on PATH; drawing %s with matplotlib", what)
+        try:
+            graph = _graphviz_graph(arch, cells)
+        except ImportError as exc:  # the program without the Python package: the drawing is not worth failing a run
+            _logger.warning("graphviz 'dot' is at %s but the graphviz Python package cannot be imported (%s); "
+                            "drawing %s with matplotlib", dot, exc, what)
+        else:
+            _logger.info("drawing %s with graphviz ('dot' at %s)", what, dot)
+            return _render_graphviz(graph, path, fmt)
+    else:
+        _logger.info("graphviz 'dot' program not found on PATH; drawing %s with matplotlib", what)
     return _render_matplotlib(arch, cells, path, fmt)
 
 

@@ -278,3 +278,13 @@ def test_comparison_draws_every_retrain_as_a_point(tmp_path):
     assert_file(plot_comparison(candidates, tmp_path / "compare.png"), ".png")
     with pytest.raises(ValueError, match=r"candidates\[0\] needs kind"):
         plot_comparison([{"name": "x", "kind": "searched", "values": [0.5]}])
+
+
+def test_dot_without_the_graphviz_package_falls_back_to_matplotlib(tmp_path, monkeypatch, caplog):
+    """``dot`` on PATH but the graphviz Python package not importable: the cells are drawn with matplotlib."""
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: "/usr/bin/dot" if name == "dot" else None)
+    monkeypatch.setitem(sys.modules, "graphviz", None)  # import graphviz raises ImportError
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    path = plot_cells(DARTS_V2, tmp_path / "cells.png")
+    assert_file(path, ".png")
+    assert "cannot be imported" in caplog.text and "drawing both cells with matplotlib" in caplog.text

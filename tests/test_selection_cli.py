@@ -144,3 +144,24 @@ def test_an_interrupted_select_continues_when_rerun_and_ends_as_an_uninterrupted
     for key in ("decisions", "order", "supernet_val_accuracy_before", "supernet_val_accuracy_after"):
         assert resumed[key] == whole[key], key
     assert load_arch(out / "arch.json") == load_arch(selected[0] / "arch.json")
+
+
+def test_a_select_that_fails_while_writing_its_files_continues_when_rerun(searched, selected, tmp_path, monkeypatch):
+    """The cell drawing fails after the whole selection: no arch.json (the mark of a finished folder) is left, so
+    rerunning the same command writes the folder from the saved selection state."""
+    from nni_darts_ext.pipeline import selection as selection_module
+
+    out = tmp_path / "pt"
+    draw = selection_module.plot_cells
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("drawing failed")
+
+    monkeypatch.setattr(selection_module, "plot_cells", failing)
+    with pytest.raises(RuntimeError, match="drawing failed"):
+        _select_pt(searched, out)
+    assert (out / "selection_state.pt").is_file() and not (out / "arch.json").exists()
+    monkeypatch.setattr(selection_module, "plot_cells", draw)
+    assert _select_pt(searched, out) == 0
+    assert not (out / "selection_state.pt").exists()
+    assert load_arch(out / "arch.json") == load_arch(selected[0] / "arch.json")

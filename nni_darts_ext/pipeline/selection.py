@@ -89,13 +89,14 @@ def select_cell(recipe: Recipe, search: DartsSearchModule, train_loader: Any, va
 
 
 def write_selection(out: Path, arch: dict[str, Any], record: dict[str, Any]) -> str:
-    """Write ``arch.json``, ``genotype.txt``, ``cells.png`` and ``selection.json`` to ``out``; returns the
-    genotype. The selection state (``selection_state.pt``) is removed once they are written."""
-    save_arch(arch, out / ARCH_FILE)
+    """Write ``genotype.txt``, ``cells.png``, ``selection.json`` and, last, ``arch.json`` to ``out``; returns the
+    genotype. ``arch.json`` marks a finished run folder, so a failure before it leaves a folder that a rerun of
+    ``select`` continues from its selection state (``selection_state.pt``, removed once everything is written)."""
     genotype = format_genotype(to_genotype(arch))
     atomic_write_text(out / GENOTYPE_FILE, genotype + "\n")
     plot_cells(arch, out / CELLS_PLOT)
     atomic_write_json(out / SELECTION_FILE, record)
+    save_arch(arch, out / ARCH_FILE)
     (out / SELECTION_STATE).unlink(missing_ok=True)
     return genotype
 

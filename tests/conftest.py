@@ -116,3 +116,19 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("slow") is not None and item.get_closest_marker("e2e") is None:
             item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="module")
+def nni_home(tmp_path_factory):
+    """NNI's experiment manifest (~/nni-experiments/.experiment) of in-process searches in a temporary folder."""
+    import functools
+
+    from nni_darts_ext._compat import import_nni_quietly
+
+    with import_nni_quietly():
+        from nni.nas.experiment import experiment as nni_experiment
+
+    home = tmp_path_factory.mktemp("nni-experiments")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(nni_experiment, "Experiments", functools.partial(nni_experiment.Experiments, home_dir=str(home)))
+        yield home

@@ -25,7 +25,6 @@ from nni_darts_ext.search.progressive import Stage
 with import_nni_quietly():
     from nni.nas.hub.pytorch import DARTS as DartsSpace
 
-from test_cli import nni_home  # noqa: E402, F401 (NNI's experiment manifest in a temporary folder)
 from test_search_variants import CELLS, IMAGE, WIDTH, _darts_search  # noqa: E402 (the tiny search of every preset)
 
 SMALL_STAGES = (Stage(num_cells=CELLS, ops_kept=5, skip_dropout=0.1), Stage(num_cells=CELLS, ops_kept=3,
@@ -233,7 +232,7 @@ TINY = ["dataset.image_size=8", "dataset.max_samples=64", "search.width=4", "sea
 
 
 @pytest.fixture(scope="module")
-def searches(tmp_path_factory, nni_home):  # noqa: F811 (the fixture imported above)
+def searches(tmp_path_factory, nni_home):
     """An unconstrained tiny search and one with a macs target of half what it exported."""
     from nni_darts_ext.cli import main
 

@@ -6,7 +6,6 @@ fastest on one thread; see CONTRIBUTING.md).
 
 from __future__ import annotations
 
-import functools
 import json
 import shutil
 import subprocess
@@ -32,20 +31,6 @@ TINY_RETRAIN = ["retrain.width=4", "retrain.cells=3", "retrain.epochs=1", "retra
                 "retrain.cutout=4", "retrain.drop_path_prob=0.2", "retrain.auxiliary_weight=0.4"]
 THREADS = ["--threads", "1"]
 
-
-@pytest.fixture(scope="module")
-def nni_home(tmp_path_factory):
-    """NNI's experiment manifest (~/nni-experiments/.experiment) redirected to a temporary folder."""
-    from nni_darts_ext._compat import import_nni_quietly
-
-    with import_nni_quietly():
-        from nni.nas.experiment import experiment as nni_experiment
-
-    home = tmp_path_factory.mktemp("nni-experiments")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(nni_experiment, "Experiments",
-                      functools.partial(nni_experiment.Experiments, home_dir=str(home)))
-        yield home
 
 
 def run(argv, capsys=None):

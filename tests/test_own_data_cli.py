@@ -20,21 +20,6 @@ DATA_KEYS = {"name", "classes", "num_classes", "in_channels", "image_size", "mea
              "skipped"}
 
 
-@pytest.fixture(scope="module")
-def nni_home(tmp_path_factory):
-    """NNI's experiment manifest redirected to a temporary folder (as tests/test_cli.py does)."""
-    import functools
-
-    from nni_darts_ext._compat import import_nni_quietly
-
-    with import_nni_quietly():
-        from nni.nas.experiment import experiment as nni_experiment
-
-    home = tmp_path_factory.mktemp("nni-experiments")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(nni_experiment, "Experiments", functools.partial(nni_experiment.Experiments, home_dir=str(home)))
-        yield home
-
 
 def _flow(root: Path, data: Path, settings: list[str]) -> dict[str, Path]:
     """search -> retrain -> evaluate as the README shows them; the run folders."""

@@ -16,7 +16,6 @@ Sizes: digits at 16x16, width 4, 3 cells, a few batches; one torch thread. Subpr
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
 import shutil
@@ -123,19 +122,6 @@ def _adam_steps(checkpoint: dict) -> set:
 
 
 # ---------------------------------------------------------------------------------------------------- faults
-@pytest.fixture(scope="module")
-def nni_home(tmp_path_factory):
-    """NNI's experiment manifest (~/nni-experiments/.experiment) of in-process searches in a temporary folder."""
-    from nni_darts_ext._compat import import_nni_quietly
-
-    with import_nni_quietly():
-        from nni.nas.experiment import experiment as nni_experiment
-
-    home = tmp_path_factory.mktemp("nni-experiments")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(nni_experiment, "Experiments", functools.partial(nni_experiment.Experiments, home_dir=str(home)))
-        yield home
-
 
 def _kill_when(path: Path, process: subprocess.Popen) -> None:
     """SIGKILL ``process`` as soon as ``path`` exists."""

@@ -507,11 +507,10 @@ def test_chunked_eigenvalue_equals_the_whole_batch_one(name):
 
 
 @pytest.mark.e2e  # a whole search through the CLI
-def test_cli_search_stopped_by_darts_es_exports_the_architecture_of_the_go_back_epoch(tmp_path, monkeypatch):
+def test_cli_search_stopped_by_darts_es_exports_the_architecture_of_the_go_back_epoch(tmp_path, monkeypatch,
+                                                                                       nni_home):
     """DARTS-ES through ``nni-darts search``: arch.json, genotype.txt and summary.json hold the architecture of the
     epoch the rule goes back to (a scripted rule fires at epoch 1 and goes back to epoch 0), not the last one."""
-    from test_cli import nni_home  # noqa: F401 (NNI's experiment manifest in a temporary folder)
-
     from nni_darts_ext.arch import load_arch, normalize_arch
     from nni_darts_ext.callbacks import search_health as search_health_module
     from nni_darts_ext.cli import main

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 
 import pytest
@@ -18,19 +17,6 @@ TINY = ["dataset.image_size=8", "dataset.max_samples=48", "search.width=4", "sea
 THREADS = ["--threads", "1"]
 FILES = ("arch.json", "genotype.txt", "cells.png", "selection.json")
 
-
-@pytest.fixture(scope="module")
-def nni_home(tmp_path_factory):
-    """NNI's experiment manifest (~/nni-experiments/.experiment) redirected to a temporary folder."""
-    from nni_darts_ext._compat import import_nni_quietly
-
-    with import_nni_quietly():
-        from nni.nas.experiment import experiment as nni_experiment
-
-    home = tmp_path_factory.mktemp("nni-experiments")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(nni_experiment, "Experiments", functools.partial(nni_experiment.Experiments, home_dir=str(home)))
-        yield home
 
 
 @pytest.fixture(scope="module")

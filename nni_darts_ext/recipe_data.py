@@ -190,13 +190,14 @@ def retrain_loaders(
     validation: str | float = "test",
     shuffle_seed: int | None = None,
     with_test: bool = True,
+    world_size: int = 1,
 ) -> tuple[Any, Any, Any]:
     """``(train, val, test)`` loaders of a retrain: NNI's traced ``DataLoader`` over ``data``'s splits.
 
     The training split has ``retrain.cutout`` and is shuffled; the test split is not. The validation loader is
     the test split's (``validation="test"``) or a held-out ``validation`` fraction of the training split (split
     with ``recipe.seed`` by :func:`~nni_darts_ext.data.search_split`, taken from a copy without Cutout). Every
-    loader yields ``batch_size`` samples per step: under DDP pass the per-device batch.
+    loader yields ``batch_size`` samples per step: under DDP pass the per-device batch and ``world_size``.
 
     Args:
         data: the recipe's datasets.
@@ -237,10 +238,12 @@ def retrain_loaders(
     seed = recipe.seed if shuffle_seed is None else shuffle_seed
     # A last training batch of one image would stop the run: batch norm in training mode needs more than one value
     # per channel, and the auxiliary head's last map is 1x1. Such an image is left out of that epoch instead.
-    lone = len(train_set) % batch_size == 1 and len(train_set) > 1
+    # Under DDP each of the world_size processes reads its own ceil(n / world_size) images.
+    per_process = -(-len(train_set) // world_size)
+    lone = per_process % batch_size == 1 and per_process > 1
     if lone:
-        _logger.info("retrain: %d training images in batches of %d leave a batch of one; it is dropped each epoch",
-                     len(train_set), batch_size)
+        _logger.info("retrain: %d training images per process in batches of %d leave a batch of one; it is dropped "
+                     "each epoch", per_process, batch_size)
     return (
         nni.trace(ResumableDataLoader)(dataset=train_set, shuffle=True, drop_last=lone, seed=seed, **loader),
         DataLoader(dataset=val_set, shuffle=False, **loader),

@@ -757,7 +757,7 @@ def assemble_retrain(recipe: Recipe, arch: Any, options: RunOptions, *, data: Re
         fraction, validation = "test", VALIDATION_ON_TEST
     train_loader, val_loader, test_loader = data_errors(
         lambda: retrain_loaders(data, batch_size=batch_size, validation=fraction, shuffle_seed=recipe.seed,
-                                with_test=held_out is None))
+                                with_test=held_out is None, world_size=world))
     callbacks, epoch_log, logger = _run_callbacks(out, "retrain", options, learning_rate=r.learning_rate,
                                                   resume_from=resume_from, validation=validation)
     if options.nni:

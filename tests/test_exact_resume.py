@@ -177,7 +177,10 @@ def test_every_preset_stopped_mid_epoch_resumes_bit_identical(name, tmp_path, mo
     its second epoch and resumed with ``--resume`` ends with the uninterrupted run's weights, architecture
     parameters, optimizer and learning-rate scheduler states and ``arch.json``."""
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
-    tiny = ["search.epochs=2"]  # after the --set list of _argv: 2 epochs of 2 batches
+    # After the --set list of _argv: 2 epochs of 4 batches. SIGINT at the end of epoch 2's first batch; the run
+    # stops after the batch in flight, so batches 3 and 4 of epoch 2 are left for the resume to draw and load.
+    tiny = ["search.epochs=2", "dataset.max_samples=128"]
+    batches = 2 * BATCHES
     if name == "p-darts":  # two shallow stages (3 then 4 cells) instead of 3, 9 and 15 cells: the same stage hooks
         overrides = assemble.strategy_overrides
         shallow = (Stage(num_cells=5, ops_kept=5, skip_dropout=0.1), Stage(num_cells=6, ops_kept=3, skip_dropout=0.4))
@@ -188,12 +191,15 @@ def test_every_preset_stopped_mid_epoch_resumes_bit_identical(name, tmp_path, mo
 
     def with_sigint(*args, **kwargs):
         callbacks, epoch_log, logger = run_callbacks(*args, **kwargs)
-        return [*callbacks, _SigintAfter(BATCHES + 1)], epoch_log, logger
+        return [*callbacks, _SigintAfter(batches + 1)], epoch_log, logger
 
     with monkeypatch.context() as patch:
         patch.setattr(assemble, "_run_callbacks", with_sigint)
         assert main(_argv("search", stopped, name) + tiny) == 130
     at_stop = read_checkpoint(stopped / "checkpoints" / "last.ckpt")
     assert at_stop["epoch"] == 1 and not (stopped / "arch.json").exists()  # stopped inside epoch 2
+    loaders = at_stop["loops"]["fit_loop"]["state_dict"]["combined_loader"]
+    assert {loader["epoch"] for loader in loaders} == {1}
+    assert all(0 < loader["batches"] < batches for loader in loaders)  # batches left: RNG and data order matter
     assert main(_argv("search", stopped, name, "--resume") + tiny) == 0
     _assert_identical(straight, stopped)

@@ -27,6 +27,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from .constants import COMPARE_RANDOM_CELLS, COMPARE_RETRAIN_SEEDS
+
 __all__ = ["main", "build_parser"]
 
 _logger = logging.getLogger("nni_darts_ext")
@@ -41,12 +43,6 @@ EXIT_PARITY = 1
 EXIT_DIVERGED = 1
 EXIT_OUT_OF_MEMORY = 75  # EX_TEMPFAIL (sysexits.h): try again, with the settings the message names
 DEFAULT_DEMO_OUT = "runs/demo"
-# `compare` without --random / --seeds: a first look, 6 random cells and 2 retrain seeds each. Welch's test gets two
-# values of the searched cell (it needs two) against six random cells, and the searched cell ranks first by chance
-# 1 time in 7 (14%); 14 retrains with one cell, 16 minutes for the demo recipe on one CPU core (14 x the 68.5 s
-# retrain of README, "Performance"). README, "Evidence" says how many seeds a smaller difference needs.
-DEFAULT_RANDOM_CELLS = 6
-DEFAULT_RETRAIN_SEEDS = 2
 _SEED_LIST = re.compile(r"\d+(,\d+)*")
 # The demo's nets (width 4-16 at 8x8) are too small for intra-op parallelism to pay, and several torch threads make
 # each step slower as soon as other work shares the cores (OpenMP threads wait on busy cores; measured figures in
@@ -190,14 +186,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_recipe(compare, "gives the retrain protocol; default: demo, or DIR/config.yaml with --resume")
     compare.add_argument("--arch", dest="archs", metavar="ARCH", nargs="+", action="extend", default=[],
                          help="searched cell(s): arch file, search folder or named arch; each is compared with the "
-                              "random cells, the first gives the verdict")
-    compare.add_argument("--random", type=int, default=DEFAULT_RANDOM_CELLS, metavar="N",
-                         help=f"random cells of the same space to retrain ({DEFAULT_RANDOM_CELLS})")
-    compare.add_argument("--seeds", type=int, default=DEFAULT_RETRAIN_SEEDS, metavar="K",
-                         help=f"retrain seeds per cell: the recipe's seed, seed + 1, ... ({DEFAULT_RETRAIN_SEEDS})")
+                              "random cells, the first gives the verdict (with --resume: the comparison's own)")
+    compare.add_argument("--random", type=int, metavar="N",
+                         help=f"random cells of the same space to retrain ({COMPARE_RANDOM_CELLS}; with --resume: "
+                              "the comparison's own)")
+    compare.add_argument("--seeds", type=int, metavar="K",
+                         help=f"retrain seeds per cell: the recipe's seed, seed + 1, ... ({COMPARE_RETRAIN_SEEDS}; "
+                              "with --resume: the comparison's own)")
     compare.add_argument("--match-params", type=float, metavar="TOL",
                          help="only random cells whose parameter count is within this relative tolerance of the "
-                              "first --arch's (e.g. 0.1: within 10%%)")
+                              "first --arch's (e.g. 0.1: within 10%%; with --resume: the comparison's own)")
     compare.add_argument("--out", required=True, metavar="DIR", help="comparison folder")
     compare.add_argument("--parallel", type=int, default=1, metavar="K",
                          help="K retrains side by side as processes (one torch thread each on a CPU)")

@@ -54,6 +54,8 @@ __all__ = [
     "SELECTION_EPOCHS",
     "SELECTION_HELD_OUT_FRACTION",
     "SIGNIFICANCE_LEVEL",
+    "COMPARE_RANDOM_CELLS",
+    "COMPARE_RETRAIN_SEEDS",
     "STATISTICAL_POWER",
     "STEM_REDUCTIONS",
     "LAST_STAGE_MIN_MAP",
@@ -299,6 +301,12 @@ SELECTION_HELD_OUT_FRACTION = 0.1
 # `nni-darts compare`: a difference is called evidence at p below this level, R. A. Fisher's conventional 5%
 # ("Statistical Methods for Research Workers", 1925, Sec. 20) ...
 SIGNIFICANCE_LEVEL = 0.05
+# `compare` without --random / --seeds: a first look, 6 random cells and 2 retrain seeds each. Welch's test gets two
+# values of the searched cell (it needs two) against six random cells, and the searched cell ranks first by chance
+# 1 time in 7 (14%); 14 retrains with one cell, 16 minutes for the demo recipe on one CPU core (14 x the 68.5 s
+# retrain of README, "Performance"). README, "Evidence" says how many seeds a smaller difference needs.
+COMPARE_RANDOM_CELLS = 6
+COMPARE_RETRAIN_SEEDS = 2
 # ... and the seed guide asks for this power (probability of detecting a real difference): J. Cohen, "Statistical
 # Power Analysis for the Behavioral Sciences", 2nd ed. 1988, Sec. 2.3.4, proposes 0.80 as the convention.
 STATISTICAL_POWER = 0.8

@@ -548,7 +548,7 @@ def plot_comparison(candidates: Sequence[dict[str, Any]], path: str | os.PathLik
     if random_means:
         ax.axhline(sum(random_means) / len(random_means), color=_COMPARISON_COLORS["random"], ls="--", lw=1,
                    label="mean of the random cells")
-        ax.legend(fontsize=8, loc="lower right")
+        fig.legend(fontsize=8, loc="outside lower right")  # beside the axes: it never hides a point
     ax.set_xticks(range(len(candidates)))
     ax.set_xticklabels([c["name"] for c in candidates], rotation=45, ha="right", fontsize=8)
     ax.set_ylabel(ylabel)

@@ -52,9 +52,12 @@ def test_the_same_seeds_give_the_same_numbers_and_a_resumed_comparison_equals_an
     assert not (tmp_path / "c" / "compare.json").exists()
     done = calls[:3]
     calls.clear()
-    resumed = run_compare(recipe, RunOptions(out=tmp_path / "c", accelerator="cpu", resume=True), **CELLS)
+    # As a user continues it: `--resume` alone takes the recipe, cells and counts the comparison was started with.
+    assert main(["compare", "--resume", "--out", str(tmp_path / "c"), "--accelerator", "cpu", "--quiet"]) == 0
     assert len(calls) == 4 * 2 - 3 and not set(calls) & set(done)  # finished retrains are not run again
+    resumed = json.loads((tmp_path / "c" / "compare.json").read_text())
     assert _numbers(resumed) == _numbers(first)
+    assert [c["source"] for c in resumed["candidates"][:2]] == ["darts-v2", "darts-v1"]
 
     # The record, checked against the run folders and by hand.
     out = tmp_path / "a"

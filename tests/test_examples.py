@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -116,3 +117,41 @@ def test_nnictl_trial_api_example_reports_like_a_trial(tmp_path, monkeypatch):
     assert (r.cells, r.width, r.epochs) == (3, 4, 2)
     [optimizer] = evaluator.trainer.optimizers
     assert optimizer.param_groups[0]["initial_lr"] == 0.05
+
+
+def test_cluttered_digits_example_writes_an_npz_the_loader_reads_without_test_digits_in_training(tmp_path):
+    from sklearn.datasets import load_digits
+
+    from nni_darts_ext.datasets import load_images
+
+    example = _load_example("cluttered_digits")
+    path = tmp_path / "data" / "cluttered.npz"
+    assert example.main(["--out", str(path), "--canvas", "12", "--copies", "1", "--test-copies", "2"]) == 0
+    assert [p.name for p in path.parent.iterdir()] == ["cluttered.npz"]  # no partial file left
+    images = load_images("npz", path, seed=0)
+    assert (images.info.num_classes, images.info.in_channels, images.info.image_size) == (10, 1, 12)
+    assert images.info.classes == [str(label) for label in range(10)]
+    arrays = example.make(seed=0, canvas=12, copies=1, test_copies=2, noise=0.0, fragments=0)
+    assert arrays["x_train"].shape == (1437, 12, 12) and arrays["x_test"].shape == (720, 12, 12)
+    # Without noise and clutter each canvas is one digit at some offset: find which (the 1,797 digits are distinct).
+    digits = load_digits()
+    label_of = {image.tobytes(): label for image, label in
+                zip(np.round(digits.images / 16 * 255).astype(np.uint8), digits.target)}
+    found = {}
+    for split in ("train", "test"):
+        found[split] = set()
+        for image, label in zip(arrays[f"x_{split}"], arrays[f"y_{split}"]):
+            [key] = {crop.tobytes() for y in range(5) for x in range(5)
+                     if (crop := image[y:y + 8, x:x + 8]).sum() == image.sum() and crop.tobytes() in label_of}
+            assert label_of[key] == label
+            found[split].add(key)
+    assert len(found["train"]) == 1437 and len(found["test"]) == 360
+    assert not found["train"] & found["test"]  # no test digit is ever seen in training
+
+
+def test_cluttered_digits_example_refuses_a_canvas_smaller_than_a_digit(tmp_path, capsys):
+    example = _load_example("cluttered_digits")
+    with pytest.raises(SystemExit) as exit_info:
+        example.main(["--out", str(tmp_path / "x.npz"), "--canvas", "6"])
+    assert exit_info.value.code == 2 and "canvas" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())

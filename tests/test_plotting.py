@@ -275,6 +275,7 @@ def test_comparison_draws_every_retrain_as_a_point(tmp_path):
     assert [t.get_text() for t in ax.get_xticklabels()] == ["arch-0", "random-0", "random-4"]
     dashed = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
     assert len(dashed) == 1 and dashed[0].get_ydata()[0] == pytest.approx((0.9533 + 0.9133) / 2, abs=1e-3)
+    assert ax.get_legend() is None and len(fig.legends) == 1  # the legend stands outside the axes, over no point
     assert_file(plot_comparison(candidates, tmp_path / "compare.png"), ".png")
     with pytest.raises(ValueError, match=r"candidates\[0\] needs kind"):
         plot_comparison([{"name": "x", "kind": "searched", "values": [0.5]}])

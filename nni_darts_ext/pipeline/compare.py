@@ -17,8 +17,9 @@ compared with the random pool on its own (``comparisons``); the top-level ``diff
 ``mannwhitney_p``, ``verdict`` and ``rank`` are the first one's, and ``pooled`` compares the given cells' means
 with the random cells' means.
 
-``DIR`` holds ``config.yaml`` (the resolved recipe), ``runs/<candidate>/arch.json`` and one retrain run folder per
-seed, ``runs/<candidate>/seed-S/`` (finished ones are kept by ``--resume``, interrupted ones continue),
+``DIR`` holds ``config.yaml`` (the resolved recipe), ``compare_settings.json`` (the cells and counts it was started
+with: ``--resume`` alone continues the same comparison), ``runs/<candidate>/arch.json`` and one retrain run folder
+per seed, ``runs/<candidate>/seed-S/`` (finished ones are kept by ``--resume``, interrupted ones continue),
 ``logs/`` with ``--parallel``, ``compare.json`` and ``compare.png``.
 
 Example::
@@ -31,6 +32,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import statistics
 import time
@@ -41,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..arch import build_model, count_parameters, format_genotype, load_arch, random_arch, save_arch, to_genotype
 from ..checks import check_float, check_int
-from ..constants import SIGNIFICANCE_LEVEL
+from ..constants import COMPARE_RANDOM_CELLS, COMPARE_RETRAIN_SEEDS, SIGNIFICANCE_LEVEL
 from ..errors import ArgumentError, UsageError
 from ..io import atomic_write_json
 from ..plotting import plot_comparison
@@ -59,7 +61,8 @@ from .seeds import LOGS_DIR, seed_folder
 if TYPE_CHECKING:
     from ..datasets import DataInfo
 
-__all__ = ["COMPARE_FILE", "COMPARE_PLOT", "MAX_RANDOM_DRAWS", "RUNS_DIR", "Candidate", "run_compare"]
+__all__ = ["COMPARE_FILE", "COMPARE_PLOT", "MAX_RANDOM_DRAWS", "RUNS_DIR", "SETTINGS_FILE", "Candidate",
+           "run_compare"]
 
 _logger = logging.getLogger("nni_darts_ext.pipeline")
 
@@ -68,6 +71,9 @@ COMPARE_FILE = "compare.json"
 COMPARE_PLOT = "compare.png"
 #: Where the candidates' retrains go (``DIR/runs/<candidate>/seed-S``).
 RUNS_DIR = "runs"
+#: What the comparison was started with (the given cells' sources, ``--random``, ``--seeds``, ``--match-params``):
+#: ``--resume`` continues with these unless the command gives others.
+SETTINGS_FILE = "compare_settings.json"
 #: Random cells drawn at most while looking for ones within ``--match-params`` of the given cell; more means the
 #: tolerance is too tight for this space. Each draw builds the retrain net to count its parameters: 0.3 s for the
 #: demo's, 1.4 s for the paper's 20-cell net on a 2-core CPU, so at most 12 minutes there.
@@ -143,16 +149,20 @@ def candidates_of(recipe: Recipe, archs: Sequence[Any], *, random: int,
     return given + pool, drawn
 
 
-def run_compare(recipe: Recipe, options: RunOptions, *, archs: Sequence[Any] = (), random: int = 6, seeds: int = 2,
-                match_params: float | None = None, parallel: int = 1, threads: int | None = None,
-                report: Callable[[str], None] | None = None) -> dict[str, Any]:
+def run_compare(recipe: Recipe, options: RunOptions, *, archs: Sequence[Any] = (), random: int | None = None,
+                seeds: int | None = None, match_params: float | None = None, parallel: int = 1,
+                threads: int | None = None, report: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Retrain each cell of ``archs`` and ``random`` random cells under ``seeds`` retrain seeds each, then compare
     (see the module docstring); writes ``DIR/compare.json`` and ``DIR/compare.png`` and returns the record.
 
-    ``parallel``: retrains run side by side as processes (:mod:`.parallel`, ``threads`` torch threads each, one on
-    a CPU by default); 1 runs them one after the other in this process. With ``options.resume`` finished retrains
-    are kept, interrupted ones continue and missing ones start; the recipe must be the one the comparison was
-    started with, and a candidate must be the same cell. ``report(line)`` is called as each retrain ends.
+    ``random`` and ``seeds`` default to :data:`~nni_darts_ext.constants.COMPARE_RANDOM_CELLS` and
+    :data:`~nni_darts_ext.constants.COMPARE_RETRAIN_SEEDS`. ``parallel``: retrains run side by side as processes
+    (:mod:`.parallel`, ``threads`` torch threads each, one on a CPU by default); 1 runs them one after the other in
+    this process. With ``options.resume`` finished retrains are kept, interrupted ones continue and missing ones
+    start; ``archs``, ``random``, ``seeds`` and ``match_params`` not given (empty or ``None``) are the comparison's
+    own (``compare_settings.json``), given ones win (a larger ``random`` or ``seeds`` adds retrains); the recipe
+    must be the one the comparison was started with, and a candidate must be the same cell. ``report(line)`` is
+    called as each retrain ends.
 
     Raises:
         UsageError, RecipeError, ArchError: bad options, recipe, cells or data, a folder in use; nothing written.
@@ -162,9 +172,18 @@ def run_compare(recipe: Recipe, options: RunOptions, *, archs: Sequence[Any] = (
 
         run_compare(recipe, RunOptions(out="runs/c", accelerator="cpu"), archs=["darts-v2"], random=4, seeds=3)
     """
-    random = _usage(check_int, "--random", random, minimum=0)
-    seeds = _usage(check_int, "--seeds", seeds, minimum=1)
+    out = check_run_set(options.out, resume=options.resume, what="comparison", markers=(RUNS_DIR,))
+    recorded: dict[str, Any] = _read_settings(out) if options.resume else {}
+    recorded_sources: dict[str, str] = recorded.get("archs", {}) if not archs else {}
+    if recorded_sources:  # resumed without --arch: the cells the comparison was started with
+        archs = [out / RUNS_DIR / name / ARCH_FILE for name in recorded_sources]
+    random = _usage(check_int, "--random", random if random is not None else
+                    recorded.get("random", COMPARE_RANDOM_CELLS), minimum=0)
+    seeds = _usage(check_int, "--seeds", seeds if seeds is not None else
+                   recorded.get("seeds", COMPARE_RETRAIN_SEEDS), minimum=1)
     parallel = _usage(check_int, "--parallel", parallel, minimum=1)
+    if match_params is None:
+        match_params = recorded.get("match_params")
     if match_params is not None:
         match_params = _usage(check_float, "--match-params", match_params, low=0.0, low_open=True)
         if not archs:
@@ -172,7 +191,6 @@ def run_compare(recipe: Recipe, options: RunOptions, *, archs: Sequence[Any] = (
     if not archs and random == 0:
         raise UsageError("nothing to compare: give --arch ARCH and/or --random N with N >= 1")
     say = report or (lambda line: None)
-    out = check_run_set(options.out, resume=options.resume, what="comparison", markers=(RUNS_DIR,))
     if options.resume:
         check_same_recipe(out, recipe)
     check_device(options.accelerator, options.devices)
@@ -183,6 +201,7 @@ def run_compare(recipe: Recipe, options: RunOptions, *, archs: Sequence[Any] = (
     data_errors(lambda: (first.split(train=True, cutout=recipe.retrain.cutout), first.split(train=False)))
     candidates, drawn = candidates_of(recipe, archs, random=random, match_params=match_params,
                                       info=data_errors(first.info))
+    candidates = [dataclasses.replace(c, source=recorded_sources.get(c.name, c.source)) for c in candidates]
     if options.resume:
         _check_same_cells(out, candidates)
     say(f"{len(archs)} given cell(s) and {random} random cells ({drawn} drawn), {seeds} retrain seed(s) each, "
@@ -191,6 +210,9 @@ def run_compare(recipe: Recipe, options: RunOptions, *, archs: Sequence[Any] = (
     with holding_run_lock(out, options):
         out.mkdir(parents=True, exist_ok=True)
         write_config(out, recipe, "comparison")
+        atomic_write_json(out / SETTINGS_FILE, {
+            "archs": {c.name: c.source for c in candidates if c.kind == "arch"}, "random": random, "seeds": seeds,
+            "match_params": match_params})
         for candidate in candidates:
             save_arch(candidate.arch, out / RUNS_DIR / candidate.name / ARCH_FILE)
         runs = [(candidate, seed) for seed in retrain_seeds for candidate in candidates]  # seed by seed
@@ -202,6 +224,20 @@ def run_compare(recipe: Recipe, options: RunOptions, *, archs: Sequence[Any] = (
                          for c in summary["candidates"]], out / COMPARE_PLOT, title=summary["verdict"])
     say(summary["verdict"])
     return summary
+
+
+def _read_settings(out: Path) -> dict[str, Any]:
+    """--resume: what the comparison in ``out`` was started with ({} for one without a settings file)."""
+    path = out / SETTINGS_FILE
+    if not path.exists():
+        return {}
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--resume: {path}: cannot read the comparison's settings ({exc})") from None
+    if not isinstance(settings, dict) or not isinstance(settings.get("archs", {}), dict):
+        raise UsageError(f"--resume: {path}: not the settings of a comparison")
+    return settings
 
 
 def _check_same_cells(out: Path, candidates: Sequence[Candidate]) -> None:

@@ -17,10 +17,12 @@ as clutter and pixel noise, so the net must find the digit and ignore look-alike
 Usage::
 
     python examples/cluttered_digits.py --out data/cluttered-digits.npz
-    nni-darts search --recipe demo --seeds 0,1,2 --set dataset.name=npz dataset.data_dir=data/cluttered-digits.npz \\
-        dataset.image_size=16 --out runs/cl-seeds
-    nni-darts compare --recipe demo --arch runs/cl-seeds/arch.json --random 6 --seeds 2 --set dataset.name=npz \\
-        dataset.data_dir=data/cluttered-digits.npz dataset.image_size=16 --out runs/cl-compare
+    DATA="dataset.name=npz dataset.data_dir=data/cluttered-digits.npz dataset.image_size=16 dataset.flip=false"
+    nni-darts search --recipe demo --seeds 0,1,2 --parallel 2 --set $DATA --out runs/cl-seeds
+    nni-darts compare --recipe demo --arch runs/cl-seeds/arch.json --random 6 --seeds 3 --parallel 2 --set $DATA \\
+        --out runs/cl-compare
+
+(``dataset.flip=false``: a mirrored digit is not the same digit.)
 """
 
 from __future__ import annotations

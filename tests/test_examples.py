@@ -136,11 +136,11 @@ def test_cluttered_digits_example_writes_an_npz_the_loader_reads_without_test_di
     # Without noise and clutter each canvas is one digit at some offset: find which (the 1,797 digits are distinct).
     digits = load_digits()
     label_of = {image.tobytes(): label for image, label in
-                zip(np.round(digits.images / 16 * 255).astype(np.uint8), digits.target)}
+                zip(np.round(digits.images / 16 * 255).astype(np.uint8), digits.target, strict=True)}
     found = {}
     for split in ("train", "test"):
         found[split] = set()
-        for image, label in zip(arrays[f"x_{split}"], arrays[f"y_{split}"]):
+        for image, label in zip(arrays[f"x_{split}"], arrays[f"y_{split}"], strict=True):
             [key] = {crop.tobytes() for y in range(5) for x in range(5)
                      if (crop := image[y:y + 8, x:x + 8]).sum() == image.sum() and crop.tobytes() in label_of}
             assert label_of[key] == label

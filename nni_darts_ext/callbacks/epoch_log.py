@@ -63,6 +63,9 @@ class EpochLog(pl.Callback):
         self.curve: list[dict[str, float]] = []
         self._start = 0.0
 
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        self._start = time.perf_counter()  # a run resumed inside an epoch starts without on_train_epoch_start
+
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         self._start = time.perf_counter()
 

@@ -187,6 +187,11 @@ class DartsSearchModule(DistributedArchSync, DartsLightningModule):
         self._pass_hooks = []
         return super().on_fit_end()
 
+    def on_train_start(self) -> Any:
+        # Lightning skips on_train_epoch_start when it resumes inside an epoch: apply the epoch's schedules here too.
+        self.set_progress(self.trainer.current_epoch, self.trainer.max_epochs or 1)
+        return super().on_train_start()
+
     def on_train_epoch_start(self) -> Any:
         self.set_progress(self.trainer.current_epoch, self.trainer.max_epochs or 1)
         return super().on_train_epoch_start()

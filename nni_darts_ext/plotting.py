@@ -465,6 +465,7 @@ def plot_alpha_history(history: Any, path: str | os.PathLike[str] | None = None)
         cells = {label: divmod(index, ncols) for index, label in enumerate(labels)}
 
     from matplotlib import colormaps
+    from matplotlib.ticker import FixedLocator, MaxNLocator
 
     palette = colormaps["tab10"]
     # tab10 without its red (index 3), which marks the highlighted op.
@@ -498,9 +499,13 @@ def plot_alpha_history(history: Any, path: str | os.PathLike[str] | None = None)
                 marker="o" if len(epochs) == 1 else None, markersize=3, zorder=3 if highlight else 2, label=op,
             )
             handles.setdefault(op, line)
-        ax.set_title(label, fontsize=8)
-        ax.set_ylim(0.0, 1.0)
+        # An explicit title y skips matplotlib's search for overlapping top ticks (one per axes at each draw).
+        ax.set_title(label, fontsize=8, y=1.0)
         ax.tick_params(labelsize=7)
+    # Shared by every axes, so set once (each set_ylim updates all the others); few ticks, whole epochs only.
+    axes[0, 0].set_ylim(0.0, 1.0)
+    axes[0, 0].yaxis.set_major_locator(FixedLocator([0.0, 0.5, 1.0]))
+    axes[0, 0].xaxis.set_major_locator(MaxNLocator(nbins=4, integer=True))
     for ax in axes[-1]:
         ax.set_xlabel("epoch", fontsize=8)
     fig.legend(

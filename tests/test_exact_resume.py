@@ -94,11 +94,12 @@ def _assert_identical(a: Path, b: Path) -> None:
     assert (a / "arch.json").read_bytes() == (b / "arch.json").read_bytes()
 
 
-@pytest.mark.parametrize("name, settings", [(name, ()) for name in
-                                             ["first-order", "pc-darts", "drnas", "gdas", "second-order"]]
-                         + [("drnas", ("search.checkpointing=cells",))],
-                         ids=["first-order", "pc-darts", "drnas", "gdas", "second-order", "drnas-checkpointing"])
+@pytest.mark.parametrize("name, settings", [("first-order", ()), ("drnas", ()), ("drnas", ("search.checkpointing=cells",))],
+                         ids=["first-order", "drnas", "drnas-checkpointing"])
 def test_search_killed_in_its_second_epoch_resumes_bit_identical(name, settings, tmp_path, env):
+    """SIGKILL, then --resume in a fresh process (another order of NNI's architecture parameters, nothing kept in
+    memory), with a deterministic and a sampled mixing; every preset's own state is checked by the in-process
+    mid-epoch test below."""
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     assert main(_argv("search", straight, name, settings=settings)) == 0
     at_kill = _killed(_argv("search", killed, name, settings=settings), env, killed / "checkpoints" / "last.ckpt")
@@ -117,7 +118,8 @@ def test_a_checkpointed_search_ends_bit_identical_to_one_without(tmp_path):
 
 def test_search_killed_after_a_mid_epoch_checkpoint_resumes_bit_identical(tmp_path, env):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    more = ["dataset.max_samples=256", "search.batch_size=8"]  # 16 batches per epoch: room for mid-epoch saves
+    # 2 epochs of 16 batches: room for mid-epoch saves
+    more = ["dataset.max_samples=256", "search.batch_size=8", "search.epochs=2"]
 
     def argv(out, *extra):
         return _argv("search", out, "drnas", *extra) + more
@@ -177,10 +179,10 @@ def test_every_preset_stopped_mid_epoch_resumes_bit_identical(name, tmp_path, mo
     its second epoch and resumed with ``--resume`` ends with the uninterrupted run's weights, architecture
     parameters, optimizer and learning-rate scheduler states and ``arch.json``."""
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
-    # After the --set list of _argv: 2 epochs of 4 batches. SIGINT at the end of epoch 2's first batch; the run
-    # stops after the batch in flight, so batches 3 and 4 of epoch 2 are left for the resume to draw and load.
-    tiny = ["search.epochs=2", "dataset.max_samples=128"]
-    batches = 2 * BATCHES
+    # After the --set list of _argv: 2 epochs of BATCHES batches. SIGINT at the end of epoch 1's last batch; the run
+    # stops after the next batch, epoch 2's first, so the rest of epoch 2 is left for the resume to draw and load.
+    tiny = ["search.epochs=2"]
+    batches = BATCHES
     if name == "p-darts":  # two shallow stages (3 then 4 cells) instead of 3, 9 and 15 cells: the same stage hooks
         overrides = assemble.strategy_overrides
         shallow = (Stage(num_cells=5, ops_kept=5, skip_dropout=0.1), Stage(num_cells=6, ops_kept=3, skip_dropout=0.4))
@@ -191,7 +193,7 @@ def test_every_preset_stopped_mid_epoch_resumes_bit_identical(name, tmp_path, mo
 
     def with_sigint(*args, **kwargs):
         callbacks, epoch_log, logger = run_callbacks(*args, **kwargs)
-        return [*callbacks, _SigintAfter(batches + 1)], epoch_log, logger
+        return [*callbacks, _SigintAfter(batches)], epoch_log, logger
 
     with monkeypatch.context() as patch:
         patch.setattr(assemble, "_run_callbacks", with_sigint)

@@ -27,6 +27,8 @@ with import_nni_quietly():
 
 from test_search_variants import CELLS, IMAGE, WIDTH, _darts_search  # noqa: E402 (the tiny search of every preset)
 
+pytestmark = pytest.mark.xdist_group("test_budget")  # one worker: its module fixtures (a CLI search) run once
+
 SMALL_STAGES = (Stage(num_cells=CELLS, ops_kept=5, skip_dropout=0.1), Stage(num_cells=CELLS, ops_kept=3,
                                                                                skip_dropout=0.2))
 

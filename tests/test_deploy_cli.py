@@ -21,7 +21,7 @@ from nni_darts_ext.deploy import formats as formats_module
 from nni_darts_ext.deploy.inference import load_run
 from nni_darts_ext.recipe_data import RecipeData
 
-pytestmark = pytest.mark.e2e  # retrains, runs the CLI and subprocesses
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("test_deploy_cli")]  # one worker: its fixtures run once
 
 TINY = ["dataset.image_size=8", "dataset.max_samples=48", "retrain.width=4", "retrain.cells=3", "retrain.epochs=1",
         "retrain.batch_size=16", "retrain.drop_path_prob=0.2", "retrain.auxiliary_weight=0.4"]

@@ -11,7 +11,7 @@ from test_own_data import write_folder
 
 from nni_darts_ext.cli import main
 
-pytestmark = pytest.mark.e2e  # runs the CLI
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("test_own_data_cli")]  # one worker: its fixture runs once
 
 THREADS = ["--threads", "1"]
 TINY = ["search.width=4", "search.cells=3", "search.epochs=1", "search.batch_size=8", "retrain.width=4",

@@ -10,7 +10,7 @@ from nni_darts_ext.arch import load_arch
 from nni_darts_ext.cli import main
 from nni_darts_ext.recipe_data import RecipeData
 
-pytestmark = pytest.mark.e2e  # runs a search and the CLI
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("test_selection_cli")]  # one worker: its fixtures run once
 
 TINY = ["dataset.image_size=8", "dataset.max_samples=48", "search.width=4", "search.cells=3", "search.epochs=1",
         "search.batch_size=24"]

@@ -118,16 +118,16 @@ def test_a_checkpointed_search_ends_bit_identical_to_one_without(tmp_path):
 
 def test_search_killed_after_a_mid_epoch_checkpoint_resumes_bit_identical(tmp_path, env):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    # 2 epochs of 16 batches: room for mid-epoch saves
-    more = ["dataset.max_samples=256", "search.batch_size=8", "search.epochs=2"]
+    # 2 epochs of 8 batches: room for mid-epoch saves
+    more = ["dataset.max_samples=128", "search.batch_size=8", "search.epochs=2"]
 
     def argv(out, *extra):
         return _argv("search", out, "drnas", *extra) + more
 
     assert main(argv(straight)) == 0
     at_kill = _killed(argv(killed, "--checkpoint-every", "1s"), env, killed / "checkpoints" / "last.ckpt",
-                      mid_epoch_steps=16 * 2)
-    assert at_kill["global_step"] % 32  # a mid-epoch checkpoint
+                      mid_epoch_steps=8 * 2)
+    assert at_kill["global_step"] % 16  # a mid-epoch checkpoint
     assert main(argv(killed, "--resume")) == 0
     _assert_identical(straight, killed)
 

@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 import torch
 
-# One xdist worker for every 2-process launch (here and in test_distributed_signal.py): two launches never share
-# the 2 cores, and the module's DDP run (ddp_run) happens once.
+# One xdist worker for every 2-process launch (here, in test_distributed_signal.py, test_long_runs_cli.py and
+# test_perturbation_selection.py): two launches never share the 2 cores, and the module's DDP run (ddp_run) happens
+# once.
 pytestmark = pytest.mark.xdist_group("ddp")
 
 REPO = Path(__file__).resolve().parents[1]

@@ -94,6 +94,7 @@ def test_a_checkpoint_that_cannot_be_written_keeps_the_previous_one_and_the_run_
     assert read_checkpoint(last)["epoch"] == 1 and json.loads((out / "summary.json").read_text())["epochs"] == 2
 
 
+@pytest.mark.xdist_group("ddp")  # never beside another 2-process launch (see test_distributed.py)
 def test_sigterm_under_two_process_ddp_stops_every_rank_saves_once_and_resumes(tmp_path, env):
     out = tmp_path / "run"
     ddp = ["--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", "--threads", "1"]

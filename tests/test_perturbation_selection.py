@@ -206,6 +206,7 @@ def _ddp_worker(rank: int, port: int, out: str) -> None:  # pragma: no cover - s
 
 
 @pytest.mark.e2e
+@pytest.mark.xdist_group("ddp")  # never beside another 2-process launch (see test_distributed.py)
 def test_under_ddp_every_rank_makes_the_same_decisions(tmp_path):
     import socket
 
